@@ -1,0 +1,1 @@
+"""Deterministic simulation of whole clusters over the sans-IO cores."""
