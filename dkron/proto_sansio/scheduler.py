@@ -1,0 +1,314 @@
+"""The leader's schedule engine: jobs, replicated cursors and wall time in; due slots out.
+
+Dkron keeps its cron only in the leader's memory, so a new leader starts
+counting from "now" and silently drops every run that fell into the election
+gap.  Here the engine is rebuilt on every leadership change from *replicated*
+data — each job's cursor, the last slot claimed through Raft — and decides
+explicitly what happens to every slot between the cursor and now:
+
+* a slot due less than ``late_grace`` ago is simply late and fires
+  (trigger ``schedule``);
+* an older slot was *missed*; the job's catch-up policy decides:
+  ``skip`` (Dkron's behaviour) counts it as missed, ``latest`` fires only the
+  most recent missed slot, ``all`` fires every missed slot that is younger
+  than ``catchup_window`` (trigger ``catchup``) and counts the older ones.
+
+The engine never dispatches anything itself.  Each :class:`FireSlot` it emits
+is turned by the driver into a ``ClaimSlot`` command that is committed through
+Raft before dispatch; the state machine refuses a second claim of one slot,
+which is what makes a slot run at most once across any number of leader
+changes.  Every slot that does not fire is reported as :class:`MissedSlots`
+with its reason so that it can be counted.
+
+Cost: one heap entry per schedulable job; each fire costs one heap pop, one
+``next_after`` and one push — O(log n) — so 10,000 jobs never get scanned.
+Job updates push a fresh entry and leave the old one to be skipped lazily.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import heapq
+import itertools
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Protocol
+
+__all__ = [
+    "CatchUp",
+    "FireSlot",
+    "MissReason",
+    "MissedSlots",
+    "ScheduleLike",
+    "ScheduledJob",
+    "Scheduler",
+    "SchedulerConfig",
+    "Trigger",
+]
+
+
+class ScheduleLike(Protocol):
+    """What the engine needs of a parsed schedule (see :mod:`dkron.schedule`)."""
+
+    def next_after(self, wall: datetime, /) -> datetime | None:
+        """The first fire time strictly after ``wall`` (tz-aware UTC), or None: never."""
+        ...
+
+
+class CatchUp(enum.Enum):
+    SKIP = "skip"
+    LATEST = "latest"
+    ALL = "all"
+
+
+class Trigger(enum.Enum):
+    SCHEDULE = "schedule"
+    CATCHUP = "catchup"
+
+
+class MissReason(enum.Enum):
+    MISSED = "missed"
+    PAUSED = "paused"
+    DISABLED = "disabled"
+    EXPIRED = "expired"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerConfig:
+    """Timing policy of the engine.
+
+    ``lookahead`` lets the driver claim a slot slightly before it is due so
+    that the Raft commit does not delay the dispatch itself.  ``late_grace``
+    separates a late slot (fire it) from a missed one (catch-up policy).
+    ``max_catchup_slots`` bounds the work one job can cause when a long outage
+    is replayed; slots beyond it are counted, not enumerated.
+    """
+
+    lookahead: timedelta = timedelta(0)
+    late_grace: timedelta = timedelta(seconds=10)
+    max_catchup_slots: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.lookahead < timedelta(0) or self.late_grace < timedelta(0):
+            raise ValueError("lookahead and late_grace must not be negative")
+        if self.max_catchup_slots < 1:
+            raise ValueError("max_catchup_slots must be at least 1")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduledJob:
+    """The slice of a job the engine needs, with its replicated cursor.
+
+    ``anchor`` is the earliest instant slots count from (when the job or its
+    schedule was saved); ``cursor`` is the last slot claimed through Raft.
+    Child jobs and ``@manually`` jobs are never given to the engine.
+    """
+
+    name: str
+    schedule: ScheduleLike
+    anchor: datetime
+    cursor: datetime | None = None
+    disabled: bool = False
+    starts_at: datetime | None = None
+    expires_at: datetime | None = None
+    catchup: CatchUp = CatchUp.SKIP
+    catchup_window: timedelta = timedelta(hours=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FireSlot:
+    """A slot to claim through Raft and then dispatch."""
+
+    job: str
+    scheduled: datetime
+    trigger: Trigger
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MissedSlots:
+    """Slots that will not run, counted by reason (``count`` covers first..last)."""
+
+    job: str
+    reason: MissReason
+    first: datetime
+    last: datetime
+    count: int
+
+
+_Out = FireSlot | MissedSlots
+
+
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    job: ScheduledJob
+    version: int
+    # The next slot not yet handled.
+    next: datetime | None
+
+
+class Scheduler:
+    """Leader-side schedule engine; rebuild it whenever leadership is gained."""
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = config or SchedulerConfig()
+        self._jobs: dict[str, _Entry] = {}
+        self._heap: list[tuple[datetime, int, str, int]] = []
+        self._seq = itertools.count()
+        self._versions = itertools.count(1)
+        self._out: list[_Out] = []
+        self.paused = False
+        self.fired = 0
+
+    # -- inputs ------------------------------------------------------------------
+
+    def load(self, jobs: Iterable[ScheduledJob], wall: datetime) -> None:
+        """Start leading: place every job, resolving slots missed since its cursor."""
+        for job in jobs:
+            self.set_job(job, wall)
+
+    def set_job(self, job: ScheduledJob, wall: datetime) -> None:
+        """Add or replace a job; slots between its cursor and ``wall`` are resolved now."""
+        version = next(self._versions)
+        base = job.anchor if job.cursor is None else max(job.cursor, job.anchor)
+        if job.starts_at is not None:
+            # Nothing fires before starts_at; those instants are not slots at all.
+            base = max(base, job.starts_at - timedelta(microseconds=1))
+        entry = _Entry(job, version, job.schedule.next_after(base))
+        self._jobs[job.name] = entry
+        self._catch_up(entry, wall)
+        self._push(entry)
+
+    def remove_job(self, name: str) -> None:
+        self._jobs.pop(name, None)
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+
+    def advance(self, wall: datetime) -> None:
+        """Time passed: emit every slot due by ``wall`` (plus lookahead)."""
+        horizon = wall + self.config.lookahead
+        heap = self._heap
+        while heap and heap[0][0] <= horizon:
+            _, _, name, version = heapq.heappop(heap)
+            entry = self._jobs.get(name)
+            if entry is None or entry.version != version or entry.next is None:
+                continue
+            self._catch_up(entry, wall)
+            self._fire_due(entry, horizon)
+            self._push(entry)
+
+    # -- outputs -----------------------------------------------------------------
+
+    def next_deadline(self) -> datetime | None:
+        """When :meth:`advance` next has work (already shifted back by the lookahead)."""
+        heap = self._heap
+        while heap:
+            at, _, name, version = heap[0]
+            entry = self._jobs.get(name)
+            if entry is not None and entry.version == version and entry.next is not None:
+                return at - self.config.lookahead
+            heapq.heappop(heap)
+        return None
+
+    def drain(self) -> list[_Out]:
+        out, self._out = self._out, []
+        return out
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _push(self, entry: _Entry) -> None:
+        if entry.next is not None:
+            heapq.heappush(self._heap, (entry.next, next(self._seq), entry.job.name, entry.version))
+
+    def _blocked(self, job: ScheduledJob, slot: datetime) -> MissReason | None:
+        if job.expires_at is not None and slot > job.expires_at:
+            return MissReason.EXPIRED
+        if job.disabled:
+            return MissReason.DISABLED
+        if self.paused:
+            return MissReason.PAUSED
+        return None
+
+    def _fire_due(self, entry: _Entry, horizon: datetime) -> None:
+        """Fire (or count) the slots due by ``horizon``; they are late at most by the grace."""
+        job = entry.job
+        while entry.next is not None and entry.next <= horizon:
+            slot = entry.next
+            reason = self._blocked(job, slot)
+            if reason is MissReason.EXPIRED:
+                self._out.append(
+                    MissedSlots(job=job.name, reason=reason, first=slot, last=slot, count=1)
+                )
+                entry.next = None  # nothing after expires_at can ever fire
+                return
+            if reason is not None:
+                self._out.append(
+                    MissedSlots(job=job.name, reason=reason, first=slot, last=slot, count=1)
+                )
+            else:
+                self._out.append(FireSlot(job=job.name, scheduled=slot, trigger=Trigger.SCHEDULE))
+                self.fired += 1
+            entry.next = job.schedule.next_after(slot)
+
+    def _catch_up(self, entry: _Entry, wall: datetime) -> None:
+        """Resolve slots older than the grace period according to the catch-up policy."""
+        job = entry.job
+        cutoff = wall - self.config.late_grace
+        if entry.next is None or entry.next > cutoff:
+            return
+        # Walk the missed slots, keeping only the newest few: with `all` those
+        # are the ones inside the window, and a long outage must not cost memory.
+        newest: collections.deque[datetime] = collections.deque(
+            maxlen=self.config.max_catchup_slots
+        )
+        first = entry.next
+        total = 0
+        slot: datetime | None = entry.next
+        expired: datetime | None = None
+        while slot is not None and slot <= cutoff:
+            if job.expires_at is not None and slot > job.expires_at:
+                expired = slot
+                break
+            newest.append(slot)
+            total += 1
+            slot = job.schedule.next_after(slot)
+        entry.next = slot
+        if expired is not None:
+            # Past the expiry: one expired slot is counted, then nothing more fires.
+            self._out.append(
+                MissedSlots(
+                    job=job.name, reason=MissReason.EXPIRED, first=expired, last=expired, count=1
+                )
+            )
+            entry.next = None
+        if total == 0:
+            return
+        last = newest[-1]
+        reason = self._blocked(job, last)
+        run: list[datetime] = []
+        if reason is None:
+            if job.catchup is CatchUp.LATEST:
+                run = [last]
+            elif job.catchup is CatchUp.ALL:
+                window_start = wall - job.catchup_window
+                run = [s for s in newest if s >= window_start]
+        skipped = total - len(run)
+        if skipped:
+            kept = [s for s in newest if s < run[0]] if run else list(newest)
+            self._out.append(
+                MissedSlots(
+                    job=job.name,
+                    reason=reason or MissReason.MISSED,
+                    first=first,
+                    last=kept[-1] if kept else first,
+                    count=skipped,
+                )
+            )
+        for s in run:
+            self._out.append(FireSlot(job=job.name, scheduled=s, trigger=Trigger.CATCHUP))
+            self.fired += 1
