@@ -205,3 +205,47 @@ def test_replacing_or_removing_a_job_retires_its_old_entry() -> None:
     sched.remove_job("a")
     assert sched.next_deadline() is None
     assert len(sched) == 0
+
+
+@given(
+    spec=st.sampled_from(
+        [
+            "@every 7s",
+            "*/13 * * * * *",
+            "0 */2 * * * *",
+            "30 0 1 * * *",
+            "0 0 ~ * * *",
+            "H H * * * *",
+        ]
+    ),
+    zone=st.sampled_from(["UTC", "Europe/London", "America/New_York", "Australia/Lord_Howe"]),
+    start=st.datetimes(
+        min_value=datetime(2025, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)
+    ),
+    step=st.integers(1, 600),
+)
+def test_engine_fires_exactly_what_fire_times_lists(
+    spec: str, zone: str, start: datetime, step: int
+) -> None:
+    from dkron.schedule import fire_times, parse_schedule
+
+    @dataclasses.dataclass(frozen=True)
+    class Job:
+        name: str
+        schedule: str
+        timezone: str
+
+    job = Job("report", spec, zone)
+    sched = Scheduler(SchedulerConfig(late_grace=timedelta(seconds=step + 1)))
+    parsed = parse_schedule(spec, job_name=job.name, timezone=zone)
+    sched.set_job(ScheduledJob(name=job.name, schedule=parsed, anchor=start), start)
+    until = start + timedelta(hours=6)
+    wall = start
+    got: list[datetime] = []
+    while wall < until:
+        wall = min(until, wall + timedelta(seconds=step))
+        sched.advance(wall)
+        out = sched.drain()
+        assert not missed(out)
+        got.extend(s for _, s, _ in fires(out))
+    assert got == list(fire_times(job, start, until))
