@@ -1,0 +1,969 @@
+"""The replicated state machine: every mutation of jobs and executions is a command.
+
+Raft delivers the same commands, as bytes, in the same order to every server;
+:meth:`StateMachine.apply` turns each into a new state and an
+:class:`ApplyResult`.  Apply is deterministic (no clock, no randomness, no
+iteration over unordered containers whose order could differ) so every
+replica, and every replay from a snapshot, reaches byte-identical state.
+
+Apply never raises on what it is given: undecodable bytes, a command that
+names a missing job or a job that fails validation all produce a refused
+result and leave the state untouched.  Nothing invalid is ever stored.
+
+Exactly-once fire slots rest on three facts kept here:
+
+* cron slots (``schedule`` and ``catchup`` triggers) of one job are claimed
+  in increasing ``scheduled_time`` order, so the per-job *cursor* (the last
+  decided slot) is enough to refuse any second claim of a slot, with no
+  per-slot set to prune;
+* every other run is identified by its ``execution_group``; those are
+  refused while the group is in flight or among the job's last few
+  manual/dependent groups (a bounded window, which is all a proposer that
+  retries one proposal needs);
+* a retry can only be claimed by consuming the pending retry that the failed
+  attempt's :class:`ExecutionFinished` recorded, so it runs once.
+
+See ``docs/jobs.md`` for the operator view.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from dkron.model import (
+    TRIGGERS,
+    Execution,
+    Job,
+    merge_job,
+    truncate_output,
+    validate_job,
+)
+from dkron.proto_sansio.errors import RemoteProtocolError
+from dkron.proto_sansio.wire import Codec
+
+__all__ = [
+    "COMMANDS",
+    "MISS_REASONS",
+    "ApplyResult",
+    "ClaimSlot",
+    "DeleteExecutions",
+    "DeleteJob",
+    "ExecutionFinished",
+    "ExecutionStarted",
+    "GroupCompleted",
+    "InFlight",
+    "JobDeleted",
+    "PendingRetry",
+    "RecordMissed",
+    "RetryScheduled",
+    "SetPaused",
+    "SlotSkipped",
+    "StateConfig",
+    "StateMachine",
+    "ToggleJob",
+    "UpsertJob",
+    "compute_group_status",
+    "decode_command",
+    "encode_command",
+    "retry_backoff_ns",
+]
+
+MISS_REASONS = frozenset({"missed", "forbid", "paused", "disabled", "expired"})
+_CRON_TRIGGERS = frozenset({"schedule", "catchup"})
+_HALF_SECOND_NS = 500_000_000
+
+ERR_PARENT_NOT_FOUND = "specified parent job not found"
+ERR_HAS_DEPENDENTS = "store: could not delete job with dependent jobs, delete children first"
+ERR_DONE_FOR_DELETED = "grpc: Received execution done for a deleted job"
+ERR_CYCLE = "the job's parent chain would contain the job itself"
+
+
+# ---------------------------------------------------------------------------
+# Commands (positional fields: they travel through the Raft log as CBOR)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertJob:
+    """Create or update a job; the store merge rules decide what is kept.
+
+    The proposer computes ``job.next`` from the schedule (the state machine
+    has no clock); it is taken when the schedule changed, else the later of
+    stored and submitted wins.
+    """
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteJob:
+    """Delete a job with its history; refused while it has dependents."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToggleJob:
+    """Flip ``disabled`` inside apply, so it is atomic with concurrent edits."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSlot:
+    """Reserve one run of a job before anything is dispatched.
+
+    ``scheduled_time_ns`` is the cron slot for ``schedule``/``catchup``, the
+    due time for ``retry``, and the request or parent group time otherwise.
+    ``term`` is the proposing leader's term, kept for audit and re-dispatch.
+    """
+
+    job: str
+    scheduled_time_ns: int
+    term: int
+    trigger: str
+    execution_group: int
+    targets: tuple[str, ...]
+    attempt: int
+
+    def __post_init__(self) -> None:
+        if self.trigger not in TRIGGERS or not self.trigger:
+            raise ValueError(f"unknown trigger {self.trigger!r}")
+        if self.attempt < 1:
+            raise ValueError("attempt is 1-based")
+        if not self.targets or len(set(self.targets)) != len(self.targets):
+            raise ValueError("targets must be non-empty and distinct")
+        if self.trigger == "retry" and len(self.targets) != 1:
+            raise ValueError("a retry runs on exactly the node that failed")
+        if self.term < 0:
+            raise ValueError("term must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionStarted:
+    """The first message of a run: store the running record."""
+
+    execution: Execution
+
+    def __post_init__(self) -> None:
+        if self.execution.finished_at is not None:
+            raise ValueError("a started execution has no finished_at")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionFinished:
+    """The final result of a run; committed once, however often it is applied."""
+
+    execution: Execution
+
+    def __post_init__(self) -> None:
+        if self.execution.finished_at is None:
+            raise ValueError("a finished execution needs finished_at")
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteExecutions:
+    """Drop a job's finished history and reset its counters (not status or next)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetPaused:
+    """The replicated pause flag the API consults before accepting job submissions."""
+
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMissed:
+    """Account for a cron slot that will not run, and move the cursor past it."""
+
+    job: str
+    scheduled_time_ns: int
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.reason not in MISS_REASONS:
+            raise ValueError(f"unknown miss reason {self.reason!r}")
+
+
+Command = (
+    UpsertJob
+    | DeleteJob
+    | ToggleJob
+    | ClaimSlot
+    | ExecutionStarted
+    | ExecutionFinished
+    | DeleteExecutions
+    | SetPaused
+    | RecordMissed
+)
+
+COMMANDS = Codec(
+    {
+        1: UpsertJob,
+        2: DeleteJob,
+        3: ToggleJob,
+        4: ClaimSlot,
+        5: ExecutionStarted,
+        6: ExecutionFinished,
+        7: DeleteExecutions,
+        8: SetPaused,
+        9: RecordMissed,
+    }
+)
+
+
+def encode_command(cmd: Command) -> bytes:
+    """The bytes a proposer hands to Raft."""
+    return COMMANDS.encode(cmd)
+
+
+def decode_command(data: bytes) -> Command:
+    """Strict decode; anything malformed raises :class:`RemoteProtocolError`."""
+    cmd = COMMANDS.decode(data)
+    assert isinstance(
+        cmd,
+        UpsertJob
+        | DeleteJob
+        | ToggleJob
+        | ClaimSlot
+        | ExecutionStarted
+        | ExecutionFinished
+        | DeleteExecutions
+        | SetPaused
+        | RecordMissed,
+    )
+    return cmd
+
+
+# ---------------------------------------------------------------------------
+# Replicated records and apply outcomes
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A claimed run whose targets have not all reported; ``outstanding`` maps node -> attempt."""
+
+    claim: ClaimSlot
+    outstanding: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRetry:
+    """A failed attempt's next try, with its replicated due time (survives failover)."""
+
+    job: str
+    execution_group: int
+    node_name: str
+    attempt: int
+    due_ns: int
+    scheduled_time_ns: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupCompleted:
+    """Every target of a run reported and no retry is pending; dependents run on success."""
+
+    job: str
+    execution_group: int
+    status: str
+    dependents: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryScheduled:
+    retry: PendingRetry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobDeleted:
+    name: str
+    ephemeral: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotSkipped:
+    job: str
+    scheduled_time_ns: int
+    reason: str
+
+
+StateEvent = GroupCompleted | RetryScheduled | JobDeleted | SlotSkipped
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyResult:
+    """What one log entry did.  ``reason`` is machine-readable; ``error`` is for humans/API.
+
+    Reasons: ``bad_command``, ``stale_index``, ``invalid``, ``not_found``,
+    ``parent_not_found``, ``cycle``, ``has_dependents``, ``duplicate``,
+    ``no_retry``, and the skip reasons ``forbid``, ``disabled``, ``expired``.
+    A ``duplicate`` of an execution result is ``ok``: the result is already
+    committed.
+    """
+
+    index: int
+    ok: bool
+    reason: str = ""
+    error: str = ""
+    job: Job | None = None
+    execution: Execution | None = None
+    claim: InFlight | None = None
+    events: tuple[StateEvent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateConfig:
+    """Limits every replica must share (they shape the replicated state)."""
+
+    max_executions_per_job: int = 100
+    max_output_bytes: int = 256 * 1024
+    recent_groups_window: int = 32
+
+    def __post_init__(self) -> None:
+        if self.max_executions_per_job < 1:
+            raise ValueError("max_executions_per_job must be >= 1")
+        if self.max_output_bytes < 64:
+            raise ValueError("max_output_bytes must be >= 64")
+        if self.recent_groups_window < 1:
+            raise ValueError("recent_groups_window must be >= 1")
+
+
+def retry_backoff_ns(elapsed_ns: int, attempt: int) -> int:
+    """Dkron's exponential back-off before ``attempt`` (the new, 1-based number).
+
+    ``n = elapsed // 500ms``, ``sleep = trunc(log2(n) + attempt) * 500ms``;
+    under half a second of elapsed time means no sleep at all.
+    """
+    n = elapsed_ns // _HALF_SECOND_NS
+    if n <= 0:
+        return 0
+    return math.trunc(math.log2(n) + attempt) * _HALF_SECOND_NS
+
+
+def compute_group_status(executions: list[Execution], pending_nodes: tuple[str, ...] = ()) -> str:
+    """Status of one execution group, Dkron's table over each node's *latest* attempt.
+
+    Dkron counts every attempt, so a run that failed and then succeeded on
+    retry is ``partially_failed`` and its dependents never run; here only
+    the latest attempt per node counts, so that run is ``success``.  Running
+    records count as failures, as in Dkron, and so do ``pending_nodes``:
+    claimed targets that have not reported at all yet.
+    """
+    latest: dict[str, Execution] = {}
+    for ex in executions:
+        cur = latest.get(ex.node_name)
+        if cur is None or (ex.attempt, ex.started_at) > (cur.attempt, cur.started_at):
+            latest[ex.node_name] = ex
+    silent = [n for n in pending_nodes if n not in latest]
+    total = len(latest) + len(silent)
+    if total == 0:
+        return ""
+    failures = len(silent) + sum(1 for ex in latest.values() if not ex.success or ex.running)
+    if failures == 0:
+        return "success"
+    if failures == total:
+        return "failed"
+    return "partially_failed"
+
+
+# ---------------------------------------------------------------------------
+# Snapshot schema
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _JobSnap:
+    job: Job
+    cursor: int | None
+    executions: tuple[Execution, ...]
+    inflight: tuple[InFlight, ...]
+    recent: tuple[int, ...]
+    retries: tuple[PendingRetry, ...]
+    missed: dict[str, int]
+    evicted_through: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    version: int
+    applied_index: int
+    paused: bool
+    jobs: tuple[_JobSnap, ...]
+
+
+_SNAPSHOTS = Codec({1: _Snapshot})
+_SNAPSHOT_VERSION = 1
+
+
+class _Activity:
+    """Per-job execution state, allocated only once a job has any."""
+
+    __slots__ = (
+        "evicted_through",
+        "executions",
+        "inflight",
+        "missed",
+        "recent",
+        "retries",
+        "running",
+    )
+
+    def __init__(self) -> None:
+        self.executions: dict[str, Execution] = {}
+        self.running: set[str] = set()
+        self.inflight: dict[int, InFlight] = {}
+        self.recent: list[int] = []
+        self.retries: dict[tuple[int, str], PendingRetry] = {}
+        self.missed: dict[str, int] = {}
+        # Highest started_at of any finished record evicted from history:
+        # an unknown execution at or before it is a late duplicate.
+        self.evicted_through: int | None = None
+
+    def empty(self) -> bool:
+        return not (
+            self.executions
+            or self.inflight
+            or self.recent
+            or self.retries
+            or self.missed
+            or self.evicted_through is not None
+        )
+
+
+def _intern(job: Job) -> Job:
+    # Thousands of jobs share a handful of executors, zones and schedules;
+    # interning keeps one copy of each (see the bytes-per-job measurement).
+    return dataclasses.replace(
+        job,
+        timezone=sys.intern(job.timezone),
+        schedule=sys.intern(job.schedule),
+        concurrency=sys.intern(job.concurrency),
+        executor=sys.intern(job.executor),
+        status=sys.intern(job.status),
+        catchup=sys.intern(job.catchup),
+        catchup_window=sys.intern(job.catchup_window),
+        owner=sys.intern(job.owner),
+    )
+
+
+def _default_validator(job: Job) -> None:
+    validate_job(job)
+
+
+class StateMachine:
+    """Jobs, executions, claims, cursors, retries and skip counts, mutated only by apply.
+
+    ``job_validator`` must raise ``ValueError`` (normally
+    :class:`dkron.model.ValidationError`) for a job Dkron would refuse; it
+    must be the same on every replica.
+    """
+
+    def __init__(
+        self,
+        config: StateConfig | None = None,
+        *,
+        job_validator: Callable[[Job], None] = _default_validator,
+    ) -> None:
+        self.config = config or StateConfig()
+        self._validate = job_validator
+        self._jobs: dict[str, Job] = {}
+        self._names: list[str] = []  # sorted: cheap pages without copying every job
+        self._cursor: dict[str, int] = {}
+        self._activity: dict[str, _Activity] = {}
+        self._paused = False
+        self._applied = 0
+
+    # -- apply ----------------------------------------------------------------
+
+    def apply(self, index: int, data: bytes) -> ApplyResult:
+        """Apply one committed log entry; never raises on bad input."""
+        if index <= self._applied:
+            return ApplyResult(
+                index=index, ok=False, reason="stale_index", error="entry already applied"
+            )
+        self._applied = index
+        try:
+            cmd = decode_command(data)
+        except RemoteProtocolError as exc:
+            return ApplyResult(index=index, ok=False, reason="bad_command", error=str(exc))
+        return self.apply_command(index, cmd)
+
+    def apply_command(self, index: int, cmd: Command) -> ApplyResult:
+        """Apply an already-decoded command (tests and the local fast path)."""
+        self._applied = max(self._applied, index)
+        if isinstance(cmd, UpsertJob):
+            return self._upsert(index, cmd.job)
+        if isinstance(cmd, DeleteJob):
+            return self._delete(index, cmd.name, ephemeral=False)
+        if isinstance(cmd, ToggleJob):
+            return self._toggle(index, cmd.name)
+        if isinstance(cmd, ClaimSlot):
+            return self._claim(index, cmd)
+        if isinstance(cmd, ExecutionStarted):
+            return self._started(index, cmd.execution)
+        if isinstance(cmd, ExecutionFinished):
+            return self._finished(index, cmd.execution)
+        if isinstance(cmd, DeleteExecutions):
+            return self._delete_executions(index, cmd.name)
+        if isinstance(cmd, SetPaused):
+            self._paused = cmd.paused
+            return ApplyResult(index=index, ok=True)
+        return self._missed(index, cmd)
+
+    @staticmethod
+    def _refuse(index: int, reason: str, error: str, **extra: Any) -> ApplyResult:
+        return ApplyResult(index=index, ok=False, reason=reason, error=error, **extra)
+
+    def _not_found(self, index: int, name: str) -> ApplyResult:
+        return self._refuse(index, "not_found", f"job not found: {name}")
+
+    # -- jobs -------------------------------------------------------------------
+
+    def _upsert(self, index: int, submitted: Job) -> ApplyResult:
+        try:
+            self._validate(submitted)
+        except ValueError as exc:
+            return self._refuse(index, "invalid", str(exc))
+        name = submitted.name
+        parent = submitted.parent_job
+        if parent:
+            if parent not in self._jobs:
+                return self._refuse(index, "parent_not_found", ERR_PARENT_NOT_FOUND)
+            seen: set[str] = set()
+            p = parent
+            while p and p not in seen:
+                if p == name:
+                    return self._refuse(index, "cycle", ERR_CYCLE)
+                seen.add(p)
+                ancestor = self._jobs.get(p)
+                p = ancestor.parent_job if ancestor is not None else ""
+        stored = self._jobs.get(name)
+        merged = _intern(merge_job(stored, submitted))
+        old_parent = stored.parent_job if stored is not None else ""
+        if stored is None:
+            bisect.insort(self._names, name)
+        self._jobs[name] = merged
+        if old_parent != parent:
+            self._unlink(old_parent, name)
+        if parent:
+            self._link(parent, name)
+        return ApplyResult(index=index, ok=True, job=self._jobs[name])
+
+    def _link(self, parent: str, child: str) -> None:
+        pj = self._jobs[parent]
+        if child not in pj.dependent_jobs:
+            self._jobs[parent] = dataclasses.replace(pj, dependent_jobs=(*pj.dependent_jobs, child))
+
+    def _unlink(self, parent: str, child: str) -> None:
+        pj = self._jobs.get(parent)
+        if pj is not None and child in pj.dependent_jobs:
+            deps = tuple(d for d in pj.dependent_jobs if d != child)
+            self._jobs[parent] = dataclasses.replace(pj, dependent_jobs=deps)
+
+    def _delete(self, index: int, name: str, *, ephemeral: bool) -> ApplyResult:
+        job = self._jobs.get(name)
+        if job is None:
+            return self._not_found(index, name)
+        if job.dependent_jobs:
+            return self._refuse(index, "has_dependents", ERR_HAS_DEPENDENTS, job=job)
+        self._drop(job)
+        return ApplyResult(
+            index=index, ok=True, job=job, events=(JobDeleted(name=name, ephemeral=ephemeral),)
+        )
+
+    def _drop(self, job: Job) -> None:
+        name = job.name
+        del self._jobs[name]
+        del self._names[bisect.bisect_left(self._names, name)]
+        self._cursor.pop(name, None)
+        self._activity.pop(name, None)
+        if job.parent_job:
+            self._unlink(job.parent_job, name)
+
+    def _toggle(self, index: int, name: str) -> ApplyResult:
+        job = self._jobs.get(name)
+        if job is None:
+            return self._not_found(index, name)
+        job = dataclasses.replace(job, disabled=not job.disabled)
+        self._jobs[name] = job
+        return ApplyResult(index=index, ok=True, job=job)
+
+    # -- claims -----------------------------------------------------------------
+
+    def _act(self, name: str) -> _Activity:
+        act = self._activity.get(name)
+        if act is None:
+            act = self._activity[name] = _Activity()
+        return act
+
+    def _is_running(self, name: str) -> bool:
+        act = self._activity.get(name)
+        return act is not None and bool(act.inflight or act.running)
+
+    def _skip(self, index: int, c: ClaimSlot | RecordMissed, reason: str) -> ApplyResult:
+        """Decide a cron slot as not run: advance the cursor and count the reason."""
+        self._cursor[c.job] = c.scheduled_time_ns
+        act = self._act(c.job)
+        act.missed[reason] = act.missed.get(reason, 0) + 1
+        event = SlotSkipped(job=c.job, scheduled_time_ns=c.scheduled_time_ns, reason=reason)
+        ok = isinstance(c, RecordMissed)
+        return ApplyResult(
+            index=index,
+            ok=ok,
+            reason="" if ok else reason,
+            error="" if ok else f"slot skipped: {reason}",
+            job=self._jobs[c.job],
+            events=(event,),
+        )
+
+    def _claim(self, index: int, c: ClaimSlot) -> ApplyResult:
+        job = self._jobs.get(c.job)
+        if job is None:
+            return self._not_found(index, c.job)
+        cron = c.trigger in _CRON_TRIGGERS
+        if cron:
+            cursor = self._cursor.get(c.job)
+            if cursor is not None and c.scheduled_time_ns <= cursor:
+                return self._refuse(index, "duplicate", "slot already decided", job=job)
+        act = self._activity.get(c.job)
+        retry_key = (c.execution_group, c.targets[0])
+        if c.trigger == "retry":
+            pending = act.retries.get(retry_key) if act is not None else None
+            if pending is None or pending.attempt != c.attempt:
+                return self._refuse(index, "no_retry", "no such pending retry", job=job)
+        else:
+            if act is not None and (
+                c.execution_group in act.inflight or c.execution_group in act.recent
+            ):
+                return self._refuse(index, "duplicate", "execution group already claimed", job=job)
+            refusal = ""
+            if job.disabled and c.trigger != "manual":
+                refusal = "disabled"
+            elif cron and job.expires_at is not None and c.scheduled_time_ns > job.expires_at:
+                refusal = "expired"
+            elif job.concurrency == "forbid" and self._is_running(c.job):
+                refusal = "forbid"
+            if refusal:
+                if cron:
+                    return self._skip(index, c, refusal)
+                return self._refuse(index, refusal, f"run refused: {refusal}", job=job)
+        act = self._act(c.job)
+        if cron:
+            self._cursor[c.job] = c.scheduled_time_ns
+        elif c.trigger != "retry":
+            act.recent.append(c.execution_group)
+            if len(act.recent) > self.config.recent_groups_window:
+                del act.recent[0]
+        existing = act.inflight.get(c.execution_group)
+        if existing is not None:  # a retry while other targets of the group still run
+            outstanding = {**existing.outstanding, c.targets[0]: c.attempt}
+            entry = InFlight(claim=existing.claim, outstanding=outstanding)
+        else:
+            entry = InFlight(claim=c, outstanding=dict.fromkeys(c.targets, c.attempt))
+        act.inflight[c.execution_group] = entry
+        if c.trigger == "retry":
+            del act.retries[retry_key]
+        return ApplyResult(index=index, ok=True, job=job, claim=entry)
+
+    def _missed(self, index: int, c: RecordMissed) -> ApplyResult:
+        job = self._jobs.get(c.job)
+        if job is None:
+            return self._not_found(index, c.job)
+        cursor = self._cursor.get(c.job)
+        if cursor is not None and c.scheduled_time_ns <= cursor:
+            return self._refuse(index, "duplicate", "slot already decided", job=job)
+        return self._skip(index, c, c.reason)
+
+    # -- executions ---------------------------------------------------------------
+
+    def _expected(self, act: _Activity | None, ex: Execution) -> bool:
+        """Is an execution not yet stored new, rather than a late duplicate?"""
+        if act is None:
+            return True
+        entry = act.inflight.get(ex.group)
+        if entry is not None and entry.outstanding.get(ex.node_name) == ex.attempt:
+            return True
+        return act.evicted_through is None or ex.started_at > act.evicted_through
+
+    def _started(self, index: int, ex: Execution) -> ApplyResult:
+        if ex.job_name not in self._jobs:
+            return self._not_found(index, ex.job_name)
+        act = self._activity.get(ex.job_name)
+        if (act is not None and ex.id in act.executions) or not self._expected(act, ex):
+            return ApplyResult(index=index, ok=True, reason="duplicate", execution=ex)
+        act = self._act(ex.job_name)
+        stored = dataclasses.replace(
+            ex, output=truncate_output(ex.output, self.config.max_output_bytes)
+        )
+        act.executions[ex.id] = stored
+        act.running.add(ex.id)
+        self._prune(act)
+        return ApplyResult(index=index, ok=True, execution=stored)
+
+    def _prune(self, act: _Activity) -> None:
+        """Keep at most N records, evicting the oldest finished ones.
+
+        Running records are never evicted (Dkron evicts them too, which lets
+        their result reappear as a new record); so only more than N
+        simultaneous runs can exceed the cap, and only while they run.
+        """
+        excess = len(act.executions) - self.config.max_executions_per_job
+        if excess <= 0:
+            return
+        finished = sorted(
+            (ex.started_at, key) for key, ex in act.executions.items() if not ex.running
+        )
+        for started_at, key in finished[:excess]:
+            del act.executions[key]
+            if act.evicted_through is None or started_at > act.evicted_through:
+                act.evicted_through = started_at
+
+    def _finished(self, index: int, ex: Execution) -> ApplyResult:
+        job = self._jobs.get(ex.job_name)
+        if job is None:
+            return self._refuse(index, "not_found", ERR_DONE_FOR_DELETED)
+        act = self._activity.get(ex.job_name)
+        existing = act.executions.get(ex.id) if act is not None else None
+        if existing is not None and not existing.running:
+            return ApplyResult(index=index, ok=True, reason="duplicate", execution=existing)
+        if existing is None and not self._expected(act, ex):
+            return ApplyResult(index=index, ok=True, reason="duplicate", execution=ex)
+        act = self._act(ex.job_name)
+        stored = dataclasses.replace(
+            ex, output=truncate_output(ex.output, self.config.max_output_bytes)
+        )
+        act.executions[ex.id] = stored
+        act.running.discard(ex.id)
+        self._prune(act)
+        assert ex.finished_at is not None  # guaranteed by ExecutionFinished
+        entry = act.inflight.get(ex.group)
+        if entry is not None and ex.node_name in entry.outstanding:
+            rest = {n: a for n, a in entry.outstanding.items() if n != ex.node_name}
+            if rest:
+                act.inflight[ex.group] = InFlight(claim=entry.claim, outstanding=rest)
+            else:
+                del act.inflight[ex.group]
+        still = act.inflight.get(ex.group)
+        group_execs = [e for e in act.executions.values() if e.group == ex.group]
+        status = compute_group_status(
+            group_execs, tuple(sorted(still.outstanding)) if still is not None else ()
+        )
+        if ex.success:
+            job = dataclasses.replace(
+                job,
+                success_count=job.success_count + 1,
+                last_success=_later(job.last_success, ex.finished_at),
+                status=status,
+            )
+        else:
+            job = dataclasses.replace(
+                job,
+                error_count=job.error_count + 1,
+                last_error=_later(job.last_error, ex.finished_at),
+                status=status,
+            )
+        self._jobs[job.name] = job
+        events: list[StateEvent] = []
+        if not ex.success and ex.status != "cancelled" and 1 <= ex.attempt < job.retries + 1:
+            attempt = ex.attempt + 1
+            retry = PendingRetry(
+                job=job.name,
+                execution_group=ex.group,
+                node_name=ex.node_name,
+                attempt=attempt,
+                due_ns=ex.finished_at + retry_backoff_ns(ex.finished_at - ex.started_at, attempt),
+                scheduled_time_ns=ex.scheduled_time,
+            )
+            act.retries[(ex.group, ex.node_name)] = retry
+            events.append(RetryScheduled(retry=retry))
+        group_pending = ex.group in act.inflight or any(g == ex.group for g, _ in act.retries)
+        if not group_pending:
+            success = status == "success"
+            events.append(
+                GroupCompleted(
+                    job=job.name,
+                    execution_group=ex.group,
+                    status=status,
+                    dependents=job.dependent_jobs if success else (),
+                )
+            )
+            if success and job.ephemeral and not job.dependent_jobs:
+                self._drop(job)
+                events.append(JobDeleted(name=job.name, ephemeral=True))
+        return ApplyResult(index=index, ok=True, job=job, execution=stored, events=tuple(events))
+
+    def _delete_executions(self, index: int, name: str) -> ApplyResult:
+        job = self._jobs.get(name)
+        if job is None:
+            return self._not_found(index, name)
+        act = self._activity.get(name)
+        if act is not None:
+            for key, ex in list(act.executions.items()):
+                if ex.running:
+                    continue  # still live: its result must still land and be counted
+                del act.executions[key]
+                if act.evicted_through is None or ex.started_at > act.evicted_through:
+                    act.evicted_through = ex.started_at
+        job = dataclasses.replace(
+            job, success_count=0, error_count=0, last_success=None, last_error=None
+        )
+        self._jobs[name] = job
+        return ApplyResult(index=index, ok=True, job=job)
+
+    # -- queries ------------------------------------------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def get_job(self, name: str) -> Job | None:
+        return self._jobs.get(name)
+
+    def job_count(self) -> int:
+        return len(self._jobs)
+
+    def list_jobs(self, start: int = 0, end: int | None = None) -> list[Job]:
+        """Jobs sorted by name, ``[start:end]``; only the page is built."""
+        jobs = self._jobs
+        return [jobs[n] for n in self._names[start:end]]
+
+    def iter_jobs(self) -> Iterator[Job]:
+        """All jobs in name order, lazily (filters and sorts build on this)."""
+        jobs = self._jobs
+        for n in self._names:
+            yield jobs[n]
+
+    def executions(self, name: str) -> list[Execution]:
+        """A job's stored executions in Dkron's key order (started_at, then node)."""
+        act = self._activity.get(name)
+        if act is None:
+            return []
+        return sorted(act.executions.values(), key=lambda e: (e.started_at, e.node_name))
+
+    def get_execution(self, name: str, execution_id: str) -> Execution | None:
+        act = self._activity.get(name)
+        return None if act is None else act.executions.get(execution_id)
+
+    def running_executions(self, name: str | None = None) -> list[Execution]:
+        """Started and unfinished records, oldest first (all jobs when ``name`` is None)."""
+        if name is None:
+            acts = list(self._activity.values())
+        else:
+            one = self._activity.get(name)
+            acts = [] if one is None else [one]
+        out = [a.executions[i] for a in acts for i in a.running]
+        return sorted(out, key=lambda e: (e.started_at, e.node_name))
+
+    def in_flight(self, name: str) -> list[InFlight]:
+        """Claimed runs of a job with targets that have not reported, by group."""
+        act = self._activity.get(name)
+        if act is None:
+            return []
+        return [act.inflight[g] for g in sorted(act.inflight)]
+
+    def cursor(self, name: str) -> int | None:
+        """The last decided cron slot of a job (claimed or skipped), in ns."""
+        return self._cursor.get(name)
+
+    def pending_retries(self, name: str | None = None) -> list[PendingRetry]:
+        """Retries waiting for their due time, soonest first."""
+        names = [name] if name is not None else sorted(self._activity)
+        out = [
+            r for n in names if (a := self._activity.get(n)) is not None for r in a.retries.values()
+        ]
+        return sorted(out, key=lambda r: (r.due_ns, r.job, r.execution_group, r.node_name))
+
+    def missed_counts(self, name: str) -> dict[str, int]:
+        """Skipped cron slots of a job by reason."""
+        act = self._activity.get(name)
+        return {} if act is None else dict(sorted(act.missed.items()))
+
+    # -- snapshot -------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Canonical CBOR of the whole state: equal states give equal bytes."""
+        snaps = []
+        for name in self._names:
+            act = self._activity.get(name) or _Activity()
+            snaps.append(
+                _JobSnap(
+                    job=self._jobs[name],
+                    cursor=self._cursor.get(name),
+                    executions=tuple(act.executions[k] for k in sorted(act.executions)),
+                    inflight=tuple(act.inflight[g] for g in sorted(act.inflight)),
+                    recent=tuple(act.recent),
+                    retries=tuple(act.retries[k] for k in sorted(act.retries)),
+                    missed=dict(act.missed),
+                    evicted_through=act.evicted_through,
+                )
+            )
+        snap = _Snapshot(
+            version=_SNAPSHOT_VERSION,
+            applied_index=self._applied,
+            paused=self._paused,
+            jobs=tuple(snaps),
+        )
+        return cbor2.dumps(_SNAPSHOTS.to_wire(snap), canonical=True)
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot's; garbage raises RemoteProtocolError
+        and leaves the current state as it was."""
+        snap = _SNAPSHOTS.decode(data)
+        assert isinstance(snap, _Snapshot)
+        if snap.version != _SNAPSHOT_VERSION:
+            raise RemoteProtocolError(f"unsupported snapshot version {snap.version}")
+        jobs: dict[str, Job] = {}
+        cursors: dict[str, int] = {}
+        activity: dict[str, _Activity] = {}
+        for js in snap.jobs:
+            name = js.job.name
+            if name in jobs:
+                raise RemoteProtocolError(f"snapshot holds job {name!r} twice")
+            jobs[name] = _intern(js.job)
+            if js.cursor is not None:
+                cursors[name] = js.cursor
+            act = _Activity()
+            for ex in js.executions:
+                if ex.job_name != name:
+                    raise RemoteProtocolError("snapshot execution under the wrong job")
+                act.executions[ex.id] = ex
+                if ex.running:
+                    act.running.add(ex.id)
+            for entry in js.inflight:
+                act.inflight[entry.claim.execution_group] = entry
+            act.recent = list(js.recent)
+            for r in js.retries:
+                act.retries[(r.execution_group, r.node_name)] = r
+            act.missed = dict(js.missed)
+            act.evicted_through = js.evicted_through
+            if not act.empty():
+                activity[name] = act
+        for job in jobs.values():
+            if job.parent_job and job.parent_job not in jobs:
+                raise RemoteProtocolError(f"snapshot job {job.name!r} has a missing parent")
+        self._jobs = jobs
+        self._names = sorted(jobs)
+        self._cursor = cursors
+        self._activity = activity
+        self._paused = snap.paused
+        self._applied = snap.applied_index
+
+
+def _later(a: int | None, b: int) -> int:
+    return b if a is None else max(a, b)

@@ -1,0 +1,514 @@
+"""Example tests for the replicated state machine: each Dkron store rule and each claim rule."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from dkron.model import Execution, Job
+from dkron.state import (
+    ApplyResult,
+    ClaimSlot,
+    Command,
+    DeleteExecutions,
+    DeleteJob,
+    ExecutionFinished,
+    ExecutionStarted,
+    GroupCompleted,
+    JobDeleted,
+    RecordMissed,
+    RetryScheduled,
+    SetPaused,
+    SlotSkipped,
+    StateConfig,
+    StateMachine,
+    ToggleJob,
+    UpsertJob,
+    compute_group_status,
+    encode_command,
+    retry_backoff_ns,
+)
+
+S = 10**9
+T0 = 1_735_725_600 * S
+
+
+class Driver:
+    """Applies commands through the byte path, numbering log entries."""
+
+    def __init__(self, config: StateConfig | None = None) -> None:
+        self.sm = StateMachine(config)
+        self.index = 0
+
+    def __call__(self, cmd: Command) -> ApplyResult:
+        self.index += 1
+        return self.sm.apply(self.index, encode_command(cmd))
+
+    def job(self, name: str = "job1", **kw: object) -> ApplyResult:
+        fields: dict[str, object] = {"name": name, "schedule": "@every 10s", "executor": "shell"}
+        fields.update(kw)
+        return self(UpsertJob(Job(**fields)))  # type: ignore[arg-type]
+
+    def claim(
+        self,
+        job: str = "job1",
+        slot: int = T0,
+        *,
+        trigger: str = "schedule",
+        group: int | None = None,
+        targets: tuple[str, ...] = ("n1",),
+        attempt: int = 1,
+    ) -> ApplyResult:
+        return self(
+            ClaimSlot(job, slot, 1, trigger, slot if group is None else group, targets, attempt)
+        )
+
+    def run(
+        self,
+        job: str = "job1",
+        *,
+        group: int = T0,
+        node: str = "n1",
+        started: int = T0 + 1,
+        duration: int = S,
+        success: bool = True,
+        attempt: int = 1,
+        output: str = "ok",
+    ) -> ApplyResult:
+        ex = Execution(job, started, node, group=group, attempt=attempt)
+        assert self(ExecutionStarted(ex)).ok
+        return self(
+            ExecutionFinished(
+                dataclasses.replace(
+                    ex, finished_at=started + duration, success=success, output=output
+                )
+            )
+        )
+
+
+@pytest.fixture
+def d() -> Driver:
+    return Driver()
+
+
+# -- jobs -------------------------------------------------------------------------
+
+
+def test_upsert_validates_and_refuses_invalid(d: Driver) -> None:
+    r = d.job("BAD JOB NAME!")
+    assert not r.ok
+    assert r.reason == "invalid"
+    assert r.error == "name contains illegal character 'B'"
+    assert d.sm.job_count() == 0
+
+
+def test_parent_must_exist(d: Driver) -> None:
+    r = d.job("child", schedule="", parent_job="nope")
+    assert (r.ok, r.error) == (False, "specified parent job not found")
+    assert d.sm.get_job("child") is None
+
+
+def test_dependent_jobs_maintained(d: Driver) -> None:
+    d.job("p1")
+    d.job("p2")
+    d.job("c", schedule="", parent_job="p1")
+    d.job("c2", schedule="", parent_job="p1")
+    assert d.sm.get_job("p1").dependent_jobs == ("c", "c2")  # type: ignore[union-attr]
+    d.job("p1", owner="someone")  # re-saving the parent keeps its dependents
+    assert d.sm.get_job("p1").dependent_jobs == ("c", "c2")  # type: ignore[union-attr]
+    d.job("c", schedule="", parent_job="p2")  # swap parents
+    assert d.sm.get_job("p1").dependent_jobs == ("c2",)  # type: ignore[union-attr]
+    assert d.sm.get_job("p2").dependent_jobs == ("c",)  # type: ignore[union-attr]
+    d.job("c")  # becomes independent
+    assert d.sm.get_job("p2").dependent_jobs == ()  # type: ignore[union-attr]
+    r = d(DeleteJob("p1"))
+    assert (r.ok, r.reason) == (False, "has_dependents")
+    assert r.error == "store: could not delete job with dependent jobs, delete children first"
+    assert d(DeleteJob("c2")).ok
+    assert d.sm.get_job("p1").dependent_jobs == ()  # type: ignore[union-attr]
+    assert d(DeleteJob("p1")).ok
+    assert not d(DeleteJob("p1")).ok
+
+
+def test_parent_cycle_refused(d: Driver) -> None:
+    d.job("a")
+    d.job("b", parent_job="a")
+    r = d.job("a", parent_job="b")
+    assert (r.ok, r.reason) == (False, "cycle")
+    assert d.sm.get_job("a").parent_job == ""  # type: ignore[union-attr]
+
+
+def test_upsert_merges_counters_and_next(d: Driver) -> None:
+    d.job("a", next=T0)
+    d.claim("a")
+    d.run("a")
+    r = d.job("a", next=T0 - S, success_count=0)
+    job = r.job
+    assert job is not None
+    assert job.success_count == 1
+    assert job.status == "success"
+    assert job.next == T0
+    r = d.job("a", schedule="@daily", next=T0 - S)
+    assert r.job is not None
+    assert r.job.next == T0 - S
+
+
+def test_toggle(d: Driver) -> None:
+    d.job()
+    assert d(ToggleJob("job1")).job.disabled  # type: ignore[union-attr]
+    assert not d(ToggleJob("job1")).job.disabled  # type: ignore[union-attr]
+    assert d(ToggleJob("nope")).reason == "not_found"
+
+
+def test_list_jobs_sorted_and_paged(d: Driver) -> None:
+    for name in ("c", "a", "b", "d"):
+        d.job(name)
+    assert [j.name for j in d.sm.list_jobs()] == ["a", "b", "c", "d"]
+    assert [j.name for j in d.sm.list_jobs(1, 3)] == ["b", "c"]
+    assert [j.name for j in d.sm.iter_jobs()] == ["a", "b", "c", "d"]
+    d(DeleteJob("b"))
+    assert [j.name for j in d.sm.list_jobs()] == ["a", "c", "d"]
+
+
+def test_paused_flag(d: Driver) -> None:
+    seen = [d.sm.paused]
+    d(SetPaused(True))
+    seen.append(d.sm.paused)
+    d(SetPaused(False))
+    seen.append(d.sm.paused)
+    assert seen == [False, True, False]
+
+
+# -- claims -------------------------------------------------------------------------
+
+
+def test_slot_claimed_at_most_once(d: Driver) -> None:
+    d.job()
+    assert d.claim(slot=T0).ok
+    r = d.claim(slot=T0, group=T0 + 5)
+    assert (r.ok, r.reason) == (False, "duplicate")
+    assert d.claim(slot=T0 - 10 * S).reason == "duplicate"  # behind the cursor
+    assert d.sm.cursor("job1") == T0
+    assert d.claim(slot=T0 + 10 * S).ok
+    assert d.sm.cursor("job1") == T0 + 10 * S
+    assert d.claim("nope").reason == "not_found"
+
+
+def test_forbid_is_decided_in_apply(d: Driver) -> None:
+    d.job(concurrency="forbid")
+    assert d.claim(slot=T0).ok
+    r = d.claim(slot=T0 + 10 * S)
+    assert (r.ok, r.reason) == (False, "forbid")
+    assert r.events == (SlotSkipped(job="job1", scheduled_time_ns=T0 + 10 * S, reason="forbid"),)
+    assert d.sm.cursor("job1") == T0 + 10 * S
+    assert d.sm.missed_counts("job1") == {"forbid": 1}
+    manual = d.claim(slot=T0 + 11 * S, trigger="manual", group=T0 + 11 * S)
+    assert manual.reason == "forbid"  # manual runs honour forbid too
+    d.run(group=T0)
+    assert d.claim(slot=T0 + 20 * S).ok
+
+
+def test_forbid_sees_unclaimed_running_records(d: Driver) -> None:
+    d.job(concurrency="forbid")
+    ex = Execution("job1", T0, "n1", group=T0, attempt=1)
+    d(ExecutionStarted(ex))
+    assert d.claim(slot=T0 + 10 * S).reason == "forbid"
+    assert [e.id for e in d.sm.running_executions()] == [ex.id]
+
+
+def test_allow_runs_overlap(d: Driver) -> None:
+    d.job()
+    assert d.claim(slot=T0).ok
+    assert d.claim(slot=T0 + 10 * S).ok
+    assert len(d.sm.in_flight("job1")) == 2
+
+
+def test_disabled_and_expired_slots_are_skipped(d: Driver) -> None:
+    d.job(disabled=True)
+    r = d.claim(slot=T0)
+    assert r.reason == "disabled"
+    assert d.claim(slot=T0 + S, trigger="manual", group=T0 + S).ok  # manual still allowed
+    d.job(disabled=False, expires_at=T0 + 5 * S)
+    assert d.claim(slot=T0 + 10 * S).reason == "expired"
+    assert d.sm.missed_counts("job1") == {"disabled": 1, "expired": 1}
+
+
+def test_manual_claims_deduplicated_by_group(d: Driver) -> None:
+    d.job()
+    assert d.claim(slot=T0, trigger="manual", group=T0).ok
+    assert d.claim(slot=T0, trigger="manual", group=T0).reason == "duplicate"
+    d.run(group=T0)
+    assert d.claim(slot=T0, trigger="manual", group=T0).reason == "duplicate"  # recent window
+    assert d.sm.cursor("job1") is None  # manual runs do not move the cron cursor
+
+
+def test_recent_window_is_bounded() -> None:
+    d = Driver(StateConfig(recent_groups_window=2))
+    d.job()
+    for g in (1, 2, 3):
+        assert d.claim(slot=g, trigger="manual", group=g).ok
+        d.run(group=g, started=T0 + g)
+    assert d.claim(slot=1, trigger="manual", group=1).ok  # fell out of the window
+
+
+def test_record_missed(d: Driver) -> None:
+    d.job()
+    r = d(RecordMissed("job1", T0, "missed"))
+    assert r.ok
+    assert d(RecordMissed("job1", T0, "missed")).reason == "duplicate"
+    assert d.claim(slot=T0).reason == "duplicate"
+    assert d(RecordMissed("job1", T0 + S, "paused")).ok
+    assert d.sm.missed_counts("job1") == {"missed": 1, "paused": 1}
+    assert d(RecordMissed("nope", T0, "missed")).reason == "not_found"
+
+
+def test_garbage_and_invalid_commands_do_not_raise(d: Driver) -> None:
+    assert d.sm.apply(1, b"").reason == "bad_command"
+    assert d.sm.apply(2, b"\x83\x09\x61a\x00").reason == "bad_command"  # RecordMissed arity
+    assert d.sm.apply(2, b"\x80").reason == "stale_index"
+    bad_reason = encode_command(RecordMissed("a", 1, "missed")).replace(b"missed", b"nissed")
+    assert d.sm.apply(3, bad_reason).reason == "bad_command"
+
+
+def test_claim_rejects_malformed_fields() -> None:
+    with pytest.raises(ValueError):
+        ClaimSlot("a", 1, 1, "schedule", 1, (), 1)
+    with pytest.raises(ValueError):
+        ClaimSlot("a", 1, 1, "retry", 1, ("n1", "n2"), 2)
+    with pytest.raises(ValueError):
+        ClaimSlot("a", 1, 1, "cron", 1, ("n1",), 1)
+    with pytest.raises(ValueError):
+        ClaimSlot("a", 1, 1, "schedule", 1, ("n1", "n1"), 1)
+
+
+# -- executions ------------------------------------------------------------------------
+
+
+def test_execution_finished_exactly_once(d: Driver) -> None:
+    d.job()
+    d.claim()
+    ex = Execution("job1", T0 + 1, "n1", group=T0, attempt=1)
+    d(ExecutionStarted(ex))
+    done = ExecutionFinished(dataclasses.replace(ex, finished_at=T0 + 2 * S, success=True))
+    first = d(done)
+    second = d(done)
+    assert first.ok and first.reason == ""
+    assert second.ok and second.reason == "duplicate"
+    assert d(ExecutionStarted(ex)).reason == "duplicate"  # a late start does not resurrect it
+    job = d.sm.get_job("job1")
+    assert job is not None
+    assert (job.success_count, job.last_success, job.status) == (1, T0 + 2 * S, "success")
+    assert d.sm.running_executions() == []
+    assert d.sm.in_flight("job1") == []
+
+
+def test_failure_counts_and_last_error(d: Driver) -> None:
+    d.job()
+    d.claim()
+    r = d.run(success=False)
+    assert r.job is not None
+    assert (r.job.error_count, r.job.last_error, r.job.status) == (1, T0 + 1 + S, "failed")
+    assert r.events == (
+        GroupCompleted(job="job1", execution_group=T0, status="failed", dependents=()),
+    )
+
+
+def test_finished_for_deleted_job(d: Driver) -> None:
+    ex = Execution("gone", T0, "n1", finished_at=T0 + S)
+    r = d(ExecutionFinished(ex))
+    assert (r.ok, r.error) == (False, "grpc: Received execution done for a deleted job")
+    assert d(ExecutionStarted(Execution("gone", T0, "n1"))).reason == "not_found"
+
+
+def test_retries_with_replicated_backoff(d: Driver) -> None:
+    d.job(retries=2)
+    d.claim()
+    r = d.run(success=False, started=T0, duration=10 * S)
+    retry = r.events[0]
+    assert isinstance(retry, RetryScheduled)
+    assert retry.retry.attempt == 2
+    assert retry.retry.due_ns == T0 + 10 * S + 3 * S  # Dkron's example: 10 s run -> 3 s
+    assert d.sm.pending_retries() == [retry.retry]
+    assert d.sm.get_job("job1").status == "failed"  # type: ignore[union-attr]
+    # A retry must match the pending one exactly, once.
+    assert d.claim(slot=retry.retry.due_ns, trigger="retry", group=T0, attempt=3).reason == (
+        "no_retry"
+    )
+    assert d.claim(slot=retry.retry.due_ns, trigger="retry", group=T0, attempt=2).ok
+    assert d.claim(slot=retry.retry.due_ns, trigger="retry", group=T0, attempt=2).reason == (
+        "no_retry"
+    )
+    assert d.sm.pending_retries() == []
+    r = d.run(started=T0 + 14 * S, attempt=2)
+    # Failed then succeeded on retry: success (Dkron says partially_failed), dependents run.
+    assert r.job is not None and r.job.status == "success"
+    assert r.events == (
+        GroupCompleted(job="job1", execution_group=T0, status="success", dependents=()),
+    )
+
+
+def test_retries_exhausted(d: Driver) -> None:
+    d.job(retries=1)
+    d.claim()
+    d.run(success=False, started=T0)
+    d.claim(slot=T0 + S, trigger="retry", group=T0, attempt=2)
+    r = d.run(success=False, started=T0 + 2 * S, attempt=2)
+    assert [type(e) for e in r.events] == [GroupCompleted]
+    assert d.sm.pending_retries() == []
+
+
+def test_cancelled_is_not_retried(d: Driver) -> None:
+    d.job(retries=3)
+    d.claim()
+    ex = Execution("job1", T0, "n1", group=T0, attempt=1)
+    d(ExecutionStarted(ex))
+    r = d(ExecutionFinished(dataclasses.replace(ex, finished_at=T0 + S, status="cancelled")))
+    assert not any(isinstance(e, RetryScheduled) for e in r.events)
+
+
+def test_backoff_formula() -> None:
+    assert retry_backoff_ns(400_000_000, 2) == 0
+    assert retry_backoff_ns(10 * S, 2) == 3 * S
+    assert retry_backoff_ns(S, 3) == 2 * S  # n=2: log2(2)+3 = 4 half-seconds
+
+
+def test_status_computation_table() -> None:
+    def ex(node: str, ok: bool, attempt: int = 1, running: bool = False) -> Execution:
+        return Execution(
+            "a",
+            T0 + attempt,
+            node,
+            finished_at=None if running else T0 + 10,
+            success=ok,
+            attempt=attempt,
+        )
+
+    assert compute_group_status([ex("n1", True), ex("n2", False)]) == "partially_failed"
+    assert compute_group_status([ex("n1", True), ex("n2", True)]) == "success"
+    assert compute_group_status([ex("n1", False, running=True)]) == "failed"
+    assert compute_group_status([ex("n1", False)]) == "failed"
+    assert compute_group_status([ex("n1", False), ex("n1", True, attempt=2)]) == "success"
+    assert compute_group_status([]) == ""
+
+
+def test_multi_node_group_completes_once(d: Driver) -> None:
+    d.job("p")
+    d.job("c", schedule="", parent_job="p")
+    d.claim("p", targets=("n1", "n2"))
+    first = d.run("p", node="n1")
+    assert first.job is not None and first.job.status == "partially_failed"  # n2 still running
+    assert first.events == ()
+    second = d.run("p", node="n2", started=T0 + 2)
+    assert second.events == (
+        GroupCompleted(job="p", execution_group=T0, status="success", dependents=("c",)),
+    )
+    assert d.claim("c", slot=T0, trigger="dependent", group=T0 + 99).ok
+
+
+def test_ephemeral_deleted_after_success_only(d: Driver) -> None:
+    d.job("e", ephemeral=True)
+    d.claim("e")
+    d.run("e", success=False)
+    assert d.sm.get_job("e") is not None
+    d.claim("e", slot=T0 + 10 * S)
+    r = d.run("e", group=T0 + 10 * S, started=T0 + 10 * S)
+    assert JobDeleted(name="e", ephemeral=True) in r.events
+    assert d.sm.get_job("e") is None
+    assert d.sm.executions("e") == []
+
+
+def test_ephemeral_parent_with_children_is_kept(d: Driver) -> None:
+    d.job("e", ephemeral=True)
+    d.job("c", schedule="", parent_job="e")
+    d.claim("e")
+    r = d.run("e")
+    assert not any(isinstance(e, JobDeleted) for e in r.events)
+    assert d.sm.get_job("e") is not None
+
+
+def test_history_and_output_caps() -> None:
+    d = Driver(StateConfig(max_executions_per_job=3, max_output_bytes=100))
+    d.job()
+    for i in range(5):
+        d.run(group=T0 + i, started=T0 + i * S, output="x" * 500)
+    execs = d.sm.executions("job1")
+    assert [e.started_at for e in execs] == [T0 + 2 * S, T0 + 3 * S, T0 + 4 * S]
+    assert all(len(e.output.encode()) <= 100 and "truncated" in e.output for e in execs)
+    # A late duplicate of an evicted result is not counted again.
+    old = Execution("job1", T0, "n1", finished_at=T0 + S, success=True, group=T0, attempt=1)
+    before = d.sm.get_job("job1").success_count  # type: ignore[union-attr]
+    assert d(ExecutionFinished(old)).reason == "duplicate"
+    assert d.sm.get_job("job1").success_count == before  # type: ignore[union-attr]
+
+
+def test_running_records_are_not_evicted() -> None:
+    d = Driver(StateConfig(max_executions_per_job=2))
+    d.job()
+    for i in range(3):
+        d(ExecutionStarted(Execution("job1", T0 + i, "n1", group=T0 + i, attempt=1)))
+    assert len(d.sm.executions("job1")) == 3
+    assert len(d.sm.running_executions("job1")) == 3
+
+
+def test_delete_executions_resets_counters(d: Driver) -> None:
+    d.job()
+    d.run(group=1, started=T0)
+    d.run(group=2, started=T0 + S, success=False)
+    job = d.sm.get_job("job1")
+    assert job is not None
+    assert (job.success_count, job.error_count) == (1, 1)
+    r = d(DeleteExecutions("job1"))
+    assert r.job is not None
+    assert (r.job.success_count, r.job.error_count) == (0, 0)
+    assert (r.job.last_success, r.job.last_error) == (None, None)
+    assert r.job.status == "failed"  # status is not reset
+    assert d.sm.executions("job1") == []
+    assert d(DeleteExecutions("nope")).reason == "not_found"
+
+
+def test_get_execution(d: Driver) -> None:
+    d.job()
+    d.run()
+    ex = d.sm.executions("job1")[0]
+    assert d.sm.get_execution("job1", ex.id) == ex
+    assert d.sm.get_execution("job1", "nope") is None
+    assert d.sm.get_execution("nope", ex.id) is None
+
+
+def test_snapshot_restore_roundtrip(d: Driver) -> None:
+    d.job("p", retries=1, tags={"b": "1", "a": "2"})
+    d.job("c", schedule="", parent_job="p")
+    d.claim("p", targets=("n1", "n2"))
+    d.run("p", success=False)
+    d(RecordMissed("p", T0 + S, "missed"))
+    d(SetPaused(True))
+    snap = d.sm.snapshot()
+    other = StateMachine()
+    other.restore(snap)
+    assert other.snapshot() == snap
+    assert other.paused
+    assert other.applied_index == d.sm.applied_index
+    assert other.pending_retries() == d.sm.pending_retries()
+    assert other.in_flight("p") == d.sm.in_flight("p")
+    assert other.get_job("p") == d.sm.get_job("p")
+
+
+def test_restore_rejects_garbage_without_damage(d: Driver) -> None:
+    d.job()
+    snap = d.sm.snapshot()
+    from dkron.proto_sansio.errors import RemoteProtocolError
+
+    for garbage in (b"", b"\x00", snap[:-3], snap.replace(b"job1", b"JOB1")[:0] + b"\xa0"):
+        with pytest.raises(RemoteProtocolError):
+            d.sm.restore(garbage)
+    assert d.sm.snapshot() == snap
+
+
+def test_state_config_validation() -> None:
+    with pytest.raises(ValueError):
+        StateConfig(max_executions_per_job=0)
+    with pytest.raises(ValueError):
+        StateConfig(max_output_bytes=1)
+    with pytest.raises(ValueError):
+        StateConfig(recent_groups_window=0)
