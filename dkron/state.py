@@ -185,15 +185,23 @@ class SetPaused:
 
 @dataclass(frozen=True, slots=True)
 class RecordMissed:
-    """Account for a cron slot that will not run, and move the cursor past it."""
+    """Account for ``count`` cron slots that will not run, the last of them at
+    ``scheduled_time_ns``, and move the cursor past it.
+
+    One command covers a whole range so that a long outage replayed by a new
+    leader costs one log entry per job, not one per slot.
+    """
 
     job: str
     scheduled_time_ns: int
     reason: str
+    count: int = 1
 
     def __post_init__(self) -> None:
         if self.reason not in MISS_REASONS:
             raise ValueError(f"unknown miss reason {self.reason!r}")
+        if self.count < 1:
+            raise ValueError("count must be >= 1")
 
 
 Command = (
@@ -297,6 +305,7 @@ class SlotSkipped:
     job: str
     scheduled_time_ns: int
     reason: str
+    count: int = 1
 
 
 StateEvent = GroupCompleted | RetryScheduled | JobDeleted | SlotSkipped
@@ -393,6 +402,7 @@ class _JobSnap:
     retries: tuple[PendingRetry, ...]
     missed: dict[str, int]
     evicted_through: int | None
+    triggered: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +428,7 @@ class _Activity:
         "recent",
         "retries",
         "running",
+        "triggered",
     )
 
     def __init__(self) -> None:
@@ -430,6 +441,10 @@ class _Activity:
         # Highest started_at of any finished record evicted from history:
         # an unknown execution at or before it is a late duplicate.
         self.evicted_through: int | None = None
+        # Groups of successful parent runs that still owe this job a dependent
+        # run: replicated, so a leader change between the parent's result and
+        # the child's claim cannot lose the child's run.
+        self.triggered: list[int] = []
 
     def empty(self) -> bool:
         return not (
@@ -437,6 +452,7 @@ class _Activity:
             or self.inflight
             or self.recent
             or self.retries
+            or self.triggered
             or self.missed
             or self.evicted_through is not None
         )
@@ -616,8 +632,11 @@ class StateMachine:
         """Decide a cron slot as not run: advance the cursor and count the reason."""
         self._cursor[c.job] = c.scheduled_time_ns
         act = self._act(c.job)
-        act.missed[reason] = act.missed.get(reason, 0) + 1
-        event = SlotSkipped(job=c.job, scheduled_time_ns=c.scheduled_time_ns, reason=reason)
+        count = c.count if isinstance(c, RecordMissed) else 1
+        act.missed[reason] = act.missed.get(reason, 0) + count
+        event = SlotSkipped(
+            job=c.job, scheduled_time_ns=c.scheduled_time_ns, reason=reason, count=count
+        )
         ok = isinstance(c, RecordMissed)
         return ApplyResult(
             index=index,
@@ -644,6 +663,12 @@ class StateMachine:
             if pending is None or pending.attempt != c.attempt:
                 return self._refuse(index, "no_retry", "no such pending retry", job=job)
         else:
+            if c.trigger == "dependent":
+                # A dependent run exists only as the debt of a parent's success;
+                # claiming it (run or refused) settles the debt exactly once.
+                if act is None or c.execution_group not in act.triggered:
+                    return self._refuse(index, "no_trigger", "no parent run owes this", job=job)
+                act.triggered.remove(c.execution_group)
             if act is not None and (
                 c.execution_group in act.inflight or c.execution_group in act.recent
             ):
@@ -799,6 +824,13 @@ class StateMachine:
                     dependents=job.dependent_jobs if success else (),
                 )
             )
+            if success:
+                for child in job.dependent_jobs:
+                    if child in self._jobs:
+                        owed = self._act(child).triggered
+                        owed.append(ex.group)
+                        if len(owed) > self.config.recent_groups_window:
+                            del owed[0]
             if success and job.ephemeral and not job.dependent_jobs:
                 self._drop(job)
                 events.append(JobDeleted(name=job.name, ephemeral=True))
@@ -889,6 +921,10 @@ class StateMachine:
         ]
         return sorted(out, key=lambda r: (r.due_ns, r.job, r.execution_group, r.node_name))
 
+    def pending_dependents(self) -> list[tuple[str, int]]:
+        """(job, parent execution group) pairs owed a dependent run."""
+        return [(n, g) for n in sorted(self._activity) for g in self._activity[n].triggered]
+
     def missed_counts(self, name: str) -> dict[str, int]:
         """Skipped cron slots of a job by reason."""
         act = self._activity.get(name)
@@ -911,6 +947,7 @@ class StateMachine:
                     retries=tuple(act.retries[k] for k in sorted(act.retries)),
                     missed=dict(act.missed),
                     evicted_through=act.evicted_through,
+                    triggered=tuple(act.triggered),
                 )
             )
         snap = _Snapshot(
@@ -952,6 +989,7 @@ class StateMachine:
                 act.retries[(r.execution_group, r.node_name)] = r
             act.missed = dict(js.missed)
             act.evicted_through = js.evicted_through
+            act.triggered = list(js.triggered)
             if not act.empty():
                 activity[name] = act
         for job in jobs.values():

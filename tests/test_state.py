@@ -403,7 +403,13 @@ def test_multi_node_group_completes_once(d: Driver) -> None:
     assert second.events == (
         GroupCompleted(job="p", execution_group=T0, status="success", dependents=("c",)),
     )
-    assert d.claim("c", slot=T0, trigger="dependent", group=T0 + 99).ok
+    # The child's run is owed in the replicated state (it survives a leader
+    # change), identified by the parent's group, and can be claimed once.
+    assert d.sm.pending_dependents() == [("c", T0)]
+    assert not d.claim("c", slot=T0, trigger="dependent", group=T0 + 99).ok
+    assert d.claim("c", slot=T0, trigger="dependent", group=T0).ok
+    assert d.sm.pending_dependents() == []
+    assert not d.claim("c", slot=T0, trigger="dependent", group=T0).ok
 
 
 def test_ephemeral_deleted_after_success_only(d: Driver) -> None:
