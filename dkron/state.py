@@ -54,6 +54,7 @@ __all__ = [
     "MISS_REASONS",
     "ApplyResult",
     "ClaimSlot",
+    "Command",
     "DeleteExecutions",
     "DeleteJob",
     "ExecutionFinished",

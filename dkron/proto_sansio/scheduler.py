@@ -101,8 +101,11 @@ class SchedulerConfig:
 class ScheduledJob:
     """The slice of a job the engine needs, with its replicated cursor.
 
-    ``anchor`` is the earliest instant slots count from (when the job or its
-    schedule was saved); ``cursor`` is the last slot claimed through Raft.
+    ``cursor`` is the last slot decided through Raft.  ``first`` is the first
+    slot the job's current schedule computed when it was saved (Dkron's
+    ``next``); it wins over the cursor when it is later, so a changed
+    schedule starts afresh instead of replaying the old cursor's gap.  With
+    neither, slots count from ``anchor`` (normally the time leadership began).
     Child jobs and ``@manually`` jobs are never given to the engine.
     """
 
@@ -110,6 +113,7 @@ class ScheduledJob:
     schedule: ScheduleLike
     anchor: datetime
     cursor: datetime | None = None
+    first: datetime | None = None
     disabled: bool = False
     starts_at: datetime | None = None
     expires_at: datetime | None = None
@@ -171,11 +175,15 @@ class Scheduler:
     def set_job(self, job: ScheduledJob, wall: datetime) -> None:
         """Add or replace a job; slots between its cursor and ``wall`` are resolved now."""
         version = next(self._versions)
-        base = job.anchor if job.cursor is None else max(job.cursor, job.anchor)
-        if job.starts_at is not None:
+        nxt: datetime | None
+        if job.first is not None and (job.cursor is None or job.first > job.cursor):
+            nxt = job.first
+        else:
+            nxt = job.schedule.next_after(job.anchor if job.cursor is None else job.cursor)
+        if job.starts_at is not None and nxt is not None and nxt < job.starts_at:
             # Nothing fires before starts_at; those instants are not slots at all.
-            base = max(base, job.starts_at - timedelta(microseconds=1))
-        entry = _Entry(job, version, job.schedule.next_after(base))
+            nxt = job.schedule.next_after(job.starts_at - timedelta(microseconds=1))
+        entry = _Entry(job, version, nxt)
         self._jobs[job.name] = entry
         self._catch_up(entry, wall)
         self._push(entry)

@@ -153,7 +153,7 @@ class RaftHost(Host):
     # -- application ------------------------------------------------------------
 
     def _restore(self, snapshot: Snapshot) -> None:
-        self.app = _decode_app(snapshot.data) if snapshot.data else []
+        self.app_restore(snapshot.data)
         self.applied_index = snapshot.index
         self.cluster.check_restored(self, snapshot)
 
@@ -165,12 +165,26 @@ class RaftHost(Host):
         self.applied_index = entry.index
         if entry.kind == EntryKind.NORMAL:
             self.app.append((entry.index, entry.data))
+            self.app_apply(entry)
         self.cluster.on_apply(self, entry)
+
+    # -- application hooks (subclasses run a real state machine here) ---------
+
+    def app_apply(self, entry: Entry) -> None:
+        """Apply one committed NORMAL entry to the application state."""
+
+    def app_snapshot(self) -> bytes:
+        """The application state as snapshot bytes."""
+        return _encode_app(self.app)
+
+    def app_restore(self, data: bytes) -> None:
+        """Replace the application state with a snapshot's."""
+        self.app = _decode_app(data) if data else []
 
     def take_snapshot(self) -> None:
         """Compact the log at the applied index, as the agent does periodically."""
         if self.node is not None and self.applied_index > self.node.snapshot_index:
-            self.node.compact(self.applied_index, _encode_app(self.app))
+            self.node.compact(self.applied_index, self.app_snapshot())
             self.poke()
 
 
@@ -195,9 +209,9 @@ class RaftCluster:
         voters = list(members)
         self.hosts: dict[str, RaftHost] = {}
         for name in voters:
-            self.hosts[name] = RaftHost(name, self, PersistedState.bootstrap(voters))
+            self.hosts[name] = self._make_host(name, PersistedState.bootstrap(voters))
         for name in spares:
-            self.hosts[name] = RaftHost(name, self, PersistedState.empty())
+            self.hosts[name] = self._make_host(name, PersistedState.empty())
         # Global knowledge used by the invariant checks.
         self.leaders: dict[int, str] = {}
         self.committed: dict[int, tuple[int, int, bytes]] = {}  # index -> (term, kind, data)
@@ -210,6 +224,9 @@ class RaftCluster:
         self._payload = 0
         for host in self.hosts.values():
             host.start()
+
+    def _make_host(self, name: str, initial: PersistedState) -> RaftHost:
+        return RaftHost(name, self, initial)
 
     # -- driving ----------------------------------------------------------------
 

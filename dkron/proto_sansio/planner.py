@@ -1,0 +1,223 @@
+"""What the leader proposes: schedule slots, retries and dependent runs as Raft commands.
+
+A :class:`Planner` exists only while its node leads, and only once the
+node's state machine has applied everything committed before its term (the
+barrier): everything it knows comes from the replicated
+:class:`~dkron.state.StateMachine`, so a new leader continues exactly where
+the replicated cursors, pending retries and owed dependent runs say, and a
+deposed leader's planner is simply dropped.
+
+It turns the schedule engine's output into commands — a
+:class:`~dkron.state.ClaimSlot` per slot to run, a
+:class:`~dkron.state.RecordMissed` per range of slots that will not — and adds
+the runs that are not on a schedule: retries whose replicated due time has
+come and dependent runs owed by a parent's success.  The caller proposes the
+commands; the state machine's apply decides.  Duplicates (a slot proposed by
+two leaders, a retry proposed twice) are refused there, so nothing here needs
+to be exactly-once itself.
+
+Target nodes come from an injected ``select_targets(job)`` (the execution
+protocol chooses them from live members by the job's tags).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, tzinfo
+
+from dkron.model import Job
+from dkron.proto_sansio.scheduler import (
+    CatchUp,
+    FireSlot,
+    MissedSlots,
+    ScheduledJob,
+    Scheduler,
+    SchedulerConfig,
+)
+from dkron.schedule import NeverSchedule, ScheduleError, job_schedule, parse_go_duration
+from dkron.state import (
+    ApplyResult,
+    ClaimSlot,
+    Command,
+    DeleteJob,
+    GroupCompleted,
+    JobDeleted,
+    PendingRetry,
+    RecordMissed,
+    RetryScheduled,
+    StateMachine,
+    ToggleJob,
+    UpsertJob,
+)
+
+__all__ = ["Planner", "from_ns", "to_ns"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_ns(t: datetime) -> int:
+    """An aware datetime as integer Unix nanoseconds (exact to the microsecond)."""
+    d = t - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
+
+
+def from_ns(ns: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=ns // 1_000)
+
+
+class Planner:
+    """The leader's source of ClaimSlot and RecordMissed commands."""
+
+    def __init__(
+        self,
+        state: StateMachine,
+        *,
+        term: int,
+        wall: datetime,
+        select_targets: Callable[[Job], tuple[str, ...]],
+        local_tz: tzinfo = UTC,
+        config: SchedulerConfig | None = None,
+    ) -> None:
+        self.state = state
+        self.term = term
+        self.local_tz = local_tz
+        self._select = select_targets
+        self.scheduler = Scheduler(config)
+        self._retries: list[tuple[int, str, int, str]] = []  # (due, job, group, node)
+        self._retry_info: dict[tuple[str, int, str], PendingRetry] = {}
+        self._out: list[Command] = []
+        self._wall = wall
+        self.scheduler.load(
+            (sj for job in state.iter_jobs() if (sj := self._scheduled(job)) is not None), wall
+        )
+        for retry in state.pending_retries():
+            self._add_retry(retry)
+        for child, group in state.pending_dependents():
+            self._owe_dependent(child, group)
+
+    # -- inputs ----------------------------------------------------------------
+
+    def observe(self, cmd: Command, result: ApplyResult, wall: datetime) -> None:
+        """Feed every applied command and its result (on the leader)."""
+        self._wall = wall
+        if not result.ok:
+            return
+        if isinstance(cmd, UpsertJob | ToggleJob | DeleteJob):
+            name = cmd.job.name if isinstance(cmd, UpsertJob) else cmd.name
+            current = self.state.get_job(name)
+            sj = None if current is None else self._scheduled(current)
+            if sj is None:
+                self.scheduler.remove_job(name)
+            else:
+                self.scheduler.set_job(sj, wall)
+        for event in result.events:
+            if isinstance(event, RetryScheduled):
+                self._add_retry(event.retry)
+            elif isinstance(event, JobDeleted):
+                self.scheduler.remove_job(event.name)
+            elif isinstance(event, GroupCompleted):
+                for child in event.dependents:
+                    self._owe_dependent(child, event.execution_group)
+
+    def tick(self, wall: datetime) -> list[Command]:
+        """Commands to propose now; call at :meth:`next_deadline` and after inputs."""
+        self._wall = wall
+        self.scheduler.advance(wall)
+        for decided in self.scheduler.drain():
+            if isinstance(decided, FireSlot):
+                self._claim_slot(decided)
+            elif isinstance(decided, MissedSlots):
+                self._out.append(
+                    RecordMissed(
+                        decided.job, to_ns(decided.last), decided.reason.value, decided.count
+                    )
+                )
+        now_ns = to_ns(wall)
+        while self._retries and self._retries[0][0] <= now_ns:
+            _, job_name, group, node = heapq.heappop(self._retries)
+            retry = self._retry_info.pop((job_name, group, node), None)
+            if retry is None:
+                continue
+            self._out.append(
+                ClaimSlot(
+                    job_name,
+                    retry.scheduled_time_ns if retry.scheduled_time_ns is not None else now_ns,
+                    self.term,
+                    "retry",
+                    group,
+                    (node,),
+                    retry.attempt,
+                )
+            )
+        out, self._out = self._out, []
+        return out
+
+    def next_deadline(self) -> datetime | None:
+        candidates = []
+        sched = self.scheduler.next_deadline()
+        if sched is not None:
+            candidates.append(sched)
+        if self._retries:
+            candidates.append(from_ns(self._retries[0][0]))
+        if self._out:
+            candidates.append(self._wall)
+        return min(candidates) if candidates else None
+
+    # -- internals -------------------------------------------------------------
+
+    def _scheduled(self, job: Job) -> ScheduledJob | None:
+        """The engine's view of a job, or None for jobs that never fire on their own."""
+        if job.parent_job or not job.schedule:
+            return None
+        try:
+            schedule = job_schedule(job, local_tz=self.local_tz)
+        except ScheduleError:
+            return None  # cannot happen for a validated job; never fire a broken one
+        if isinstance(schedule, NeverSchedule):
+            return None
+        cursor = self.state.cursor(job.name)
+        try:
+            window = timedelta(microseconds=parse_go_duration(job.catchup_window) // 1_000)
+        except ValueError:
+            window = timedelta(hours=1)
+        return ScheduledJob(
+            name=job.name,
+            schedule=schedule,
+            anchor=self._wall,
+            cursor=None if cursor is None else from_ns(cursor),
+            first=None if job.next is None else from_ns(job.next),
+            disabled=job.disabled,
+            starts_at=None if job.starts_at is None else from_ns(job.starts_at),
+            expires_at=None if job.expires_at is None else from_ns(job.expires_at),
+            catchup=CatchUp(job.catchup),
+            catchup_window=window,
+        )
+
+    def _claim_slot(self, slot: FireSlot) -> None:
+        job = self.state.get_job(slot.job)
+        if job is None:
+            return
+        ns = to_ns(slot.scheduled)
+        targets = self._select(job)
+        if not targets:
+            # Dkron: "no target nodes found to run job"; the slot is decided as missed.
+            self._out.append(RecordMissed(job.name, ns, "missed", 1))
+            return
+        # The group of a scheduled run is its slot: any leader derives the same one.
+        self._out.append(ClaimSlot(job.name, ns, self.term, slot.trigger.value, ns, targets, 1))
+
+    def _add_retry(self, retry: PendingRetry) -> None:
+        key = (retry.job, retry.execution_group, retry.node_name)
+        self._retry_info[key] = retry
+        heapq.heappush(self._retries, (retry.due_ns, *key))
+
+    def _owe_dependent(self, child: str, group: int) -> None:
+        """Claim a dependent run; with no live target the debt stays replicated
+        and the next leader tries again."""
+        job = self.state.get_job(child)
+        if job is None:
+            return
+        targets = self._select(job)
+        if targets:
+            self._out.append(ClaimSlot(child, group, self.term, "dependent", group, targets, 1))
