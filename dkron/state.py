@@ -730,13 +730,16 @@ class StateMachine:
         if (act is not None and ex.id in act.executions) or not self._expected(act, ex):
             return ApplyResult(index=index, ok=True, reason="duplicate", execution=ex)
         act = self._act(ex.job_name)
-        stored = dataclasses.replace(
-            ex, output=truncate_output(ex.output, self.config.max_output_bytes)
-        )
+        stored = self._capped(ex)
         act.executions[ex.id] = stored
         act.running.add(ex.id)
         self._prune(act)
         return ApplyResult(index=index, ok=True, execution=stored)
+
+    def _capped(self, ex: Execution) -> Execution:
+        """The execution with its output capped; the same object when it fits."""
+        output = truncate_output(ex.output, self.config.max_output_bytes)
+        return ex if output is ex.output else dataclasses.replace(ex, output=output)
 
     def _prune(self, act: _Activity) -> None:
         """Keep at most N records, evicting the oldest finished ones.
@@ -767,9 +770,7 @@ class StateMachine:
         if existing is None and not self._expected(act, ex):
             return ApplyResult(index=index, ok=True, reason="duplicate", execution=ex)
         act = self._act(ex.job_name)
-        stored = dataclasses.replace(
-            ex, output=truncate_output(ex.output, self.config.max_output_bytes)
-        )
+        stored = self._capped(ex)
         act.executions[ex.id] = stored
         act.running.discard(ex.id)
         self._prune(act)
