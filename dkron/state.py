@@ -715,13 +715,17 @@ class StateMachine:
     # -- executions ---------------------------------------------------------------
 
     def _expected(self, act: _Activity | None, ex: Execution) -> bool:
-        """Is an execution not yet stored new, rather than a late duplicate?"""
+        """Is a record not yet stored one that a claim is waiting for?
+
+        Only a claimed target's outstanding attempt may add a record.  Anything
+        else — a report for a run already declared lost or cancelled, a late
+        copy of an evicted record, a run nobody claimed — is a stale duplicate:
+        storing it would leave a record running forever or count a run twice.
+        """
         if act is None:
-            return True
+            return False
         entry = act.inflight.get(ex.group)
-        if entry is not None and entry.outstanding.get(ex.node_name) == ex.attempt:
-            return True
-        return act.evicted_through is None or ex.started_at > act.evicted_through
+        return entry is not None and entry.outstanding.get(ex.node_name) == ex.attempt
 
     def _started(self, index: int, ex: Execution) -> ApplyResult:
         if ex.job_name not in self._jobs:

@@ -77,6 +77,10 @@ class Driver:
         output: str = "ok",
     ) -> ApplyResult:
         ex = Execution(job, started, node, group=group, attempt=attempt)
+        waiting = any(f.claim.execution_group == group for f in self.sm.in_flight(job))
+        if not waiting and attempt == 1:
+            # Only a claimed run may report: claim it as a manual run first.
+            assert self.claim(job, group, trigger="manual", targets=(node,)).ok
         assert self(ExecutionStarted(ex)).ok
         return self(
             ExecutionFinished(
@@ -209,12 +213,14 @@ def test_forbid_is_decided_in_apply(d: Driver) -> None:
     assert d.claim(slot=T0 + 20 * S).ok
 
 
-def test_forbid_sees_unclaimed_running_records(d: Driver) -> None:
+def test_unclaimed_reports_are_ignored(d: Driver) -> None:
+    """A report nobody claimed (or no longer waits for) can neither leave a
+    record running forever nor block a forbid job."""
     d.job(concurrency="forbid")
     ex = Execution("job1", T0, "n1", group=T0, attempt=1)
-    d(ExecutionStarted(ex))
-    assert d.claim(slot=T0 + 10 * S).reason == "forbid"
-    assert [e.id for e in d.sm.running_executions()] == [ex.id]
+    assert d(ExecutionStarted(ex)).reason == "duplicate"
+    assert d.sm.running_executions("job1") == []
+    assert d.claim(slot=T0 + 10 * S).ok
 
 
 def test_allow_runs_overlap(d: Driver) -> None:
@@ -437,6 +443,7 @@ def test_history_and_output_caps() -> None:
     d = Driver(StateConfig(max_executions_per_job=3, max_output_bytes=100))
     d.job()
     for i in range(5):
+        assert d.claim(slot=T0 + i * S, group=T0 + i).ok
         d.run(group=T0 + i, started=T0 + i * S, output="x" * 500)
     execs = d.sm.executions("job1")
     assert [e.started_at for e in execs] == [T0 + 2 * S, T0 + 3 * S, T0 + 4 * S]
@@ -452,6 +459,7 @@ def test_running_records_are_not_evicted() -> None:
     d = Driver(StateConfig(max_executions_per_job=2))
     d.job()
     for i in range(3):
+        assert d.claim(slot=T0 + i * S, group=T0 + i).ok
         d(ExecutionStarted(Execution("job1", T0 + i, "n1", group=T0 + i, attempt=1)))
     assert len(d.sm.executions("job1")) == 3
     assert len(d.sm.running_executions("job1")) == 3
