@@ -1,0 +1,718 @@
+"""The execution protocol between the leader and the workers, as two sans-IO cores.
+
+Between "the leader claimed a slot" and "the result is committed" a run can
+be lost in many ways: the worker dies, the leader dies, messages vanish, a
+deposed leader keeps dispatching.  This module makes that path explicit:
+
+Leader side (:class:`ExecutionLeader`, one per leadership term)
+    For every committed claim it **dispatches** the run to each target that
+    has not reported, carrying the slot, the attempt and the leader's Raft
+    term, and re-sends until the worker acknowledges with ``Started``.  It
+    proposes ``ExecutionStarted`` and ``ExecutionFinished`` through Raft (the
+    caller proposes what :meth:`ExecutionLeader.drain` returns), keeps a
+    **lease** per running execution that worker heartbeats renew, and turns
+    an execution whose worker SWIM declares failed, or whose lease or
+    dispatch deadline expires, into a **lost** execution: a failed result
+    with the reason in its output, to which the job's retry policy applies.
+    It never lets a run stay "running" forever.  It keeps a bounded buffer
+    of each execution's live output for subscribers, and can **cancel** a run.
+
+Worker side (:class:`ExecutionWorker`, one per node)
+    Starts a run once per ``(job, group, attempt)`` however often it is
+    dispatched, and **fences** a deposed leader: a dispatch carrying an older
+    term than one it already runs the slot under is refused.  It streams
+    output chunks with sequence numbers, heartbeats its running executions,
+    and keeps re-sending the final result to whichever server currently
+    leads until that leader acknowledges the commit.
+
+A new leader rebuilds its :class:`ExecutionLeader` from the replicated state
+(:meth:`ExecutionLeader.load`): claims whose targets have not reported are
+dispatched again (workers de-duplicate), running executions get a fresh lease.
+The state machine accepts a record only from a claimed target's outstanding
+attempt, so a result reported twice — or after its run was declared lost —
+is committed at most once.
+
+Target selection (:func:`select_targets`) follows Dkron's tag rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from dkron.model import Execution, Job
+from dkron.proto_sansio.wire import Codec
+from dkron.state import (
+    Command,
+    ExecutionFinished,
+    ExecutionStarted,
+    InFlight,
+    StateMachine,
+)
+
+__all__ = [
+    "EXECUTION_CODEC",
+    "Cancel",
+    "Dispatch",
+    "ExecutionConfig",
+    "ExecutionLeader",
+    "ExecutionWorker",
+    "Heartbeat",
+    "LiveOutput",
+    "MemberView",
+    "Output",
+    "Propose",
+    "Refused",
+    "Result",
+    "ResultAck",
+    "RunKey",
+    "Send",
+    "StartRun",
+    "Started",
+    "StopRun",
+    "select_targets",
+]
+
+LOST_FAILED = "lost: worker {node} was declared failed while running the execution"
+LOST_LEASE = "lost: no heartbeat from worker {node} for {seconds:g} s"
+LOST_DISPATCH = "lost: worker {node} did not start the execution within {seconds:g} s"
+CANCELLED = "cancelled: the execution was cancelled before it started"
+
+
+# -- target selection ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberView:
+    """A gossip member as target selection sees it."""
+
+    name: str
+    alive: bool
+    tags: Mapping[str, str]
+
+
+def _clean_tags(tags: Mapping[str, str]) -> tuple[dict[str, str], int | None]:
+    """Dkron's cleanTags: ``value[:count]``; the smallest count wins; a bad count means 0."""
+    wanted: dict[str, str] = {}
+    cardinality: int | None = None
+    for key, raw in tags.items():
+        parts = raw.split(":")
+        wanted[key] = parts[0]
+        if len(parts) == 2:
+            try:
+                count = int(parts[1])
+            except ValueError:
+                count = 0
+            cardinality = count if cardinality is None else min(cardinality, count)
+    return wanted, cardinality
+
+
+def select_targets(
+    job_tags: Mapping[str, str] | None,
+    members: Iterable[MemberView],
+    *,
+    region: str,
+    rng: random.Random,
+) -> tuple[str, ...]:
+    """The nodes that run a job, by Dkron's rules (sorted for determinism).
+
+    All alive members of the leader's region whose tags match every job tag
+    qualify; with a count, a uniformly random subset of that size is chosen.
+    No tags means every alive member of the region.
+    """
+    wanted, cardinality = _clean_tags(job_tags or {})
+    qualifying = sorted(
+        m.name
+        for m in members
+        if m.alive
+        and m.tags.get("region", "global") == region
+        and all(m.tags.get(k) == v for k, v in wanted.items())
+    )
+    if cardinality is not None and len(qualifying) > cardinality:
+        qualifying = sorted(rng.sample(qualifying, max(cardinality, 0)))
+    return tuple(qualifying)
+
+
+# -- wire messages --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunKey:
+    """One attempt of one run on one node."""
+
+    job: str
+    group: int
+    node: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Leader -> worker: run this attempt (carrying the job as the leader knows it)."""
+
+    term: int
+    key: RunKey
+    job: Job
+    scheduled_time: int | None
+    trigger: str
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """Worker -> leader: the attempt runs; its record (``started_at`` is the worker's)."""
+
+    execution: Execution
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Worker -> leader: one chunk of live output; ``seq`` counts chunks from 1."""
+
+    key: RunKey
+    seq: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if self.seq < 1:
+            raise ValueError("seq counts from 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Worker -> leader: these attempts are still running (renews their leases)."""
+
+    node: str
+    running: tuple[RunKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Worker -> leader: the final record, re-sent until acknowledged."""
+
+    execution: Execution
+
+
+@dataclass(frozen=True, slots=True)
+class ResultAck:
+    """Leader -> worker: the result is committed; stop re-sending it."""
+
+    key: RunKey
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Leader -> worker: stop this attempt; it is reported as cancelled."""
+
+    key: RunKey
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Worker -> leader: a dispatch was refused (``stale_term``: fenced)."""
+
+    term: int
+    key: RunKey
+    reason: str
+
+
+ExecMessage = Dispatch | Started | Output | Heartbeat | Result | ResultAck | Cancel | Refused
+
+EXECUTION_CODEC = Codec(
+    {
+        1: Dispatch,
+        2: Started,
+        3: Output,
+        4: Heartbeat,
+        5: Result,
+        6: ResultAck,
+        7: Cancel,
+        8: Refused,
+    }
+)
+
+
+# -- actions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Send:
+    dst: str
+    msg: ExecMessage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Propose:
+    """A command for the caller to propose through Raft."""
+
+    command: Command
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartRun:
+    """Worker: start the executor for this record (the adapter owns the process)."""
+
+    job: Job
+    execution: Execution
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopRun:
+    """Worker: stop the executor of this attempt; report it cancelled."""
+
+    key: RunKey
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveOutput:
+    """Leader: a new chunk for live subscribers of an execution."""
+
+    key: RunKey
+    seq: int
+    data: bytes
+
+
+Action = Send | Propose | StartRun | StopRun | LiveOutput
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutionConfig:
+    """Timing of the protocol; a lease must outlast several heartbeats."""
+
+    heartbeat_interval: float = 1.0
+    lease_timeout: float = 10.0
+    dispatch_retry: float = 1.0
+    dispatch_timeout: float = 30.0
+    result_retry: float = 1.0
+    live_buffer_bytes: int = 256 * 1024
+
+    def __post_init__(self) -> None:
+        if self.lease_timeout <= 2 * self.heartbeat_interval:
+            raise ValueError("lease_timeout must exceed two heartbeat intervals")
+        if min(self.heartbeat_interval, self.dispatch_retry, self.result_retry) <= 0:
+            raise ValueError("intervals must be positive")
+        if self.dispatch_timeout <= self.dispatch_retry:
+            raise ValueError("dispatch_timeout must exceed dispatch_retry")
+
+
+class _Phase(enum.Enum):
+    DISPATCHING = "dispatching"
+    RUNNING = "running"
+    REPORTED = "reported"
+
+
+@dataclass(slots=True)
+class _LeaderRun:
+    key: RunKey
+    claim: InFlight
+    phase: _Phase
+    deadline: float  # dispatch deadline, then lease expiry
+    next_send: float
+    started: Execution | None = None
+    verdict_proposed: bool = False
+    live: deque[tuple[int, bytes]] = dataclasses.field(default_factory=deque)
+    live_bytes: int = 0
+    live_seq: int = 0
+
+
+class ExecutionLeader:
+    """The leader's half: dispatch, leases, lost and cancelled verdicts, live output."""
+
+    def __init__(self, node: str, term: int, config: ExecutionConfig, *, now: float) -> None:
+        self.node = node
+        self.term = term
+        self.config = config
+        self._runs: dict[RunKey, _LeaderRun] = {}
+        self._jobs: dict[str, Job] = {}
+        self._out: list[Action] = []
+        self._now = now
+        self.counters: dict[str, int] = {
+            "dispatched": 0,
+            "lost": 0,
+            "cancelled": 0,
+            "stale": 0,
+        }
+
+    # -- inputs ---------------------------------------------------------------------
+
+    def load(self, state: StateMachine, now: float) -> None:
+        """Take over from the replicated state at the start of a term."""
+        self._now = now
+        for job in state.iter_jobs():
+            for claim in state.in_flight(job.name):
+                self._track_claim(job, claim, state)
+
+    def on_claim(self, job: Job, claim: InFlight, state: StateMachine, now: float) -> None:
+        """A claim was committed (or a retry added a target to one): dispatch it."""
+        self._now = now
+        self._track_claim(job, claim, state)
+
+    def on_applied(self, cmd: Command, ok: bool, now: float) -> None:
+        """Follow the commit of records this leader (or a predecessor) proposed."""
+        self._now = now
+        if not isinstance(cmd, ExecutionStarted | ExecutionFinished):
+            return
+        ex = cmd.execution
+        key = RunKey(ex.job_name, ex.group, ex.node_name, ex.attempt)
+        if isinstance(cmd, ExecutionFinished):
+            run = self._runs.pop(key, None)
+            # Acknowledge even a duplicate: the worker must stop re-sending.
+            self._send(ex.node_name, ResultAck(key))
+            if run is not None and run.live:
+                run.live.clear()
+
+    def receive(self, msg: ExecMessage, *, src: str, now: float, wall_ns: int) -> None:
+        self._now = now
+        if isinstance(msg, Started):
+            self._on_started(msg.execution, now)
+        elif isinstance(msg, Heartbeat):
+            for key in msg.running:
+                run = self._runs.get(key)
+                if run is not None and run.phase is _Phase.RUNNING and key.node == src:
+                    run.deadline = now + self.config.lease_timeout
+        elif isinstance(msg, Output):
+            self._on_output(msg)
+        elif isinstance(msg, Result):
+            ex = msg.execution
+            key = RunKey(ex.job_name, ex.group, ex.node_name, ex.attempt)
+            run = self._runs.get(key)
+            if run is not None:
+                run.phase = _Phase.REPORTED
+                run.verdict_proposed = True
+            # Propose even when unknown: the state decides whether it is new,
+            # and its apply triggers the acknowledgement either way.
+            self._propose(ExecutionFinished(ex))
+        elif isinstance(msg, Refused):
+            self.counters["stale"] += 1
+
+    def member_failed(self, node: str, now: float, wall_ns: int) -> None:
+        """SWIM declared ``node`` failed: its runs are lost (then retried per policy)."""
+        self._now = now
+        for run in list(self._runs.values()):
+            if run.key.node == node and not run.verdict_proposed:
+                self._lose(run, wall_ns, LOST_FAILED.format(node=node))
+
+    def cancel(self, key: RunKey, now: float, wall_ns: int) -> bool:
+        """Stop a run; False when this leader does not know it."""
+        self._now = now
+        run = self._runs.get(key)
+        if run is None or run.verdict_proposed:
+            return False
+        self.counters["cancelled"] += 1
+        if run.phase is _Phase.DISPATCHING:
+            # Never started: the verdict is ours to commit.
+            run.verdict_proposed = True
+            self._propose(ExecutionFinished(self._verdict(run, wall_ns, CANCELLED, "cancelled")))
+        self._send(key.node, Cancel(key))
+        return True
+
+    def handle_timer(self, now: float, wall_ns: int) -> None:
+        self._now = now
+        cfg = self.config
+        for run in list(self._runs.values()):
+            if run.verdict_proposed:
+                continue
+            if now >= run.deadline:
+                if run.phase is _Phase.DISPATCHING:
+                    why = LOST_DISPATCH.format(node=run.key.node, seconds=cfg.dispatch_timeout)
+                else:
+                    why = LOST_LEASE.format(node=run.key.node, seconds=cfg.lease_timeout)
+                self._lose(run, wall_ns, why)
+            elif run.phase is _Phase.DISPATCHING and now >= run.next_send:
+                self._dispatch(run)
+
+    # -- outputs --------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        times = []
+        for run in self._runs.values():
+            if run.verdict_proposed:
+                continue
+            times.append(run.deadline)
+            if run.phase is _Phase.DISPATCHING:
+                times.append(run.next_send)
+        return min(times) if times else None
+
+    def drain(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+    def live_output(self, key: RunKey) -> list[tuple[int, bytes]]:
+        """Chunks buffered for live subscribers, oldest first."""
+        run = self._runs.get(key)
+        return [] if run is None else list(run.live)
+
+    def running(self) -> list[RunKey]:
+        return sorted(
+            (k for k, r in self._runs.items() if r.phase is _Phase.RUNNING),
+            key=lambda k: (k.job, k.group, k.node, k.attempt),
+        )
+
+    # -- internals ------------------------------------------------------------------
+
+    def _track_claim(self, job: Job, claim: InFlight, state: StateMachine) -> None:
+        self._jobs[job.name] = job
+        group = claim.claim.execution_group
+        running = {
+            (e.node_name, e.attempt): e
+            for e in state.running_executions(job.name)
+            if e.group == group
+        }
+        for node, attempt in sorted(claim.outstanding.items()):
+            key = RunKey(job.name, group, node, attempt)
+            if key in self._runs:
+                continue
+            started = running.get((node, attempt))
+            if started is not None:
+                run = _LeaderRun(
+                    key,
+                    claim,
+                    _Phase.RUNNING,
+                    self._now + self.config.lease_timeout,
+                    self._now,
+                    started,
+                )
+                self._runs[key] = run
+            else:
+                run = _LeaderRun(
+                    key, claim, _Phase.DISPATCHING, self._now + self.config.dispatch_timeout, 0.0
+                )
+                self._runs[key] = run
+                self._dispatch(run)
+
+    def _dispatch(self, run: _LeaderRun) -> None:
+        job = self._jobs[run.key.job]
+        claim = run.claim.claim
+        self._send(
+            run.key.node,
+            Dispatch(self.term, run.key, job, claim.scheduled_time_ns, claim.trigger),
+        )
+        self.counters["dispatched"] += 1
+        run.next_send = self._now + self.config.dispatch_retry
+
+    def _on_started(self, ex: Execution, now: float) -> None:
+        key = RunKey(ex.job_name, ex.group, ex.node_name, ex.attempt)
+        run = self._runs.get(key)
+        if run is None or run.verdict_proposed:
+            return
+        if run.phase is _Phase.DISPATCHING:
+            run.phase = _Phase.RUNNING
+            run.started = ex
+            run.deadline = now + self.config.lease_timeout
+            self._propose(ExecutionStarted(ex))
+
+    def _on_output(self, msg: Output) -> None:
+        run = self._runs.get(msg.key)
+        if run is None or msg.seq <= run.live_seq:
+            return  # unknown, or a chunk this leader already has (re-sent after failover)
+        run.live_seq = msg.seq
+        run.live.append((msg.seq, msg.data))
+        run.live_bytes += len(msg.data)
+        while run.live_bytes > self.config.live_buffer_bytes and run.live:
+            _, dropped = run.live.popleft()
+            run.live_bytes -= len(dropped)
+        self._out.append(LiveOutput(key=msg.key, seq=msg.seq, data=msg.data))
+
+    def _verdict(self, run: _LeaderRun, wall_ns: int, why: str, status: str) -> Execution:
+        claim = run.claim.claim
+        base = run.started or Execution(
+            run.key.job,
+            wall_ns,
+            run.key.node,
+            group=run.key.group,
+            attempt=run.key.attempt,
+            scheduled_time=claim.scheduled_time_ns,
+            trigger=claim.trigger,
+        )
+        return dataclasses.replace(
+            base,
+            finished_at=max(wall_ns, base.started_at),
+            success=False,
+            output=why,
+            status=status,
+        )
+
+    def _lose(self, run: _LeaderRun, wall_ns: int, why: str) -> None:
+        run.verdict_proposed = True
+        self.counters["lost"] += 1
+        self._propose(ExecutionFinished(self._verdict(run, wall_ns, why, "lost")))
+        if run.phase is _Phase.RUNNING:
+            self._send(run.key.node, Cancel(run.key))  # in case it still runs somewhere
+
+    def _propose(self, cmd: Command) -> None:
+        self._out.append(Propose(command=cmd))
+
+    def _send(self, dst: str, msg: ExecMessage) -> None:
+        self._out.append(Send(dst=dst, msg=msg))
+
+
+@dataclass(slots=True)
+class _WorkerRun:
+    key: RunKey
+    term: int
+    leader: str
+    execution: Execution
+    result: Execution | None = None
+    next_result: float = 0.0
+    seq: int = 0
+    unsent: deque[tuple[int, bytes]] = dataclasses.field(default_factory=deque)
+    buffered: int = 0
+    cancelled: bool = False
+
+
+class ExecutionWorker:
+    """A node's half: run each attempt once, fence stale leaders, report until acknowledged."""
+
+    def __init__(self, node: str, config: ExecutionConfig, *, now: float) -> None:
+        self.node = node
+        self.config = config
+        self.leader: str | None = None
+        self._runs: dict[RunKey, _WorkerRun] = {}
+        self._done: deque[RunKey] = deque(maxlen=1024)
+        self._done_set: set[RunKey] = set()
+        self._next_heartbeat = now + config.heartbeat_interval
+        self._out: list[Action] = []
+        self.refused = 0
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def set_leader(self, leader: str | None, now: float) -> None:
+        """The server currently leading; everything outstanding is re-sent to it."""
+        if leader == self.leader:
+            return
+        self.leader = leader
+        if leader is None:
+            return
+        for run in self._runs.values():
+            run.leader = leader
+            if run.result is not None:
+                self._send(leader, Result(run.result))
+                run.next_result = now + self.config.result_retry
+            else:
+                self._send(leader, Started(run.execution))
+                for seq, data in run.unsent:
+                    self._send(leader, Output(run.key, seq, data))
+
+    def receive(self, msg: ExecMessage, *, src: str, now: float, wall_ns: int) -> None:
+        if isinstance(msg, Dispatch):
+            self._on_dispatch(msg, src, now, wall_ns)
+        elif isinstance(msg, ResultAck):
+            run = self._runs.pop(msg.key, None)
+            if run is not None:
+                self._remember_done(msg.key)
+        elif isinstance(msg, Cancel):
+            run = self._runs.get(msg.key)
+            if run is not None and run.result is None and not run.cancelled:
+                run.cancelled = True
+                self._out.append(StopRun(key=msg.key))
+
+    def output(self, key: RunKey, data: bytes, now: float) -> None:
+        """The executor produced a chunk."""
+        run = self._runs.get(key)
+        if run is None or run.result is not None or not data:
+            return
+        run.seq += 1
+        run.unsent.append((run.seq, data))
+        run.buffered += len(data)
+        while run.buffered > self.config.live_buffer_bytes and run.unsent:
+            _, dropped = run.unsent.popleft()
+            run.buffered -= len(dropped)
+        self._send(run.leader, Output(key, run.seq, data))
+
+    def finished(
+        self, key: RunKey, *, success: bool, output: str, wall_ns: int, now: float
+    ) -> None:
+        """The executor ended (``cancelled`` runs report as failed with that status)."""
+        run = self._runs.get(key)
+        if run is None or run.result is not None:
+            return
+        status = "cancelled" if run.cancelled else ""
+        run.result = dataclasses.replace(
+            run.execution,
+            finished_at=max(wall_ns, run.execution.started_at),
+            success=success and not run.cancelled,
+            output=output,
+            status=status,
+        )
+        run.unsent.clear()
+        run.buffered = 0
+        self._send(run.leader, Result(run.result))
+        run.next_result = now + self.config.result_retry
+
+    def handle_timer(self, now: float) -> None:
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.config.heartbeat_interval
+            running = tuple(k for k, r in self._runs.items() if r.result is None)
+            if running and self.leader is not None:
+                self._send(self.leader, Heartbeat(self.node, running))
+        for run in self._runs.values():
+            if run.result is not None and now >= run.next_result:
+                run.next_result = now + self.config.result_retry
+                self._send(run.leader, Result(run.result))
+
+    # -- outputs ------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        times = [self._next_heartbeat]
+        times.extend(r.next_result for r in self._runs.values() if r.result is not None)
+        return min(times)
+
+    def drain(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+    def running(self) -> list[RunKey]:
+        return [k for k, r in self._runs.items() if r.result is None]
+
+    def outstanding_results(self) -> int:
+        return sum(1 for r in self._runs.values() if r.result is not None)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _on_dispatch(self, msg: Dispatch, src: str, now: float, wall_ns: int) -> None:
+        key = msg.key
+        if key.node != self.node:
+            return
+        run = self._runs.get(key)
+        if run is not None:
+            if msg.term < run.term:
+                self.refused += 1
+                self._send(src, Refused(run.term, key, "stale_term"))
+                return
+            run.term = msg.term
+            run.leader = src
+            # Already running (or finished): answer the (new) leader, never start twice.
+            if run.result is not None:
+                self._send(src, Result(run.result))
+            else:
+                self._send(src, Started(run.execution))
+            return
+        if key in self._done_set:
+            self._send(src, Refused(msg.term, key, "done"))
+            return
+        execution = Execution(
+            key.job,
+            wall_ns,
+            self.node,
+            group=key.group,
+            attempt=key.attempt,
+            scheduled_time=msg.scheduled_time,
+            trigger=msg.trigger,
+        )
+        self._runs[key] = _WorkerRun(key, msg.term, src, execution)
+        if self.leader is None:
+            self.leader = src
+        self._out.append(StartRun(job=msg.job, execution=execution))
+        self._send(src, Started(execution))
+
+    def _remember_done(self, key: RunKey) -> None:
+        if len(self._done) == self._done.maxlen:
+            self._done_set.discard(self._done[0])
+        self._done.append(key)
+        self._done_set.add(key)
+
+    def _send(self, dst: str, msg: ExecMessage) -> None:
+        self._out.append(Send(dst=dst, msg=msg))

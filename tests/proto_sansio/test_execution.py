@@ -1,0 +1,318 @@
+"""The execution protocol cores: targets, dispatch, fencing, leases, lost, cancel, results."""
+
+from __future__ import annotations
+
+import collections
+import random
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dkron.model import Execution, Job
+from dkron.proto_sansio.errors import RemoteProtocolError
+from dkron.proto_sansio.execution import (
+    EXECUTION_CODEC,
+    Cancel,
+    Dispatch,
+    ExecutionConfig,
+    ExecutionLeader,
+    ExecutionWorker,
+    Heartbeat,
+    LiveOutput,
+    MemberView,
+    Output,
+    Propose,
+    Refused,
+    Result,
+    ResultAck,
+    RunKey,
+    Send,
+    Started,
+    StartRun,
+    StopRun,
+    select_targets,
+)
+from dkron.state import (
+    ClaimSlot,
+    ExecutionFinished,
+    ExecutionStarted,
+    StateMachine,
+    UpsertJob,
+    encode_command,
+)
+
+T0 = 1_772_000_000 * 1_000_000_000
+CFG = ExecutionConfig(heartbeat_interval=1.0, lease_timeout=5.0, dispatch_timeout=10.0)
+
+
+def members(*specs: tuple[str, dict[str, str]], dead: tuple[str, ...] = ()) -> list[MemberView]:
+    return [MemberView(name=n, alive=n not in dead, tags=t) for n, t in specs]
+
+
+# -- target selection (Dkron's tags.go / agent.go) ------------------------------------------
+
+
+def test_all_tags_must_match_and_no_tags_means_every_alive_node() -> None:
+    ms = members(
+        ("a", {"role": "web", "dc": "x"}),
+        ("b", {"role": "web", "dc": "y"}),
+        ("c", {"role": "db"}),
+        ("d", {"role": "web", "dc": "x"}),
+        dead=("d",),
+    )
+    rng = random.Random(1)
+    assert select_targets({"role": "web", "dc": "x"}, ms, region="global", rng=rng) == ("a",)
+    assert select_targets({}, ms, region="global", rng=rng) == ("a", "b", "c")
+    assert select_targets(None, ms, region="global", rng=rng) == ("a", "b", "c")
+
+
+def test_smallest_count_wins_and_bad_count_means_no_nodes() -> None:
+    ms = members(*[(f"n{i}", {"role": "web", "zone": "z"}) for i in range(6)])
+    rng = random.Random(2)
+    assert len(select_targets({"role": "web:3", "zone": "z:2"}, ms, region="global", rng=rng)) == 2
+    assert select_targets({"role": "web:x"}, ms, region="global", rng=rng) == ()
+    # More than one colon: no count, only the first part is compared.
+    assert len(select_targets({"role": "web:1:2"}, ms, region="global", rng=rng)) == 6
+
+
+def test_only_the_leaders_region_qualifies() -> None:
+    ms = members(("a", {"region": "eu"}), ("b", {"region": "us"}), ("c", {}))
+    rng = random.Random(3)
+    assert select_targets({}, ms, region="eu", rng=rng) == ("a",)
+    assert select_targets({}, ms, region="global", rng=rng) == ("c",)
+
+
+def test_a_counted_subset_is_uniform() -> None:
+    ms = members(*[(f"n{i}", {"role": "w"}) for i in range(5)])
+    rng = random.Random(4)
+    hits: collections.Counter[str] = collections.Counter()
+    for _ in range(5000):
+        hits.update(select_targets({"role": "w:1"}, ms, region="global", rng=rng))
+    assert sum(hits.values()) == 5000
+    assert all(800 < hits[f"n{i}"] < 1200 for i in range(5)), hits
+
+
+# -- wire ---------------------------------------------------------------------------------
+
+
+KEY = RunKey("job", T0, "w1", 1)
+EX = Execution("job", T0 + 5, "w1", group=T0, attempt=1, scheduled_time=T0, trigger="schedule")
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        Dispatch(3, KEY, Job("job", schedule="@every 1s"), T0, "schedule"),
+        Started(EX),
+        Output(KEY, 1, b"hello"),
+        Heartbeat("w1", (KEY,)),
+        Result(EX),
+        ResultAck(KEY),
+        Cancel(KEY),
+        Refused(4, KEY, "stale_term"),
+    ],
+)
+def test_messages_round_trip(msg: object) -> None:
+    assert EXECUTION_CODEC.decode(EXECUTION_CODEC.encode(msg)) == msg
+
+
+@given(st.binary(max_size=200))
+def test_garbage_raises_only_remote_protocol_error(data: bytes) -> None:
+    try:
+        EXECUTION_CODEC.decode(data)
+    except RemoteProtocolError:
+        return
+
+
+# -- worker -----------------------------------------------------------------------------
+
+
+def sends(actions: Sequence[object]) -> list[tuple[str, object]]:
+    return [(a.dst, a.msg) for a in actions if isinstance(a, Send)]
+
+
+def dispatch(term: int = 1, key: RunKey = KEY) -> Dispatch:
+    return Dispatch(term, key, Job("job", schedule="@every 1s"), T0, "schedule")
+
+
+def test_worker_runs_an_attempt_once_however_often_dispatched() -> None:
+    w = ExecutionWorker("w1", CFG, now=0.0)
+    w.receive(dispatch(), src="s1", now=0.0, wall_ns=T0 + 5)
+    first = w.drain()
+    starts = [a for a in first if isinstance(a, StartRun)]
+    assert len(starts) == 1
+    # A new leader (same or newer term) re-dispatches: answered, not started again.
+    w.receive(dispatch(term=2), src="s2", now=1.0, wall_ns=T0 + 9)
+    again = w.drain()
+    assert not any(isinstance(a, StartRun) for a in again)
+    assert sends(again) == [("s2", Started(starts[0].execution))]
+
+
+def test_worker_fences_a_deposed_leader() -> None:
+    w = ExecutionWorker("w1", CFG, now=0.0)
+    w.receive(dispatch(term=5), src="s2", now=0.0, wall_ns=T0 + 5)
+    w.drain()
+    w.receive(dispatch(term=4), src="s1", now=0.5, wall_ns=T0 + 6)
+    assert sends(w.drain()) == [("s1", Refused(5, KEY, "stale_term"))]
+    assert w.refused == 1
+
+
+def test_worker_resends_result_to_whoever_leads_until_acknowledged() -> None:
+    w = ExecutionWorker("w1", CFG, now=0.0)
+    w.receive(dispatch(), src="s1", now=0.0, wall_ns=T0 + 5)
+    w.drain()
+    w.output(KEY, b"line\n", 0.1)
+    assert sends(w.drain()) == [("s1", Output(KEY, 1, b"line\n"))]
+    w.finished(KEY, success=True, output="line\n", wall_ns=T0 + 50, now=0.2)
+    ((dst, res),) = sends(w.drain())
+    assert dst == "s1" and isinstance(res, Result) and res.execution.success
+    w.set_leader("s2", 0.3)
+    assert sends(w.drain()) == [("s2", res)]
+    w.handle_timer(2.0)
+    assert ("s2", res) in sends(w.drain())
+    w.receive(ResultAck(KEY), src="s2", now=2.1, wall_ns=T0 + 60)
+    w.handle_timer(10.0)
+    assert not [m for _, m in sends(w.drain()) if isinstance(m, Result)]
+    # A late re-dispatch of a finished, acknowledged run never starts it again.
+    w.receive(dispatch(term=3), src="s3", now=11.0, wall_ns=T0 + 70)
+    assert sends(w.drain()) == [("s3", Refused(3, KEY, "done"))]
+
+
+def test_worker_heartbeats_running_attempts_and_reports_cancel() -> None:
+    w = ExecutionWorker("w1", CFG, now=0.0)
+    w.receive(dispatch(), src="s1", now=0.0, wall_ns=T0 + 5)
+    w.drain()
+    w.handle_timer(1.0)
+    assert sends(w.drain()) == [("s1", Heartbeat("w1", (KEY,)))]
+    w.receive(Cancel(KEY), src="s1", now=1.2, wall_ns=T0 + 6)
+    assert w.drain() == [StopRun(key=KEY)]
+    w.finished(KEY, success=True, output="", wall_ns=T0 + 7, now=1.3)
+    ((_, res),) = sends(w.drain())
+    assert isinstance(res, Result)
+    assert res.execution.status == "cancelled" and not res.execution.success
+
+
+# -- leader -----------------------------------------------------------------------------
+
+
+def claimed_state(targets: tuple[str, ...] = ("w1",)) -> tuple[StateMachine, int]:
+    sm = StateMachine()
+    sm.apply(1, encode_command(UpsertJob(Job("job", schedule="@every 1s"))))
+    res = sm.apply(2, encode_command(ClaimSlot("job", T0, 1, "schedule", T0, targets, 1)))
+    assert res.ok
+    return sm, 2
+
+
+def proposals(actions: Sequence[object]) -> list[object]:
+    return [a.command for a in actions if isinstance(a, Propose)]
+
+
+def test_leader_dispatches_until_started_then_proposes_started() -> None:
+    sm, _ = claimed_state()
+    lead = ExecutionLeader("s1", 1, CFG, now=0.0)
+    lead.load(sm, 0.0)
+    ((dst, msg),) = sends(lead.drain())
+    assert dst == "w1" and isinstance(msg, Dispatch) and msg.term == 1
+    lead.handle_timer(1.0, T0 + 1)
+    assert [type(m) for _, m in sends(lead.drain())] == [Dispatch]  # re-sent
+    lead.receive(Started(EX), src="w1", now=1.5, wall_ns=T0 + 2)
+    assert proposals(lead.drain()) == [ExecutionStarted(EX)]
+    lead.handle_timer(2.5, T0 + 3)
+    assert lead.drain() == []  # running: no more dispatches
+
+
+def test_lease_expiry_makes_a_running_execution_lost() -> None:
+    sm, _ = claimed_state()
+    lead = ExecutionLeader("s1", 1, CFG, now=0.0)
+    lead.load(sm, 0.0)
+    lead.receive(Started(EX), src="w1", now=0.1, wall_ns=T0 + 1)
+    lead.drain()
+    lead.receive(Heartbeat("w1", (KEY,)), src="w1", now=4.0, wall_ns=T0 + 2)
+    lead.handle_timer(8.9, T0 + 3)
+    assert lead.drain() == []  # renewed at 4.0: expires at 9.0
+    lead.handle_timer(9.0, T0 + 4)
+    out = lead.drain()
+    (finished,) = proposals(out)
+    assert isinstance(finished, ExecutionFinished)
+    assert finished.execution.id == EX.id and finished.execution.status == "lost"
+    assert "no heartbeat" in finished.execution.output
+    assert ("w1", Cancel(KEY)) in sends(out)
+    assert lead.next_deadline() is None
+
+
+def test_a_failed_member_loses_its_runs_and_the_state_schedules_the_retry() -> None:
+    sm = StateMachine()
+    sm.apply(1, encode_command(UpsertJob(Job("job", schedule="@every 1s", retries=1))))
+    sm.apply(2, encode_command(ClaimSlot("job", T0, 1, "schedule", T0, ("w1", "w2"), 1)))
+    lead = ExecutionLeader("s1", 1, CFG, now=0.0)
+    lead.load(sm, 0.0)
+    lead.drain()
+    lead.member_failed("w2", 0.5, T0 + 9)
+    (lost,) = proposals(lead.drain())
+    assert isinstance(lost, ExecutionFinished)
+    res = sm.apply(3, encode_command(lost))
+    assert res.ok and any(type(e).__name__ == "RetryScheduled" for e in res.events)
+
+
+def test_never_started_runs_are_lost_after_the_dispatch_deadline() -> None:
+    sm, _ = claimed_state()
+    lead = ExecutionLeader("s1", 1, CFG, now=0.0)
+    lead.load(sm, 0.0)
+    lead.drain()
+    lead.handle_timer(10.0, T0 + 10)
+    (lost,) = proposals(lead.drain())
+    assert isinstance(lost, ExecutionFinished) and "did not start" in lost.execution.output
+    assert sm.apply(3, encode_command(lost)).ok
+    assert sm.in_flight("job") == []
+
+
+def test_results_are_committed_once_and_acknowledged_even_when_duplicated() -> None:
+    sm, index = claimed_state()
+    lead = ExecutionLeader("s1", 1, CFG, now=0.0)
+    lead.load(sm, 0.0)
+    lead.receive(Started(EX), src="w1", now=0.1, wall_ns=T0 + 1)
+    for cmd in proposals(lead.drain()):
+        index += 1
+        assert isinstance(cmd, ExecutionStarted)
+        lead.on_applied(cmd, sm.apply(index, encode_command(cmd)).ok, 0.1)
+    done = Execution(
+        "job", EX.started_at, "w1", finished_at=T0 + 99, success=True, group=T0, attempt=1
+    )
+    for _ in range(3):  # the worker re-sends; every copy is proposed, one counts
+        lead.receive(Result(done), src="w1", now=0.2, wall_ns=T0 + 2)
+        for cmd in proposals(lead.drain()):
+            index += 1
+            assert isinstance(cmd, ExecutionFinished)
+            lead.on_applied(cmd, sm.apply(index, encode_command(cmd)).ok, 0.2)
+        assert ("w1", ResultAck(KEY)) in sends(lead.drain())
+    job = sm.get_job("job")
+    assert job is not None and job.success_count == 1
+
+
+def test_cancel_before_start_commits_a_cancelled_record() -> None:
+    sm, _ = claimed_state()
+    lead = ExecutionLeader("s1", 1, CFG, now=0.0)
+    lead.load(sm, 0.0)
+    lead.drain()
+    assert lead.cancel(KEY, 0.5, T0 + 5)
+    out = lead.drain()
+    (cmd,) = proposals(out)
+    assert isinstance(cmd, ExecutionFinished) and cmd.execution.status == "cancelled"
+    assert ("w1", Cancel(KEY)) in sends(out)
+    assert not lead.cancel(KEY, 0.6, T0 + 6)
+
+
+def test_live_output_is_deduplicated_and_bounded() -> None:
+    sm, _ = claimed_state()
+    small = ExecutionConfig(live_buffer_bytes=10)
+    lead = ExecutionLeader("s1", 1, small, now=0.0)
+    lead.load(sm, 0.0)
+    lead.receive(Started(EX), src="w1", now=0.1, wall_ns=T0 + 1)
+    lead.drain()
+    for seq, chunk in [(1, b"aaaa"), (2, b"bbbb"), (2, b"bbbb"), (3, b"cccc")]:
+        lead.receive(Output(KEY, seq, chunk), src="w1", now=0.2, wall_ns=T0 + 2)
+    live = [a for a in lead.drain() if isinstance(a, LiveOutput)]
+    assert [a.seq for a in live] == [1, 2, 3]
+    assert lead.live_output(KEY) == [(2, b"bbbb"), (3, b"cccc")]
