@@ -476,6 +476,9 @@ class ExecutionLeader:
                     started,
                 )
                 self._runs[key] = run
+                # One dispatch announces this leader: the worker de-duplicates it,
+                # re-points its heartbeats here and re-sends a finished result.
+                self._dispatch(run)
             else:
                 run = _LeaderRun(
                     key, claim, _Phase.DISPATCHING, self._now + self.config.dispatch_timeout, 0.0
@@ -570,6 +573,7 @@ class ExecutionWorker:
         self.node = node
         self.config = config
         self.leader: str | None = None
+        self.leader_term = -1
         self._runs: dict[RunKey, _WorkerRun] = {}
         self._done: deque[RunKey] = deque(maxlen=1024)
         self._done_set: set[RunKey] = set()
@@ -676,6 +680,13 @@ class ExecutionWorker:
         key = msg.key
         if key.node != self.node:
             return
+        switched = False
+        if msg.term > self.leader_term:
+            # A dispatch of a newer term names the current leader: report there
+            # (set_leader re-sends everything outstanding to it).
+            self.leader_term = msg.term
+            switched = src != self.leader
+            self.set_leader(src, now)
         run = self._runs.get(key)
         if run is not None:
             if msg.term < run.term:
@@ -684,11 +695,9 @@ class ExecutionWorker:
                 return
             run.term = msg.term
             run.leader = src
-            # Already running (or finished): answer the (new) leader, never start twice.
-            if run.result is not None:
-                self._send(src, Result(run.result))
-            else:
-                self._send(src, Started(run.execution))
+            # Already running (or finished): answer the leader, never start twice.
+            if not switched:
+                self._send(src, Result(run.result) if run.result else Started(run.execution))
             return
         if key in self._done_set:
             self._send(src, Refused(msg.term, key, "done"))
@@ -703,8 +712,6 @@ class ExecutionWorker:
             trigger=msg.trigger,
         )
         self._runs[key] = _WorkerRun(key, msg.term, src, execution)
-        if self.leader is None:
-            self.leader = src
         self._out.append(StartRun(job=msg.job, execution=execution))
         self._send(src, Started(execution))
 
