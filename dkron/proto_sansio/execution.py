@@ -61,6 +61,7 @@ __all__ = [
     "ExecutionConfig",
     "ExecutionLeader",
     "ExecutionWorker",
+    "ForgetRun",
     "Heartbeat",
     "LiveOutput",
     "MemberView",
@@ -80,6 +81,7 @@ __all__ = [
 LOST_FAILED = "lost: worker {node} was declared failed while running the execution"
 LOST_LEASE = "lost: no heartbeat from worker {node} for {seconds:g} s"
 LOST_DISPATCH = "lost: worker {node} did not start the execution within {seconds:g} s"
+LOST_RESTART = "lost: worker {node} restarted while the execution was running"
 CANCELLED = "cancelled: the execution was cancelled before it started"
 
 
@@ -253,10 +255,22 @@ class Propose:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StartRun:
-    """Worker: start the executor for this record (the adapter owns the process)."""
+    """Worker: record ``execution`` durably in the run journal, then start the executor.
+
+    The journal is what lets a restarted worker know which attempts it had
+    started: it hands them back as ``interrupted`` so that they are reported
+    as lost instead of being started a second time by a re-dispatch.
+    """
 
     job: Job
     execution: Execution
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForgetRun:
+    """Worker: the attempt's result is committed; drop it from the run journal."""
+
+    key: RunKey
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -275,7 +289,7 @@ class LiveOutput:
     data: bytes
 
 
-Action = Send | Propose | StartRun | StopRun | LiveOutput
+Action = Send | Propose | StartRun | StopRun | ForgetRun | LiveOutput
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -569,7 +583,15 @@ class _WorkerRun:
 class ExecutionWorker:
     """A node's half: run each attempt once, fence stale leaders, report until acknowledged."""
 
-    def __init__(self, node: str, config: ExecutionConfig, *, now: float) -> None:
+    def __init__(
+        self,
+        node: str,
+        config: ExecutionConfig,
+        *,
+        now: float,
+        wall_ns: int = 0,
+        interrupted: Iterable[Execution] = (),
+    ) -> None:
         self.node = node
         self.config = config
         self.leader: str | None = None
@@ -580,6 +602,18 @@ class ExecutionWorker:
         self._next_heartbeat = now + config.heartbeat_interval
         self._out: list[Action] = []
         self.refused = 0
+        for ex in interrupted:
+            # Started before a crash: report it lost (same id), never run it again.
+            key = RunKey(ex.job_name, ex.group, ex.node_name, ex.attempt)
+            run = _WorkerRun(key, -1, "", ex)
+            run.result = dataclasses.replace(
+                ex,
+                finished_at=max(wall_ns, ex.started_at),
+                success=False,
+                output=LOST_RESTART.format(node=node),
+                status="lost",
+            )
+            self._runs[key] = run
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -607,6 +641,7 @@ class ExecutionWorker:
             run = self._runs.pop(msg.key, None)
             if run is not None:
                 self._remember_done(msg.key)
+                self._out.append(ForgetRun(key=msg.key))
         elif isinstance(msg, Cancel):
             run = self._runs.get(msg.key)
             if run is not None and run.result is None and not run.cancelled:
@@ -653,7 +688,7 @@ class ExecutionWorker:
             if running and self.leader is not None:
                 self._send(self.leader, Heartbeat(self.node, running))
         for run in self._runs.values():
-            if run.result is not None and now >= run.next_result:
+            if run.result is not None and now >= run.next_result and run.leader:
                 run.next_result = now + self.config.result_retry
                 self._send(run.leader, Result(run.result))
 

@@ -19,6 +19,7 @@ from dkron.proto_sansio.execution import (
     ExecutionConfig,
     ExecutionLeader,
     ExecutionWorker,
+    ForgetRun,
     Heartbeat,
     LiveOutput,
     MemberView,
@@ -316,3 +317,15 @@ def test_live_output_is_deduplicated_and_bounded() -> None:
     live = [a for a in lead.drain() if isinstance(a, LiveOutput)]
     assert [a.seq for a in live] == [1, 2, 3]
     assert lead.live_output(KEY) == [(2, b"bbbb"), (3, b"cccc")]
+
+
+def test_a_restarted_worker_reports_interrupted_runs_lost_and_never_reruns_them() -> None:
+    w = ExecutionWorker("w1", CFG, now=0.0, wall_ns=T0 + 100, interrupted=[EX])
+    w.receive(dispatch(term=2), src="s2", now=0.1, wall_ns=T0 + 101)
+    out = w.drain()
+    assert not any(isinstance(a, StartRun) for a in out)
+    results = [m for _, m in sends(out) if isinstance(m, Result)]
+    assert results and all(r.execution.id == EX.id for r in results)
+    assert results[0].execution.status == "lost" and not results[0].execution.success
+    w.receive(ResultAck(KEY), src="s2", now=0.2, wall_ns=T0 + 102)
+    assert ForgetRun(key=KEY) in w.drain()
