@@ -136,9 +136,9 @@ class RaftHost(Host):
             for dst, msg in ready.messages:
                 if self.cluster.wire:
                     body = encode_message(msg)
-                    self.network.send(self.name, dst, body, size=len(body))
+                    self.send_raft(dst, body, len(body))
                 else:
-                    self.network.send(self.name, dst, msg)
+                    self.send_raft(dst, msg, 0)
             if ready.restore is not None:
                 self._restore(ready.restore)
             for entry in ready.committed:
@@ -167,6 +167,10 @@ class RaftHost(Host):
             self.app.append((entry.index, entry.data))
             self.app_apply(entry)
         self.cluster.on_apply(self, entry)
+
+    def send_raft(self, dst: str, msg: object, size: int) -> None:
+        """Put a Raft message on the network (subclasses multiplex channels)."""
+        self.network.send(self.name, dst, msg, size=size)
 
     # -- application hooks (subclasses run a real state machine here) ---------
 

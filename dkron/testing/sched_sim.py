@@ -41,6 +41,7 @@ from dkron.proto_sansio.raft import Entry, PersistedState, RaftConfig, Role
 from dkron.proto_sansio.scheduler import SchedulerConfig
 from dkron.schedule import job_schedule
 from dkron.state import (
+    ApplyResult,
     ClaimSlot,
     Command,
     ExecutionFinished,
@@ -69,13 +70,15 @@ class SchedHost(RaftHost):
         self.state = StateMachine()
         self.planner: Planner | None = None
         self.barrier: int | None = None
+        self.last_applied: tuple[Command, ApplyResult] | None = None
 
     # -- application ---------------------------------------------------------------
 
     def app_apply(self, entry: Entry) -> None:
         cmd = decode_command(entry.data)  # only this simulation proposes: always valid
         result = self.state.apply_command(entry.index, cmd)
-        self.cluster.on_state_apply(self, entry.index, cmd, result.ok, result.reason)
+        self.last_applied = (cmd, result)
+        self.cluster.on_state_apply(self, entry.index, cmd, result)
         if self.planner is not None:
             self.planner.observe(cmd, result, self.cluster.wall())
         node = self.node
@@ -116,7 +119,7 @@ class SchedHost(RaftHost):
                 self.state,
                 term=node.term,
                 wall=self.cluster.wall(),
-                select_targets=self.cluster.workers.select,
+                select_targets=self.cluster.select_targets,
                 config=self.cluster.sched_config,
             )
             self._plan()
@@ -293,7 +296,17 @@ class SchedCluster(RaftCluster):
 
     # -- checks ----------------------------------------------------------------------
 
-    def on_state_apply(self, host: SchedHost, index: int, cmd: Command, ok: bool, why: str) -> None:
+    def select_targets(self, job: Job) -> tuple[str, ...]:
+        return self.workers.select(job)
+
+    def claim_committed(self, claim: ClaimSlot) -> None:
+        """A claim committed: carry it out (the simulated workers here)."""
+        self.workers.start(claim)
+
+    def on_state_apply(
+        self, host: SchedHost, index: int, cmd: Command, result: ApplyResult
+    ) -> None:
+        ok, why = result.ok, result.reason
         if index <= self._seen_index:
             return  # another replica already reported this entry; apply is deterministic
         self._seen_index = index
@@ -311,7 +324,7 @@ class SchedCluster(RaftCluster):
                     self.claim_triggers[key] = cmd.trigger if ok else "forbid"
                     self.decided_through[cmd.job] = cmd.scheduled_time_ns
             if ok:
-                self.workers.start(cmd)
+                self.claim_committed(cmd)
         elif isinstance(cmd, RecordMissed) and ok:
             self.missed[cmd.job] = self.missed.get(cmd.job, 0) + cmd.count
             self.decided_through[cmd.job] = cmd.scheduled_time_ns

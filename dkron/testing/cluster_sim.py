@@ -1,0 +1,572 @@
+"""Whole nodes in virtual time: Raft, SWIM, the scheduler and the execution protocol together.
+
+Every node runs SWIM and an :class:`~dkron.proto_sansio.execution.ExecutionWorker`
+with a simulated executor; servers also run Raft and the replicated state
+machine, and the leader runs the planner and an
+:class:`~dkron.proto_sansio.execution.ExecutionLeader` (both built after the
+barrier, dropped the moment leadership is lost).  All traffic — Raft
+messages, SWIM datagrams and push-pull streams, execution messages — crosses
+the one seeded :class:`~dkron.testing.sim.Network`, so partitions and loss
+hit every protocol at once.  A worker's run journal survives its crashes (it
+is on disk in the agent); everything else volatile is lost.
+
+Simulated executors take their behaviour from the job's ``executor_config``:
+``duration`` (seconds), ``chunks`` (output chunks spread over the run),
+``exit`` (``0`` succeeds) and ``hang`` (``true``: the run never ends by itself).
+
+:class:`ClusterSim` checks after every applied entry and every start:
+
+* a run is started at most once per target: ``(job, group, node, attempt)``
+  never starts twice, across leader changes, partitions and worker restarts;
+* no cron slot is claimed twice; a ``forbid`` job never has two runs at once;
+* a dependent run is claimed only for a parent group that completed with
+  ``success``;
+* every result is counted once: a job's success and error counters equal the
+  number of distinct finished records committed for it;
+
+and offers the end-of-run checks: nothing left running, every slot accounted
+for, retries bounded.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from dkron.model import Execution, Job
+from dkron.proto_sansio.errors import LocalProtocolError
+from dkron.proto_sansio.execution import (
+    EXECUTION_CODEC,
+    Cancel,
+    Dispatch,
+    ExecMessage,
+    ExecutionConfig,
+    ExecutionLeader,
+    ExecutionWorker,
+    ForgetRun,
+    MemberView,
+    Propose,
+    ResultAck,
+    RunKey,
+    Send,
+    StartRun,
+    StopRun,
+    select_targets,
+)
+from dkron.proto_sansio.planner import to_ns
+from dkron.proto_sansio.raft import PersistedState, RaftConfig
+from dkron.proto_sansio.scheduler import SchedulerConfig
+from dkron.proto_sansio.swim import (
+    LOCAL,
+    EventKind,
+    MemberEvent,
+    MemberStatus,
+    ProbeFallback,
+    SendPacket,
+    SendStream,
+    SwimConfig,
+    SwimNode,
+)
+from dkron.state import ApplyResult, ClaimSlot, Command, ExecutionFinished, GroupCompleted
+from dkron.testing.raft_sim import InvariantViolation, RaftHost
+from dkron.testing.sched_sim import SchedCluster, SchedHost
+from dkron.testing.sim import EventLoop, Host, Network
+
+__all__ = ["AgentNode", "ClusterSim", "ServerNode"]
+
+SWIM_PORT = 8946
+SERVER_CHANNELS = ("raft", "swim", "stream", "reply", "exec")
+
+
+class _Member:
+    """SWIM, the worker and the simulated executor: what every node runs."""
+
+    name: str
+    loop: EventLoop
+    network: Network
+    up: bool
+    sim: ClusterSim
+    tags: dict[str, str]
+
+    def _member_init(self) -> None:
+        self.swim: SwimNode | None = None
+        self.worker: ExecutionWorker | None = None
+        self.journal: dict[RunKey, Execution] = {}  # durable: survives crashes
+        self._runs_epoch = 0
+        self._next_join = 0.0
+
+    def _member_boot(self) -> None:
+        sim = self.sim
+        self._runs_epoch += 1
+        self.swim = SwimNode(
+            self.name,
+            sim.swim_config,
+            rng=random.Random(sim.rng.getrandbits(32)),
+            now=self.loop.now,
+            addr=self.name,
+            port=SWIM_PORT,
+            tags=self.tags,
+            incarnation=int(self.loop.now * 1000),
+        )
+        seeds = [(n, SWIM_PORT) for n in sim.seeds if n != self.name]
+        if seeds:
+            self.swim.join(seeds, self.loop.now)
+        self.worker = ExecutionWorker(
+            self.name,
+            sim.exec_config,
+            now=self.loop.now,
+            wall_ns=sim.wall_ns(),
+            interrupted=list(self.journal.values()),
+        )
+
+    def _member_lose(self) -> None:
+        self.swim = None
+        self.worker = None
+        self._runs_epoch += 1  # the executors die with the process
+
+    def _member_deliver(self, channel: str, src: str, payload: Any) -> None:
+        now = self.loop.now
+        if channel == "swim" and self.swim is not None:
+            self.swim.receive(payload, src_addr=(src, SWIM_PORT), now=now)
+        elif channel == "stream" and self.swim is not None:
+            sid, data = payload
+            reply = self.swim.receive_stream(data, src_addr=(src, SWIM_PORT), now=now)
+            if reply is not None:
+                self.network.send(self.name, src, ("reply", (sid, reply)), size=len(reply))
+        elif channel == "reply" and self.swim is not None:
+            sid, data = payload
+            self.swim.receive_stream_reply(sid, data, now=now)
+        elif channel == "exec":
+            msg = EXECUTION_CODEC.decode(payload)
+            assert isinstance(msg, ExecMessage)
+            self._on_exec(src, msg)
+
+    def _on_exec(self, src: str, msg: ExecMessage) -> None:
+        if isinstance(msg, Dispatch | ResultAck | Cancel) and self.worker is not None:
+            self.worker.receive(msg, src=src, now=self.loop.now, wall_ns=self.sim.wall_ns())
+
+    def _member_wake(self) -> None:
+        now = self.loop.now
+        if self.swim is not None:
+            self.swim.handle_timer(now)
+            if now >= self._next_join:
+                self._retry_join(now)
+        if self.worker is not None:
+            self._follow_leader()
+            self.worker.handle_timer(now)
+
+    def _retry_join(self, now: float) -> None:
+        """Dkron's --retry-join: alone in the cluster, contact the seeds again."""
+        swim = self.swim
+        assert swim is not None
+        self._next_join = now + 5.0
+        alone = not any(
+            m.name != self.name for m in swim.members() if m.status is MemberStatus.ALIVE
+        )
+        seeds = [(n, SWIM_PORT) for n in self.sim.seeds if n != self.name]
+        if alone and seeds:
+            swim.join(seeds, now)
+
+    def _member_deadline(self) -> float | None:
+        times = [self._next_join]
+        if self.swim is not None and (t := self.swim.next_deadline()) is not None:
+            times.append(t)
+        if self.worker is not None and (t := self.worker.next_deadline()) is not None:
+            times.append(t)
+        return min(times) if times else None
+
+    def _follow_leader(self) -> None:
+        """Where results go: the Raft leader if known, else any live server (it forwards)."""
+        worker = self.worker
+        if worker is None:
+            return
+        hint = self._leader_hint()
+        if hint is None and self.swim is not None:
+            alive = sorted(
+                m.name
+                for m in self.swim.members()
+                if m.status is MemberStatus.ALIVE and m.tags.get("server") == "true"
+            )
+            current = worker.leader
+            if current in alive:
+                return
+            hint = alive[0] if alive else None
+        if hint is not None and hint != worker.leader:
+            worker.set_leader(hint, self.loop.now)
+
+    def _leader_hint(self) -> str | None:
+        return None
+
+    def _member_flush(self) -> None:
+        swim = self.swim
+        if swim is not None:
+            for a in swim.drain():
+                if isinstance(a, SendPacket):
+                    self.network.send(self.name, a.addr[0], ("swim", a.data), size=len(a.data))
+                elif isinstance(a, SendStream | ProbeFallback):
+                    self._open_stream(a.addr[0], a.stream_id, a.data)
+                elif isinstance(a, MemberEvent):
+                    self._on_member_event(a)
+        worker = self.worker
+        if worker is not None:
+            for w in worker.drain():
+                if isinstance(w, Send):
+                    self._send_exec(w.dst, w.msg)
+                elif isinstance(w, StartRun):
+                    self.journal[
+                        RunKey(
+                            w.execution.job_name,
+                            w.execution.group,
+                            self.name,
+                            w.execution.attempt,
+                        )
+                    ] = w.execution
+                    self.sim.on_start(self.name, w.job, w.execution)
+                    self._execute(w.job, w.execution)
+                elif isinstance(w, StopRun):
+                    self._finish(self._runs_epoch, w.key, 1, stopped=True)
+                elif isinstance(w, ForgetRun):
+                    self.journal.pop(w.key, None)
+
+    def _on_member_event(self, event: MemberEvent) -> None:
+        """Servers act on failures (see ServerNode)."""
+
+    def _open_stream(self, dst: str, sid: int, data: bytes) -> None:
+        blocked = self.network.is_blocked(self.name, dst) or self.network.is_blocked(dst, self.name)
+        if blocked or dst not in self.sim.nodes or not self.sim.nodes[dst].up:
+            epoch = self._runs_epoch
+            self.loop.call_later(1.0, functools.partial(self._stream_failed, epoch, sid))
+            return
+        self.network.send(self.name, dst, ("stream", (sid, data)), size=len(data))
+
+    def _stream_failed(self, epoch: int, sid: int) -> None:
+        if self.up and epoch == self._runs_epoch and self.swim is not None:
+            self.swim.stream_failed(sid, now=self.loop.now)
+            self.poke()  # type: ignore[attr-defined]
+
+    def _send_exec(self, dst: str, msg: ExecMessage) -> None:
+        body = EXECUTION_CODEC.encode(msg)
+        if dst == self.name:
+            self.loop.call_later(0.0, functools.partial(self._self_deliver, body))
+        else:
+            self.network.send(self.name, dst, ("exec", body), size=len(body))
+
+    def _self_deliver(self, body: bytes) -> None:
+        if self.up:
+            self.deliver(self.name, ("exec", body))  # type: ignore[attr-defined]
+            self.poke()  # type: ignore[attr-defined]
+
+    # -- the simulated executor ---------------------------------------------------
+
+    def _execute(self, job: Job, ex: Execution) -> None:
+        cfg = job.executor_config or {}
+        duration = float(cfg.get("duration", "1"))
+        chunks = int(cfg.get("chunks", "2"))
+        exit_code = int(cfg.get("exit", "0"))
+        key = RunKey(ex.job_name, ex.group, self.name, ex.attempt)
+        epoch = self._runs_epoch
+        for i in range(chunks):
+            at = duration * (i + 1) / (chunks + 1)
+            self.loop.call_later(at, functools.partial(self._chunk, epoch, key, i))
+        if cfg.get("hang") != "true":
+            self.loop.call_later(duration, functools.partial(self._finish, epoch, key, exit_code))
+
+    def _chunk(self, epoch: int, key: RunKey, i: int) -> None:
+        if self.up and epoch == self._runs_epoch and self.worker is not None:
+            self.worker.output(key, b"chunk %d\n" % i, self.loop.now)
+            self.poke()  # type: ignore[attr-defined]
+
+    def _finish(self, epoch: int, key: RunKey, exit_code: int, *, stopped: bool = False) -> None:
+        if not self.up or epoch != self._runs_epoch or self.worker is None:
+            return
+        output = "stopped" if stopped else f"exit status {exit_code}"
+        self.worker.finished(
+            key,
+            success=exit_code == 0 and not stopped,
+            output=output,
+            wall_ns=self.sim.wall_ns(),
+            now=self.loop.now,
+        )
+        self.poke()  # type: ignore[attr-defined]
+
+
+class AgentNode(_Member, Host):
+    """A non-server node: SWIM and the worker only."""
+
+    def __init__(self, name: str, sim: ClusterSim, tags: dict[str, str]) -> None:
+        Host.__init__(self, name, sim.loop, sim.network)
+        self.name = name
+        self.sim = sim
+        self.tags = tags
+        self._member_init()
+
+    def boot(self) -> None:
+        self._member_boot()
+
+    def lose_volatile_state(self) -> None:
+        self._member_lose()
+
+    def deliver(self, src: Any, msg: Any) -> None:
+        channel, payload = msg
+        self._member_deliver(channel, str(src), payload)
+
+    def wake(self) -> None:
+        self._member_wake()
+
+    def deadline(self) -> float | None:
+        return self._member_deadline()
+
+    def flush(self) -> None:
+        self._member_flush()
+
+
+class ServerNode(_Member, SchedHost):
+    """A server: SWIM, the worker, Raft and the state; the planner and dispatch when leading."""
+
+    sim: ClusterSim
+
+    def __init__(self, node_id: str, cluster: ClusterSim, initial: PersistedState) -> None:
+        SchedHost.__init__(self, node_id, cluster, initial)
+        self.sim = cluster
+        self.tags = {"server": "true", "role": "dkron", "region": "global"}
+        self.exec_leader: ExecutionLeader | None = None
+        self._member_init()
+
+    # -- Host hooks ---------------------------------------------------------------
+
+    def boot(self) -> None:
+        super().boot()
+        self._member_boot()
+
+    def lose_volatile_state(self) -> None:
+        super().lose_volatile_state()
+        self.exec_leader = None
+        self._member_lose()
+
+    def deliver(self, src: Any, msg: Any) -> None:
+        channel, payload = msg
+        if channel == "raft":
+            super().deliver(src, payload)
+        else:
+            self._member_deliver(channel, str(src), payload)
+
+    def wake(self) -> None:
+        super().wake()
+        self._member_wake()
+        if self.exec_leader is not None:
+            self.exec_leader.handle_timer(self.loop.now, self.sim.wall_ns())
+            self._flush_leader()
+
+    def deadline(self) -> float | None:
+        times = [t for t in (super().deadline(), self._member_deadline()) if t is not None]
+        if self.exec_leader is not None and (t := self.exec_leader.next_deadline()) is not None:
+            times.append(t)
+        return min(times) if times else None
+
+    def flush(self) -> None:
+        super().flush()
+        if self.planner is None:
+            self.exec_leader = None
+        elif self.exec_leader is None and self.node is not None:
+            self.exec_leader = ExecutionLeader(
+                self.name, self.node.term, self.sim.exec_config, now=self.loop.now
+            )
+            self.exec_leader.load(self.state, self.loop.now)
+        self._flush_leader()
+        self._member_flush()
+
+    # -- leadership -----------------------------------------------------------------
+
+    def _leader_hint(self) -> str | None:
+        node = self.node
+        return None if node is None else node.leader_id
+
+    def send_raft(self, dst: str, msg: object, size: int) -> None:
+        self.network.send(self.name, dst, ("raft", msg), size=size)
+
+    def app_apply(self, entry: Any) -> None:
+        super().app_apply(entry)
+        lead = self.exec_leader
+        if lead is None or self.last_applied is None:
+            return
+        cmd, result = self.last_applied
+        if isinstance(cmd, ClaimSlot) and result.claim is not None:
+            job = self.state.get_job(cmd.job)
+            if job is not None:
+                lead.on_claim(job, result.claim, self.state, self.loop.now)
+        else:
+            lead.on_applied(cmd, result.ok, self.loop.now)
+
+    def _flush_leader(self) -> None:
+        lead = self.exec_leader
+        node = self.node
+        if lead is None or node is None:
+            return
+        for a in lead.drain():
+            if isinstance(a, Send):
+                self._send_exec(a.dst, a.msg)
+            elif isinstance(a, Propose):
+                try:
+                    node.propose(self.sim.encode(a.command), self.loop.now)
+                except LocalProtocolError:
+                    self.exec_leader = None
+                    return
+        RaftHost.flush(self)
+
+    def _on_exec(self, src: str, msg: ExecMessage) -> None:
+        if isinstance(msg, Dispatch | ResultAck | Cancel):
+            super()._on_exec(src, msg)
+            return
+        lead = self.exec_leader
+        if lead is not None:
+            lead.receive(msg, src=src, now=self.loop.now, wall_ns=self.sim.wall_ns())
+            self._flush_leader()
+            return
+        # Not leading: forward worker reports to the leader, as Dkron's servers do.
+        leader = None if self.node is None else self.node.leader_id
+        if leader is not None and leader not in (self.name, src):
+            self._send_exec(leader, msg)
+
+    def _on_member_event(self, event: MemberEvent) -> None:
+        if event.kind is EventKind.FAILED and self.exec_leader is not None:
+            self.exec_leader.member_failed(event.member.name, self.loop.now, self.sim.wall_ns())
+
+
+class ClusterSim(SchedCluster):
+    """Servers and agents as whole nodes, with the execution guarantees checked as they run."""
+
+    def __init__(
+        self,
+        servers: Iterable[str],
+        agents: Iterable[str],
+        *,
+        seed: int,
+        config: RaftConfig | None = None,
+        swim_config: SwimConfig = LOCAL,
+        exec_config: ExecutionConfig | None = None,
+        sched_config: SchedulerConfig | None = None,
+    ) -> None:
+        self.swim_config = swim_config
+        self.exec_config = exec_config or ExecutionConfig(
+            heartbeat_interval=1.0, lease_timeout=6.0, dispatch_timeout=8.0
+        )
+        self.server_names = list(servers)
+        self.agent_names = list(agents)
+        self.seeds = self.server_names[:1]
+        self.nodes: dict[str, Host] = {}
+        self.started: dict[tuple[str, int, str, int], float] = {}
+        self.completed_ok: set[tuple[str, int]] = set()
+        self.finished_ids: dict[str, set[str]] = {}
+        super().__init__(self.server_names, seed=seed, config=config, sched_config=sched_config)
+        for name in self.agent_names:
+            agent = AgentNode(name, self, {"role": "worker", "region": "global"})
+            self.nodes[name] = agent
+            agent.start()
+
+    def _make_host(self, name: str, initial: PersistedState) -> RaftHost:
+        host = ServerNode(name, self, initial)
+        self.nodes[name] = host
+        return host
+
+    def wall_ns(self) -> int:
+        return to_ns(self.wall())
+
+    @staticmethod
+    def encode(cmd: Command) -> bytes:
+        from dkron.state import encode_command
+
+        return encode_command(cmd)
+
+    # -- targets --------------------------------------------------------------------
+
+    def claim_committed(self, claim: ClaimSlot) -> None:
+        """Claims are carried out by the leader's ExecutionLeader, not by stand-ins."""
+
+    def select_targets(self, job: Job) -> tuple[str, ...]:
+        leader = self.leader()
+        if not isinstance(leader, ServerNode) or leader.swim is None:
+            return ()
+        views = [
+            MemberView(name=m.name, alive=m.status is MemberStatus.ALIVE, tags=m.tags)
+            for m in leader.swim.members()
+        ]
+        return select_targets(job.tags, views, region="global", rng=self.rng)
+
+    # -- raft messages travel on the "raft" channel -----------------------------------
+
+    def crash(self, name: str) -> None:
+        self.nodes[name].crash()
+
+    def restart(self, name: str) -> None:
+        self.nodes[name].restart()
+
+    # -- checks ------------------------------------------------------------------------
+
+    def on_start(self, node: str, job: Job, ex: Execution) -> None:
+        key = (ex.job_name, ex.group, node, ex.attempt)
+        if key in self.started:
+            raise InvariantViolation(
+                f"{ex.job_name} group {ex.group} attempt {ex.attempt} started twice on {node}"
+            )
+        self.started[key] = self.loop.now
+
+    def on_state_apply(
+        self, host: SchedHost, index: int, cmd: Command, result: ApplyResult
+    ) -> None:
+        fresh = index > self._seen_index
+        super().on_state_apply(host, index, cmd, result)
+        if not fresh:
+            return
+        ok, why = result.ok, result.reason
+        for event in result.events:
+            if isinstance(event, GroupCompleted) and event.status == "success":
+                self.completed_ok.add((event.job, event.execution_group))
+        if isinstance(cmd, ClaimSlot) and cmd.trigger == "dependent" and ok:
+            parent = host.state.get_job(cmd.job)
+            parent_name = parent.parent_job if parent is not None else ""
+            if (parent_name, cmd.execution_group) not in self.completed_ok:
+                raise InvariantViolation(
+                    f"dependent {cmd.job} ran without a successful run of {parent_name}"
+                )
+        if isinstance(cmd, ExecutionFinished) and ok and why != "duplicate":
+            ids = self.finished_ids.setdefault(cmd.execution.job_name, set())
+            if cmd.execution.id in ids:
+                raise InvariantViolation(f"result {cmd.execution.id} committed twice")
+            ids.add(cmd.execution.id)
+
+    def counters_match(self) -> None:
+        """Every committed result counted exactly once in the job's counters."""
+        leader = self.leader()
+        assert isinstance(leader, ServerNode)
+        for job in leader.state.iter_jobs():
+            ids = self.finished_ids.get(job.name, set())
+            if job.success_count + job.error_count != len(ids):
+                raise InvariantViolation(
+                    f"{job.name}: counters {job.success_count}+{job.error_count} "
+                    f"!= {len(ids)} distinct results"
+                )
+
+    def nothing_stuck(self) -> list[Execution]:
+        leader = self.leader()
+        assert isinstance(leader, ServerNode)
+        return leader.state.running_executions()
+
+    def attempts(self) -> dict[tuple[str, int, str], int]:
+        out: dict[tuple[str, int, str], int] = {}
+        for job, group, node, attempt in self.started:
+            key = (job, group, node)
+            out[key] = max(out.get(key, 0), attempt)
+        return out
+
+    def heal_everything(self) -> None:
+        self.network.heal()
+        self.network.faults.loss = 0.0
+        for node in self.nodes.values():
+            node.slowness = 0.0
+            if not node.up:
+                node.restart()
+
+    def settle(self, seconds: float) -> None:
+        self.run(seconds)
