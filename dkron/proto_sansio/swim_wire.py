@@ -1,0 +1,551 @@
+"""The gossip wire format: SWIM messages, compound packets and the keyring.
+
+A datagram is one CBOR array whose items are messages (``[kind, fields...]``
+as :class:`~dkron.proto_sansio.wire.Codec` lays them out).  A single message
+is simply a compound packet of one, so there is one decoder for everything
+that arrives over UDP.  Messages are pre-encoded once when they are queued for
+dissemination; a packet is then a CBOR array header followed by the encoded
+messages, which lets the sender know a packet's exact size before building it
+and keeps the 1,400-byte limit a hard one.
+
+Push-pull state travels over TCP as a single message (no size limit beyond the
+stream frame bound).
+
+With a keyring, every packet and stream body is sealed with AES-GCM as in
+memberlist: ``[version=1][12-byte nonce][ciphertext || 16-byte tag]``.  The
+primary key encrypts; every key in the ring is tried to decrypt so that keys
+can be rotated without a flag day.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import enum
+from collections.abc import Iterable, Sequence
+
+import cbor2
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from dkron.proto_sansio.errors import LocalProtocolError, RemoteProtocolError
+from dkron.proto_sansio.wire import Codec
+
+__all__ = [
+    "ENCRYPTION_OVERHEAD",
+    "MAX_NAME",
+    "MAX_PACKET_MESSAGES",
+    "MAX_STREAM",
+    "NONCE_SIZE",
+    "Ack",
+    "Alive",
+    "Dead",
+    "IndirectPing",
+    "Keyring",
+    "LeaveIntent",
+    "Nack",
+    "Ping",
+    "PushNodeState",
+    "PushPull",
+    "Suspect",
+    "UserEventMessage",
+    "WireState",
+    "decode_packet",
+    "decode_packet_items",
+    "decode_stream",
+    "encode_message",
+    "encode_packet",
+    "frame_body",
+    "pack_message",
+    "packet_overhead",
+]
+
+MAX_NAME = 128
+MAX_ADDR = 256
+MAX_TAGS = 64
+MAX_TAG_LEN = 512
+MAX_PACKET_MESSAGES = 256
+MAX_STREAM = 16 * 1024 * 1024
+MAX_PUSH_NODES = 100_000
+MAX_PUSH_EVENTS = 4096
+MAX_EVENT_NAME = 128
+MAX_EVENT_PAYLOAD = 64 * 1024
+
+ENCRYPTION_VERSION = 1
+NONCE_SIZE = 12
+TAG_SIZE = 16
+ENCRYPTION_OVERHEAD = 1 + NONCE_SIZE + TAG_SIZE
+KEY_SIZES = frozenset({16, 24, 32})
+
+
+def _check_name(value: str, what: str) -> None:
+    if not value or len(value) > MAX_NAME:
+        raise ValueError(f"{what} must be 1..{MAX_NAME} characters")
+
+
+def _check_addr(addr: str, port: int) -> None:
+    if len(addr) > MAX_ADDR:
+        raise ValueError("address too long")
+    if not 0 <= port <= 65535:
+        raise ValueError("port out of range")
+
+
+def _check_tags(tags: dict[str, str]) -> None:
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"more than {MAX_TAGS} tags")
+    for k, v in tags.items():
+        if len(k) > MAX_TAG_LEN or len(v) > MAX_TAG_LEN:
+            raise ValueError("tag too long")
+
+
+_LIMIT = 1 << 63
+
+
+def _check_counter(value: int, what: str) -> None:
+    if not 0 <= value < _LIMIT:
+        raise ValueError(f"{what} out of range")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ping:
+    """A direct probe; ``target`` is checked so a reused address never acks for another."""
+
+    seq: int
+    target: str
+    source: str
+
+    def __post_init__(self) -> None:
+        # Inlined checks: this is the hottest message on the wire.
+        if not 0 <= self.seq < _LIMIT:
+            raise ValueError("seq out of range")
+        if not 0 < len(self.target) <= MAX_NAME or not 0 < len(self.source) <= MAX_NAME:
+            raise ValueError(f"names must be 1..{MAX_NAME} characters")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IndirectPing:
+    """Ask a relay to probe ``target`` for us (SWIM's ping-req)."""
+
+    seq: int
+    target: str
+    target_addr: str
+    target_port: int
+    nack: bool
+    source: str
+
+    def __post_init__(self) -> None:
+        _check_counter(self.seq, "seq")
+        _check_name(self.target, "target")
+        _check_addr(self.target_addr, self.target_port)
+        _check_name(self.source, "source")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seq < _LIMIT:
+            raise ValueError("seq out of range")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Nack:
+    """Lifeguard: a relay could not reach the target, so the prober is not alone."""
+
+    seq: int
+
+    def __post_init__(self) -> None:
+        _check_counter(self.seq, "seq")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Alive:
+    incarnation: int
+    node: str
+    addr: str
+    port: int
+    tags: dict[str, str]
+
+    def __post_init__(self) -> None:
+        _check_counter(self.incarnation, "incarnation")
+        _check_name(self.node, "node")
+        _check_addr(self.addr, self.port)
+        _check_tags(self.tags)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Suspect:
+    incarnation: int
+    node: str
+    sender: str
+
+    def __post_init__(self) -> None:
+        _check_counter(self.incarnation, "incarnation")
+        _check_name(self.node, "node")
+        _check_name(self.sender, "sender")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dead:
+    """``sender == node`` is a member announcing its own graceful departure."""
+
+    incarnation: int
+    node: str
+    sender: str
+
+    def __post_init__(self) -> None:
+        _check_counter(self.incarnation, "incarnation")
+        _check_name(self.node, "node")
+        _check_name(self.sender, "sender")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaveIntent:
+    """Serf's leave intent: ``node`` is about to leave (status ``leaving``)."""
+
+    ltime: int
+    node: str
+    incarnation: int
+
+    def __post_init__(self) -> None:
+        _check_counter(self.ltime, "ltime")
+        _check_name(self.node, "node")
+        _check_counter(self.incarnation, "incarnation")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserEventMessage:
+    ltime: int
+    name: str
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        _check_counter(self.ltime, "ltime")
+        if not self.name or len(self.name) > MAX_EVENT_NAME:
+            raise ValueError("bad event name")
+        if len(self.payload) > MAX_EVENT_PAYLOAD:
+            raise ValueError("event payload too large")
+
+
+class WireState(enum.IntEnum):
+    """memberlist's node states as they travel in push-pull."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PushNodeState:
+    """One member's row of a push-pull exchange (not itself a wire message)."""
+
+    name: str
+    addr: str
+    port: int
+    tags: dict[str, str]
+    incarnation: int
+    state: WireState
+    leaving: bool
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
+        _check_addr(self.addr, self.port)
+        _check_tags(self.tags)
+        _check_counter(self.incarnation, "incarnation")
+
+
+_WIRE_STATES = tuple(WireState)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PushPull:
+    """Full-state anti-entropy exchange; ``join`` asks the peer to ignore our old events.
+
+    Laid out as columns (one array per field) rather than one struct per
+    member: a 1,000-member state then decodes as a handful of flat arrays,
+    which is several times cheaper than a thousand nested structs.
+    """
+
+    join: bool
+    names: tuple[str, ...]
+    addrs: tuple[str, ...]
+    ports: tuple[int, ...]
+    tags: tuple[dict[str, str], ...]
+    incarnations: tuple[int, ...]
+    states: tuple[int, ...]
+    leaving: tuple[bool, ...]
+    member_ltime: int
+    event_ltime: int
+    events: tuple[UserEventMessage, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        if n > MAX_PUSH_NODES:
+            raise ValueError("too many nodes in push-pull")
+        columns = (self.addrs, self.ports, self.tags, self.incarnations, self.states, self.leaving)
+        if any(len(c) != n for c in columns):
+            raise ValueError("push-pull columns differ in length")
+        if len(self.events) > MAX_PUSH_EVENTS:
+            raise ValueError("too many events in push-pull")
+        _check_counter(self.member_ltime, "member_ltime")
+        _check_counter(self.event_ltime, "event_ltime")
+        # Whole-column checks with C-level min/max: this runs on every push-pull.
+        if n:
+            if min(map(len, self.names)) == 0 or max(map(len, self.names)) > MAX_NAME:
+                raise ValueError("bad member name")
+            if max(map(len, self.addrs)) > MAX_ADDR:
+                raise ValueError("address too long")
+            if min(self.ports) < 0 or max(self.ports) > 65535:
+                raise ValueError("port out of range")
+            if min(self.incarnations) < 0 or max(self.incarnations) >= _LIMIT:
+                raise ValueError("incarnation out of range")
+            if min(self.states) < 0 or max(self.states) > 3:
+                raise ValueError("invalid member state")
+        for tags in self.tags:
+            if tags:
+                _check_tags(tags)
+
+    @classmethod
+    def build(
+        cls,
+        join: bool,
+        nodes: Sequence[PushNodeState],
+        member_ltime: int,
+        event_ltime: int,
+        events: tuple[UserEventMessage, ...] = (),
+    ) -> PushPull:
+        return cls(
+            join,
+            tuple(n.name for n in nodes),
+            tuple(n.addr for n in nodes),
+            tuple(n.port for n in nodes),
+            tuple(n.tags for n in nodes),
+            tuple(n.incarnation for n in nodes),
+            tuple(int(n.state) for n in nodes),
+            tuple(n.leaving for n in nodes),
+            member_ltime,
+            event_ltime,
+            events,
+        )
+
+    def rows(self) -> list[PushNodeState]:
+        return [
+            PushNodeState(name, addr, port, tags, inc, _WIRE_STATES[st], leaving)
+            for name, addr, port, tags, inc, st, leaving in zip(
+                self.names,
+                self.addrs,
+                self.ports,
+                self.tags,
+                self.incarnations,
+                self.states,
+                self.leaving,
+                strict=True,
+            )
+        ]
+
+
+_PACKET_KINDS: dict[int, type] = {
+    1: Ping,
+    2: IndirectPing,
+    3: Ack,
+    4: Nack,
+    5: Alive,
+    6: Suspect,
+    7: Dead,
+    8: LeaveIntent,
+    9: UserEventMessage,
+}
+_STREAM_KINDS: dict[int, type] = {**_PACKET_KINDS, 10: PushPull}
+
+_CODEC = Codec(_STREAM_KINDS)
+_PACKET_CLASSES = frozenset(_PACKET_KINDS.values())
+# Broadcasts repeat; probes and acks carry fresh sequence numbers and never do.
+_CACHEABLE = frozenset({Alive, Suspect, Dead, LeaveIntent, UserEventMessage})
+_CACHE_SIZE = 512
+
+
+def encode_message(msg: object) -> bytes:
+    """One message's CBOR encoding (a stream body)."""
+    return _CODEC.encode(msg)
+
+
+def pack_message(msg: object) -> bytes:
+    """One message framed for a packet: its encoding wrapped as a CBOR byte string.
+
+    Framing each message separately is memberlist's compound message: the
+    receiver can recognise a message it has already decoded by its bytes (a
+    broadcast arrives many times) without parsing it again.
+    """
+    return cbor2.dumps(_CODEC.encode(msg))
+
+
+def _array_header(n: int) -> bytes:
+    if n < 24:
+        return bytes((0x80 + n,))
+    if n < 256:
+        return bytes((0x98, n))
+    raise LocalProtocolError("too many messages in one packet")
+
+
+def packet_overhead(n: int) -> int:
+    """Bytes a packet of ``n`` messages adds around them (the array header)."""
+    return 1 if n < 24 else 2
+
+
+def encode_packet(parts: Sequence[bytes]) -> bytes:
+    """Concatenate messages framed by :func:`pack_message` into one compound packet."""
+    if not parts:
+        raise LocalProtocolError("a packet needs at least one message")
+    return _array_header(len(parts)) + b"".join(parts)
+
+
+def decode_packet(data: bytes, cache: dict[bytes, object] | None = None) -> list[object]:
+    """Parse a plaintext datagram into its messages; garbage raises RemoteProtocolError."""
+    return [msg for _, msg in decode_packet_items(data, cache)]
+
+
+def decode_packet_items(
+    data: bytes, cache: dict[bytes, object] | None = None
+) -> list[tuple[bytes, object]]:
+    """Each message of a datagram with its encoded body (re-framed by :func:`frame_body`).
+
+    ``cache`` maps framed message bytes already decoded to the (immutable)
+    message, so repeated broadcasts cost a dictionary lookup.
+    """
+    try:
+        raw = cbor2.loads(data)
+    except Exception as exc:  # every parser failure is the peer's fault
+        raise RemoteProtocolError(f"undecodable packet: {exc}") from None
+    if type(raw) is not list or not raw:
+        raise RemoteProtocolError("a packet is a non-empty array of messages")
+    if len(raw) > MAX_PACKET_MESSAGES:
+        raise RemoteProtocolError("too many messages in one packet")
+    out: list[tuple[bytes, object]] = []
+    for item in raw:
+        if type(item) is not bytes:
+            raise RemoteProtocolError("a packet item is a byte string")
+        if cache is not None:
+            hit = cache.get(item)
+            if hit is not None:
+                out.append((item, hit))
+                continue
+        msg = _CODEC.decode(item)
+        if type(msg) not in _PACKET_CLASSES:
+            raise RemoteProtocolError(f"{type(msg).__name__} is not a packet message")
+        out.append((item, msg))
+        if cache is not None and type(msg) in _CACHEABLE:
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[item] = msg
+    return out
+
+
+def frame_body(body: bytes) -> bytes:
+    """The CBOR byte-string header plus ``body``: what :func:`pack_message` produced."""
+    n = len(body)
+    if n < 24:
+        return bytes((0x40 + n,)) + body
+    if n < 256:
+        return bytes((0x58, n)) + body
+    if n < 65536:
+        return bytes((0x59, n >> 8, n & 0xFF)) + body
+    return cbor2.dumps(body)
+
+
+def decode_stream(data: bytes) -> object:
+    """Parse one plaintext stream body (push-pull or a TCP ping)."""
+    if len(data) > MAX_STREAM:
+        raise RemoteProtocolError("stream body too large")
+    return _CODEC.decode(data)
+
+
+class Keyring:
+    """AES-GCM keys: one primary that encrypts, all of them tried to decrypt.
+
+    Keys are raw bytes of 16, 24 or 32 bytes (AES-128/192/256), given in base64
+    on the command line as with Dkron's ``--encrypt``.  Nonces come from the
+    caller: the core draws them from its injected generator, which the adapter
+    seeds from the OS so that a restarted process never reuses one.
+    """
+
+    __slots__ = ("_ciphers", "_keys")
+
+    def __init__(self, primary: bytes, extra: Iterable[bytes] = ()) -> None:
+        self._keys: list[bytes] = []
+        self._ciphers: list[AESGCM] = []
+        self.add_key(primary)
+        for key in extra:
+            self.add_key(key)
+
+    @classmethod
+    def from_base64(cls, primary: str, extra: Iterable[str] = ()) -> Keyring:
+        return cls(_b64key(primary), [_b64key(k) for k in extra])
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        return tuple(self._keys)
+
+    @property
+    def primary(self) -> bytes:
+        return self._keys[0]
+
+    def add_key(self, key: bytes) -> None:
+        """Install a decrypt-only key (the first step of a rotation)."""
+        if len(key) not in KEY_SIZES:
+            raise LocalProtocolError("a gossip key must be 16, 24 or 32 bytes")
+        if key in self._keys:
+            return
+        self._keys.append(key)
+        self._ciphers.append(AESGCM(key))
+
+    def use_key(self, key: bytes) -> None:
+        """Make an installed key the primary (the second step of a rotation)."""
+        if key not in self._keys:
+            raise LocalProtocolError("key is not installed")
+        i = self._keys.index(key)
+        self._keys.insert(0, self._keys.pop(i))
+        self._ciphers.insert(0, self._ciphers.pop(i))
+
+    def remove_key(self, key: bytes) -> None:
+        """Drop a retired key; the primary cannot be removed."""
+        if key == self._keys[0]:
+            raise LocalProtocolError("cannot remove the primary key")
+        if key in self._keys:
+            i = self._keys.index(key)
+            del self._keys[i]
+            del self._ciphers[i]
+
+    def encrypt(self, plaintext: bytes, nonce: bytes) -> bytes:
+        if len(nonce) != NONCE_SIZE:
+            raise LocalProtocolError("nonce must be 12 bytes")
+        return (
+            bytes((ENCRYPTION_VERSION,)) + nonce + self._ciphers[0].encrypt(nonce, plaintext, b"")
+        )
+
+    def decrypt(self, data: bytes) -> bytes:
+        """Open a sealed body with any installed key; anything else is the peer's fault."""
+        if len(data) < ENCRYPTION_OVERHEAD:
+            raise RemoteProtocolError("encrypted payload too short")
+        if data[0] != ENCRYPTION_VERSION:
+            raise RemoteProtocolError(f"unknown encryption version {data[0]}")
+        nonce = data[1 : 1 + NONCE_SIZE]
+        body = data[1 + NONCE_SIZE :]
+        for cipher in self._ciphers:
+            try:
+                return cipher.decrypt(nonce, body, b"")
+            except InvalidTag:
+                continue
+        raise RemoteProtocolError("no installed key decrypts the payload")
+
+
+def _b64key(text: str) -> bytes:
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise LocalProtocolError("gossip key is not valid base64") from None
+    if len(key) not in KEY_SIZES:
+        raise LocalProtocolError("a gossip key must decode to 16, 24 or 32 bytes")
+    return key

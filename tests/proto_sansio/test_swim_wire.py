@@ -1,0 +1,185 @@
+"""The gossip wire format: messages, compound packets, push-pull, the keyring."""
+
+from __future__ import annotations
+
+import base64
+
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dkron.proto_sansio.errors import LocalProtocolError, RemoteProtocolError
+from dkron.proto_sansio.swim_wire import (
+    ENCRYPTION_OVERHEAD,
+    Ack,
+    Alive,
+    Dead,
+    IndirectPing,
+    Keyring,
+    LeaveIntent,
+    Nack,
+    Ping,
+    PushNodeState,
+    PushPull,
+    Suspect,
+    UserEventMessage,
+    WireState,
+    decode_packet,
+    decode_stream,
+    encode_message,
+    encode_packet,
+    pack_message,
+    packet_overhead,
+)
+
+names = st.text(min_size=1, max_size=20)
+counters = st.integers(0, 2**63 - 1)
+tags = st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=5)
+
+messages = st.one_of(
+    st.builds(Ping, counters, names, names),
+    st.builds(
+        IndirectPing,
+        counters,
+        names,
+        st.text(max_size=20),
+        st.integers(0, 65535),
+        st.booleans(),
+        names,
+    ),
+    st.builds(Ack, counters),
+    st.builds(Nack, counters),
+    st.builds(Alive, counters, names, st.text(max_size=20), st.integers(0, 65535), tags),
+    st.builds(Suspect, counters, names, names),
+    st.builds(Dead, counters, names, names),
+    st.builds(LeaveIntent, counters, names, counters),
+    st.builds(UserEventMessage, counters, names, st.binary(max_size=64)),
+)
+
+
+@given(st.lists(messages, min_size=1, max_size=30))
+def test_compound_packets_round_trip(msgs: list[object]) -> None:
+    packet = encode_packet([pack_message(m) for m in msgs])
+    assert decode_packet(packet) == msgs
+    cache: dict[bytes, object] = {}
+    assert decode_packet(packet, cache) == msgs
+    assert decode_packet(packet, cache) == msgs
+
+
+def test_packet_size_is_known_before_encoding() -> None:
+    parts = [pack_message(Ack(i)) for i in range(30)]
+    assert len(encode_packet(parts)) == sum(map(len, parts)) + packet_overhead(30)
+    with pytest.raises(LocalProtocolError):
+        encode_packet([])
+    with pytest.raises(LocalProtocolError):
+        encode_packet([pack_message(Ack(1))] * 300)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\xff",
+        cbor2.dumps([]),
+        cbor2.dumps({"a": 1}),
+        cbor2.dumps([1, 2]),
+        cbor2.dumps([cbor2.dumps([99, 1])]),
+        cbor2.dumps([cbor2.dumps([3, -1])]),
+        cbor2.dumps([cbor2.dumps([3, "x"])]),
+        cbor2.dumps([cbor2.dumps([1, 1, "", "a"])]),
+        cbor2.dumps([b"\x00"] * 300),
+        encode_packet([pack_message(Ack(1))])[:-1],
+    ],
+)
+def test_malformed_packets_raise_remote_protocol_error(raw: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_packet(raw)
+
+
+def test_push_pull_is_a_stream_message_only() -> None:
+    pp = PushPull.build(
+        True,
+        [PushNodeState("a", "10.0.0.1", 7946, {"role": "x"}, 3, WireState.SUSPECT, True)],
+        4,
+        5,
+    )
+    assert decode_stream(encode_message(pp)) == pp
+    assert pp.rows()[0].state is WireState.SUSPECT
+    with pytest.raises(RemoteProtocolError):
+        decode_packet(encode_packet([cbor2.dumps(encode_message(pp))]))
+
+
+def test_push_pull_columns_must_agree() -> None:
+    wire = cbor2.loads(encode_message(PushPull.build(False, [], 0, 0)))
+    wire[2] = ["extra-name"]
+    with pytest.raises(RemoteProtocolError):
+        decode_stream(cbor2.dumps(wire))
+    wire = cbor2.loads(
+        encode_message(
+            PushPull.build(False, [PushNodeState("a", "h", 1, {}, 0, WireState.ALIVE, False)], 0, 0)
+        )
+    )
+    for column, bad in ((2, [""]), (3, ["x" * 300]), (4, [70000]), (6, [-1]), (7, [9])):
+        broken = list(wire)
+        broken[column] = bad
+        with pytest.raises(RemoteProtocolError):
+            decode_stream(cbor2.dumps(broken))
+
+
+@given(st.binary(max_size=200), st.binary(min_size=12, max_size=12))
+def test_keyring_round_trip_and_rotation(plain: bytes, nonce: bytes) -> None:
+    old, new = b"o" * 16, b"n" * 32
+    ring = Keyring(old)
+    sealed = ring.encrypt(plain, nonce)
+    assert len(sealed) == len(plain) + ENCRYPTION_OVERHEAD
+    assert ring.decrypt(sealed) == plain
+    ring.add_key(new)
+    ring.use_key(new)
+    assert ring.primary == new
+    assert ring.decrypt(sealed) == plain  # the old key still decrypts during rotation
+    ring.remove_key(old)
+    with pytest.raises(RemoteProtocolError):
+        ring.decrypt(sealed)
+    assert ring.decrypt(ring.encrypt(plain, nonce)) == plain
+
+
+def test_keyring_rejects_bad_keys_and_garbage() -> None:
+    with pytest.raises(LocalProtocolError):
+        Keyring(b"short")
+    with pytest.raises(LocalProtocolError):
+        Keyring.from_base64("not base64!!")
+    with pytest.raises(LocalProtocolError):
+        Keyring.from_base64(base64.b64encode(b"x" * 20).decode())
+    ring = Keyring.from_base64(
+        base64.b64encode(b"x" * 24).decode(), [base64.b64encode(b"y" * 16).decode()]
+    )
+    assert ring.keys == (b"x" * 24, b"y" * 16)
+    with pytest.raises(LocalProtocolError):
+        ring.remove_key(b"x" * 24)
+    with pytest.raises(LocalProtocolError):
+        ring.use_key(b"z" * 16)
+    with pytest.raises(LocalProtocolError):
+        ring.encrypt(b"", b"short")
+    sealed = ring.encrypt(b"hello", b"\x00" * 12)
+    for bad in (sealed[:10], b"\x02" + sealed[1:], sealed[:-1] + bytes([sealed[-1] ^ 1])):
+        with pytest.raises(RemoteProtocolError):
+            ring.decrypt(bad)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Ping(-1, "a", "b"),
+        lambda: Ping(1, "", "b"),
+        lambda: Alive(0, "a", "h", 70000, {}),
+        lambda: Alive(0, "a", "h", 1, {str(i): "" for i in range(100)}),
+        lambda: Suspect(0, "a" * 200, "b"),
+        lambda: UserEventMessage(0, "", b""),
+        lambda: UserEventMessage(0, "e", b"x" * 70000),
+        lambda: PushNodeState("", "h", 1, {}, 0, WireState.ALIVE, False),
+    ],
+)
+def test_messages_validate_at_construction(build: object) -> None:
+    with pytest.raises(ValueError):
+        build()  # type: ignore[operator]
