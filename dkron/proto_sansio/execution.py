@@ -696,7 +696,10 @@ class ExecutionWorker:
 
     def next_deadline(self) -> float | None:
         times = [self._next_heartbeat]
-        times.extend(r.next_result for r in self._runs.values() if r.result is not None)
+        # A result waits for a leader to send it to; until one is known it has no deadline.
+        times.extend(
+            r.next_result for r in self._runs.values() if r.result is not None and r.leader
+        )
         return min(times)
 
     def drain(self) -> list[Action]:

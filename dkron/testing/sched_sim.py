@@ -283,7 +283,7 @@ class SchedCluster(RaftCluster):
 
     def add_job(self, job: Job) -> None:
         """Create a job as the API does: the proposer computes its first slot (``next``)."""
-        first = job_schedule(job).next_after(self.wall())
+        first = job_schedule(job).next_after(self.wall()) if job.schedule else None
         job = dataclasses.replace(job, next=None if first is None else to_ns(first))
         while not self.propose_command(UpsertJob(job)):
             self.run(0.5)
