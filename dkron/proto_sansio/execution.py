@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import heapq
 import random
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -343,6 +344,10 @@ class ExecutionLeader:
         self._jobs: dict[str, Job] = {}
         self._out: list[Action] = []
         self._now = now
+        # Lazy timer heap: (wake time, seq, run); an entry is stale when the
+        # run is gone, decided, or its wake time has moved.
+        self._timers: list[tuple[float, int, RunKey]] = []
+        self._seq = 0
         self.counters: dict[str, int] = {
             "dispatched": 0,
             "lost": 0,
@@ -387,6 +392,7 @@ class ExecutionLeader:
                 run = self._runs.get(key)
                 if run is not None and run.phase is _Phase.RUNNING and key.node == src:
                     run.deadline = now + self.config.lease_timeout
+                    self._schedule(run)
         elif isinstance(msg, Output):
             self._on_output(msg)
         elif isinstance(msg, Result):
@@ -426,29 +432,32 @@ class ExecutionLeader:
     def handle_timer(self, now: float, wall_ns: int) -> None:
         self._now = now
         cfg = self.config
-        for run in list(self._runs.values()):
-            if run.verdict_proposed:
-                continue
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, key = heapq.heappop(timers)
+            run = self._runs.get(key)
+            if run is None or run.verdict_proposed or self._wake_of(run) > now:
+                continue  # gone, decided, or superseded by a later entry
             if now >= run.deadline:
                 if run.phase is _Phase.DISPATCHING:
                     why = LOST_DISPATCH.format(node=run.key.node, seconds=cfg.dispatch_timeout)
                 else:
                     why = LOST_LEASE.format(node=run.key.node, seconds=cfg.lease_timeout)
                 self._lose(run, wall_ns, why)
-            elif run.phase is _Phase.DISPATCHING and now >= run.next_send:
+            else:
                 self._dispatch(run)
 
     # -- outputs --------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        times = []
-        for run in self._runs.values():
-            if run.verdict_proposed:
-                continue
-            times.append(run.deadline)
-            if run.phase is _Phase.DISPATCHING:
-                times.append(run.next_send)
-        return min(times) if times else None
+        timers = self._timers
+        while timers:
+            at, _, key = timers[0]
+            run = self._runs.get(key)
+            if run is not None and not run.verdict_proposed and self._wake_of(run) == at:
+                return at
+            heapq.heappop(timers)  # stale: a later entry (or none) stands for this run
+        return None
 
     def drain(self) -> list[Action]:
         out, self._out = self._out, []
@@ -509,6 +518,19 @@ class ExecutionLeader:
         )
         self.counters["dispatched"] += 1
         run.next_send = self._now + self.config.dispatch_retry
+        self._schedule(run)
+
+    @staticmethod
+    def _wake_of(run: _LeaderRun) -> float:
+        """When a run next needs attention: its deadline, or its next dispatch."""
+        if run.phase is _Phase.DISPATCHING:
+            return min(run.deadline, run.next_send)
+        return run.deadline
+
+    def _schedule(self, run: _LeaderRun) -> None:
+        """Record a run's (possibly changed) wake time; older entries become stale."""
+        self._seq += 1
+        heapq.heappush(self._timers, (self._wake_of(run), self._seq, run.key))
 
     def _on_started(self, ex: Execution, now: float) -> None:
         key = RunKey(ex.job_name, ex.group, ex.node_name, ex.attempt)
@@ -519,6 +541,7 @@ class ExecutionLeader:
             run.phase = _Phase.RUNNING
             run.started = ex
             run.deadline = now + self.config.lease_timeout
+            self._schedule(run)
             self._propose(ExecutionStarted(ex))
 
     def _on_output(self, msg: Output) -> None:
@@ -596,6 +619,7 @@ class ExecutionWorker:
         self.config = config
         self.leader: str | None = None
         self.leader_term = -1
+        self._last_started = max([wall_ns, *(ex.started_at for ex in interrupted)])
         self._runs: dict[RunKey, _WorkerRun] = {}
         self._done: deque[RunKey] = deque(maxlen=1024)
         self._done_set: set[RunKey] = set()
@@ -740,9 +764,12 @@ class ExecutionWorker:
         if key in self._done_set:
             self._send(src, Refused(msg.term, key, "done"))
             return
+        # Dkron's execution id is "<started_at ns>-<node>": two attempts started
+        # in the same clock tick (a catch-up batch) must still get distinct ids.
+        self._last_started = max(wall_ns, self._last_started + 1)
         execution = Execution(
             key.job,
-            wall_ns,
+            self._last_started,
             self.node,
             group=key.group,
             attempt=key.attempt,

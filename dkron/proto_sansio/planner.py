@@ -54,6 +54,7 @@ from dkron.state import (
 __all__ = ["Planner", "from_ns", "to_ns"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PARK = timedelta(seconds=1)  # how long a job without live targets waits before retrying
 
 
 def to_ns(t: datetime) -> int:
@@ -86,6 +87,9 @@ class Planner:
         self.scheduler = Scheduler(config)
         self._retries: list[tuple[int, str, int, str]] = []  # (due, job, group, node)
         self._retry_info: dict[tuple[str, int, str], PendingRetry] = {}
+        self._parked: list[tuple[datetime, str]] = []  # (retry at, job) waiting for targets
+        self._parked_names: set[str] = set()
+        self.no_targets = 0
         self._out: list[Command] = []
         self._wall = wall
         self.scheduler.load(
@@ -123,6 +127,13 @@ class Planner:
     def tick(self, wall: datetime) -> list[Command]:
         """Commands to propose now; call at :meth:`next_deadline` and after inputs."""
         self._wall = wall
+        while self._parked and self._parked[0][0] <= wall:
+            _, name = heapq.heappop(self._parked)
+            self._parked_names.discard(name)
+            current = self.state.get_job(name)
+            sj = None if current is None else self._scheduled(current)
+            if sj is not None:
+                self.scheduler.set_job(sj, wall)
         self.scheduler.advance(wall)
         for decided in self.scheduler.drain():
             if isinstance(decided, FireSlot):
@@ -160,6 +171,8 @@ class Planner:
             candidates.append(sched)
         if self._retries:
             candidates.append(from_ns(self._retries[0][0]))
+        if self._parked:
+            candidates.append(self._parked[0][0])
         if self._out:
             candidates.append(self._wall)
         return min(candidates) if candidates else None
@@ -196,13 +209,18 @@ class Planner:
 
     def _claim_slot(self, slot: FireSlot) -> None:
         job = self.state.get_job(slot.job)
-        if job is None:
-            return
+        if job is None or job.name in self._parked_names:
+            return  # gone, or waiting for targets: its later slots wait too
         ns = to_ns(slot.scheduled)
         targets = self._select(job)
         if not targets:
-            # Dkron: "no target nodes found to run job"; the slot is decided as missed.
-            self._out.append(RecordMissed(job.name, ns, "missed", 1))
+            # No live node matches (yet): leave the slot undecided and take the job
+            # out for a moment.  When it comes back it resumes from the replicated
+            # cursor, so this slot runs late or is resolved by the catch-up policy.
+            self.scheduler.remove_job(job.name)
+            heapq.heappush(self._parked, (self._wall + _PARK, job.name))
+            self._parked_names.add(job.name)
+            self.no_targets += 1
             return
         # The group of a scheduled run is its slot: any leader derives the same one.
         self._out.append(ClaimSlot(job.name, ns, self.term, slot.trigger.value, ns, targets, 1))

@@ -96,6 +96,7 @@ class _Member:
         self.journal: dict[RunKey, Execution] = {}  # durable: survives crashes
         self._runs_epoch = 0
         self._next_join = 0.0
+        self._outbox: dict[str, list[ExecMessage | bytes]] = {}
 
     def _member_boot(self) -> None:
         sim = self.sim
@@ -124,6 +125,7 @@ class _Member:
     def _member_lose(self) -> None:
         self.swim = None
         self.worker = None
+        self._outbox = {}
         self._runs_epoch += 1  # the executors die with the process
 
     def _member_deliver(self, channel: str, src: str, payload: Any) -> None:
@@ -139,9 +141,10 @@ class _Member:
             sid, data = payload
             self.swim.receive_stream_reply(sid, data, now=now)
         elif channel == "exec":
-            msg = EXECUTION_CODEC.decode(payload)
-            assert isinstance(msg, ExecMessage)
-            self._on_exec(src, msg)
+            for body in payload:
+                msg = EXECUTION_CODEC.decode(body) if isinstance(body, bytes) else body
+                assert isinstance(msg, ExecMessage)
+                self._on_exec(src, msg)
 
     def _on_exec(self, src: str, msg: ExecMessage) -> None:
         if isinstance(msg, Dispatch | ResultAck | Cancel) and self.worker is not None:
@@ -229,6 +232,7 @@ class _Member:
                     self._finish(self._runs_epoch, w.key, 1, stopped=True)
                 elif isinstance(w, ForgetRun):
                     self.journal.pop(w.key, None)
+        self._flush_outbox()
 
     def _on_member_event(self, event: MemberEvent) -> None:
         """Servers act on failures (see ServerNode)."""
@@ -247,15 +251,23 @@ class _Member:
             self.poke()  # type: ignore[attr-defined]
 
     def _send_exec(self, dst: str, msg: ExecMessage) -> None:
-        body = EXECUTION_CODEC.encode(msg)
-        if dst == self.name:
-            self.loop.call_later(0.0, functools.partial(self._self_deliver, body))
-        else:
-            self.network.send(self.name, dst, ("exec", body), size=len(body))
+        """Queue a message; one flush sends each peer everything queued for it in
+        one delivery, as a TCP connection carries many frames per write."""
+        body: ExecMessage | bytes = EXECUTION_CODEC.encode(msg) if self.sim.exec_wire else msg
+        self._outbox.setdefault(dst, []).append(body)
 
-    def _self_deliver(self, body: bytes) -> None:
+    def _flush_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for dst, bodies in outbox.items():
+            if dst == self.name:
+                self.loop.call_later(0.0, functools.partial(self._self_deliver, bodies))
+            else:
+                size = sum(len(b) for b in bodies if isinstance(b, bytes))
+                self.network.send(self.name, dst, ("exec", bodies), size=size)
+
+    def _self_deliver(self, bodies: list[ExecMessage | bytes]) -> None:
         if self.up:
-            self.deliver(self.name, ("exec", body))  # type: ignore[attr-defined]
+            self.deliver(self.name, ("exec", bodies))  # type: ignore[attr-defined]
             self.poke()  # type: ignore[attr-defined]
 
     # -- the simulated executor ---------------------------------------------------
@@ -447,7 +459,9 @@ class ClusterSim(SchedCluster):
         swim_config: SwimConfig = LOCAL,
         exec_config: ExecutionConfig | None = None,
         sched_config: SchedulerConfig | None = None,
+        exec_wire: bool = True,
     ) -> None:
+        self.exec_wire = exec_wire
         self.swim_config = swim_config
         self.exec_config = exec_config or ExecutionConfig(
             heartbeat_interval=1.0, lease_timeout=6.0, dispatch_timeout=8.0
@@ -459,6 +473,8 @@ class ClusterSim(SchedCluster):
         self.started: dict[tuple[str, int, str, int], float] = {}
         self.completed_ok: set[tuple[str, int]] = set()
         self.finished_ids: dict[str, set[str]] = {}
+        self.claim_times: dict[tuple[str, int], float] = {}
+        self.claim_to_start: list[float] = []
         super().__init__(self.server_names, seed=seed, config=config, sched_config=sched_config)
         for name in self.agent_names:
             agent = AgentNode(name, self, {"role": "worker", "region": "global"})
@@ -511,6 +527,9 @@ class ClusterSim(SchedCluster):
                 f"{ex.job_name} group {ex.group} attempt {ex.attempt} started twice on {node}"
             )
         self.started[key] = self.loop.now
+        claimed_at = self.claim_times.get((ex.job_name, ex.group))
+        if claimed_at is not None:
+            self.claim_to_start.append(self.loop.now - claimed_at)
 
     def on_state_apply(
         self, host: SchedHost, index: int, cmd: Command, result: ApplyResult
@@ -520,6 +539,8 @@ class ClusterSim(SchedCluster):
         if not fresh:
             return
         ok, why = result.ok, result.reason
+        if isinstance(cmd, ClaimSlot) and ok and cmd.attempt == 1:
+            self.claim_times[(cmd.job, cmd.execution_group)] = self.loop.now
         for event in result.events:
             if isinstance(event, GroupCompleted) and event.status == "success":
                 self.completed_ok.add((event.job, event.execution_group))

@@ -281,6 +281,12 @@ class SchedCluster(RaftCluster):
         leader.poke()
         return True
 
+    def add_job_now(self, job: Job) -> bool:
+        """Propose a job without waiting for it to commit (for bulk loads)."""
+        first = job_schedule(job).next_after(self.wall()) if job.schedule else None
+        job = dataclasses.replace(job, next=None if first is None else to_ns(first))
+        return self.propose_command(UpsertJob(job))
+
     def add_job(self, job: Job) -> None:
         """Create a job as the API does: the proposer computes its first slot (``next``)."""
         first = job_schedule(job).next_after(self.wall()) if job.schedule else None

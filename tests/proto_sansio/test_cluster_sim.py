@@ -177,6 +177,25 @@ def check_outcome(sim: ClusterSim, created: Any) -> None:
     seed=6,
     schedule=[(("crash_leader",), 10.0), (("crash_leader",), 30.0), (("restart", "s1"), 10.0)],
 )
+@example(  # regression: a catch-up batch started in one tick gave two runs one id
+    seed=0, schedule=[(("crash_leader",), 2.0)] * 9 + [(("crash_leader",), 90.0)]
+)
+@example(  # regression: slots with no live target yet were counted missed under catchup all
+    seed=714,
+    schedule=[
+        (("crash_leader",), 2.0),
+        (("replay",), 10.0),
+        (("partition", "s3"), 30.0),
+        (("replay",), 2.0),
+        (("slow", "a4", 0.0), 90.0),
+        (("crash_leader",), 2.0),
+        (("slow", "a2", 0.5), 30.0),
+        (("partition", "s1"), 90.0),
+        (("restart", "s3"), 10.0),
+        (("heal",), 2.0),
+        (("crash_leader",), 2.0),
+    ],
+)
 def test_no_lost_duplicated_or_stuck_runs(seed: int, schedule: Any) -> None:
     sim, created = build(seed)
     run_faults(sim, schedule)
