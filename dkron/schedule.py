@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import ClassVar, Protocol
 
+from dkron.golang import go_quote
+
 __all__ = [
     "UTC",
     "AtSchedule",
@@ -104,37 +106,6 @@ def _go_time_quote(raw: bytes) -> str:
     return "".join(out)
 
 
-_STRCONV_ESCAPES = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-    '"': '\\"',
-    "\\": "\\\\",
-}
-
-
-def _go_strconv_quote(s: str) -> str:
-    """``strconv.Quote`` closely enough for error texts (printable runes kept)."""
-    out = ['"']
-    for c in s:
-        if c in _STRCONV_ESCAPES:
-            out.append(_STRCONV_ESCAPES[c])
-        elif c.isprintable() and not (0xD800 <= ord(c) <= 0xDFFF):
-            out.append(c)
-        elif ord(c) < 0x20 or ord(c) == 0x7F:
-            out.append(f"\\x{ord(c):02x}")
-        elif ord(c) < 0x10000:
-            out.append(f"\\u{ord(c):04x}")
-        else:
-            out.append(f"\\U{ord(c):08x}")
-    out.append('"')
-    return "".join(out)
-
-
 def _to_bytes(s: str) -> bytes:
     return s.encode("utf-8", "surrogatepass")
 
@@ -150,15 +121,15 @@ def _go_atoi(s: str) -> int:
     """``strconv.Atoi`` (64-bit): optional sign, ASCII digits only, int64 range."""
     body = s[1:] if s[:1] in ("+", "-") else s
     if not body or not all(_is_ascii_digit(c) for c in body):
-        raise ValueError(f"strconv.Atoi: parsing {_go_strconv_quote(s)}: invalid syntax")
+        raise ValueError(f"strconv.Atoi: parsing {go_quote(s)}: invalid syntax")
     digits = body.lstrip("0") or "0"
     if len(digits) > 19:
-        raise ValueError(f"strconv.Atoi: parsing {_go_strconv_quote(s)}: value out of range")
+        raise ValueError(f"strconv.Atoi: parsing {go_quote(s)}: value out of range")
     value = int(digits)
     if s[0] == "-":
         value = -value
     if value > _INT64_MAX or value < -_INT64_MAX - 1:
-        raise ValueError(f"strconv.Atoi: parsing {_go_strconv_quote(s)}: value out of range")
+        raise ValueError(f"strconv.Atoi: parsing {go_quote(s)}: value out of range")
     return value
 
 

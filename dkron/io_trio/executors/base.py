@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from dkron.golang import go_quote
 from dkron.model import format_rfc3339nano
 
 __all__ = [
@@ -211,37 +212,6 @@ def get_executor(name: str) -> Executor | None:
 
 _GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-
-_QUOTE_ESCAPES = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-    '"': '\\"',
-    "\\": "\\\\",
-}
-
-
-def go_quote(s: str) -> str:
-    """Go's ``strconv.Quote``, so that messages quote values as Dkron's do."""
-    out = ['"']
-    for c in s:
-        code = ord(c)
-        if c in _QUOTE_ESCAPES:
-            out.append(_QUOTE_ESCAPES[c])
-        elif c.isprintable() and not 0xD800 <= code <= 0xDFFF:
-            out.append(c)
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
 
 
 def parse_go_bool(text: str) -> bool:
