@@ -1,0 +1,1084 @@
+"""Dkron's REST API v1: the route table, its handlers and the backend they talk to.
+
+The handlers read the local replica (:class:`dkron.state.StateMachine`) and
+write by proposing commands through :class:`ApiBackend`, which the agent
+implements (forwarding to the Raft leader).  Responses reproduce Dkron's
+status codes, headers and three error-body shapes -- empty, plain text, and
+gin's ``404 page not found`` -- because clients and Dkron's UI compare them;
+errors Dkron never produced are JSON ``{"error": "..."}``.  ``docs/api.md``
+lists every route and every deliberate difference from Dkron.
+
+:data:`ROUTES` is declarative (method, pattern, handler, name) so that the
+dispatcher and, later, the OpenAPI document are generated from one table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import enum
+import json
+import logging
+import re
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from dkron.io_trio.http_server import Request, Response, ServerLimits, serve
+from dkron.model import (
+    Execution,
+    Job,
+    PayloadError,
+    ValidationError,
+    execution_to_json,
+    format_rfc3339nano,
+    job_from_json,
+    job_from_json_bytes,
+    job_to_json,
+    validate_job,
+)
+from dkron.schedule import validate_timezone
+from dkron.state import (
+    ApplyResult,
+    Command,
+    DeleteExecutions,
+    DeleteJob,
+    StateMachine,
+    ToggleJob,
+    UpsertJob,
+)
+
+__all__ = [
+    "ROUTES",
+    "ApiBackend",
+    "BackendError",
+    "ExecutionQuery",
+    "HttpApi",
+    "JobQuery",
+    "MemberInfo",
+    "MemberStatus",
+    "NotLeaderError",
+    "QueryError",
+    "Route",
+    "Unavailable",
+    "member_to_json",
+    "parse_multipart",
+    "render_json",
+    "select_executions",
+    "select_jobs",
+]
+
+log = logging.getLogger("dkron.http")
+
+MAX_UPLOAD_BYTES = 64 << 20
+"""Body limit of ``POST /v1/restore``: a backup of many thousand jobs is megabytes."""
+MAX_NEXT_COUNT = 100
+
+# ---------------------------------------------------------------------------
+# Backend
+# ---------------------------------------------------------------------------
+
+
+class BackendError(Exception):
+    """A write could not be carried out by the cluster; ``str()`` is for the client."""
+
+
+class NotLeaderError(BackendError):
+    """No leader could take the write (none elected, or forwarding failed)."""
+
+    def __init__(self, message: str, *, leader: str | None = None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
+class Unavailable(BackendError):
+    """The cluster did not answer in time (no quorum, shutting down, ...)."""
+
+
+class MemberStatus(enum.IntEnum):
+    """Serf's member status numbers, which Dkron's API exposes as ``Status``."""
+
+    NONE = 0
+    ALIVE = 1
+    LEAVING = 2
+    LEFT = 3
+    FAILED = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberInfo:
+    """A gossip member as the API shows it (Serf's member fields)."""
+
+    name: str
+    addr: str
+    port: int
+    tags: Mapping[str, str]
+    status: MemberStatus
+    protocol_min: int = 1
+    protocol_max: int = 5
+    protocol_cur: int = 2
+    delegate_min: int = 2
+    delegate_max: int = 5
+    delegate_cur: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be 0..65535")
+
+
+_MEMBER_IDS = uuid.UUID("6c1b6c52-7d0e-4b8e-9d1e-6b6b1d1f2d6e")
+
+
+def member_to_json(member: MemberInfo, *, with_id: bool = True) -> dict[str, object]:
+    """Dkron's member object; ``/v1/leader`` omits ``id`` and ``statusText``.
+
+    The ``id`` is derived from the name, so it is unique within a response
+    like Dkron's random one, and stable across requests.
+    """
+    out: dict[str, object] = {
+        "Name": member.name,
+        "Addr": member.addr,
+        "Port": member.port,
+        "Tags": {k: member.tags[k] for k in sorted(member.tags)},
+        "Status": int(member.status),
+        "ProtocolMin": member.protocol_min,
+        "ProtocolMax": member.protocol_max,
+        "ProtocolCur": member.protocol_cur,
+        "DelegateMin": member.delegate_min,
+        "DelegateMax": member.delegate_max,
+        "DelegateCur": member.delegate_cur,
+    }
+    if with_id:
+        out["id"] = str(uuid.uuid5(_MEMBER_IDS, member.name))
+        out["statusText"] = member.status.name.lower()
+    return out
+
+
+class ApiBackend(Protocol):
+    """What the handlers need from the agent.
+
+    Reads are local and synchronous; writes go through Raft and may raise
+    :class:`BackendError` (mapped to 503).  ``next_fire_times`` may raise
+    ``ValueError`` for a job whose schedule cannot fire (a child job).
+    """
+
+    @property
+    def state(self) -> StateMachine: ...
+
+    @property
+    def node_name(self) -> str: ...
+
+    @property
+    def paused(self) -> bool:
+        """Dkron's submission pause: while set, job creates and updates get 503."""
+        ...
+
+    async def set_paused(self, paused: bool) -> None: ...
+
+    def leader(self) -> MemberInfo | None: ...
+
+    def is_leader(self) -> bool: ...
+
+    def members(self) -> list[MemberInfo]: ...
+
+    def status(self) -> dict[str, object]:
+        """The ``GET /v1/`` map: ``agent``, ``serf`` (string values) and ``tags``."""
+        ...
+
+    async def busy(self) -> list[Execution]:
+        """Executions currently running anywhere in the region."""
+        ...
+
+    def next_fire_times(self, job: Job, count: int) -> list[_dt.datetime]: ...
+
+    async def propose(self, cmd: Command) -> ApplyResult:
+        """Commit ``cmd`` through the leader and return its apply result."""
+        ...
+
+    async def run_job(self, name: str) -> Execution | None:
+        """Start a manual run; ``None`` when it cannot run (no target, refused)."""
+        ...
+
+    async def cancel(self, job: str, execution_id: str) -> bool:
+        """Ask the node running an execution to stop it; False if it is not running."""
+        ...
+
+    async def leave(self) -> dict[str, object]:
+        """Leave the cluster gracefully; returns the peers map Dkron answers with."""
+        ...
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------
+
+_JSON_TYPE = ("content-type", "application/json; charset=utf-8")
+_TEXT_TYPE = ("content-type", "text/plain; charset=utf-8")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_GO_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def _scrub(text: str) -> str:
+    """Lone surrogates (possible from ``\\udXXX`` JSON escapes) become U+FFFD, as in Go."""
+    return _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
+
+
+def _go_dumps(obj: object, *, pretty: bool = False) -> str:
+    if pretty:
+        text = json.dumps(obj, ensure_ascii=False, indent=4)
+    else:
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    # <, >, & and the two JS line separators only occur inside strings.
+    return _scrub(text).translate(_GO_ESCAPES)
+
+
+def render_json(obj: object, *, pretty: bool = False) -> bytes:
+    """Go's ``encoding/json`` output: HTML-safe escapes, U+FFFD for bad text."""
+    return _go_dumps(obj, pretty=pretty).encode("utf-8")
+
+
+def _json(status: int, obj: object, call: Call, *extra: tuple[str, str]) -> Response:
+    return Response(
+        status=status, headers=(_JSON_TYPE, *extra), body=render_json(obj, pretty=call.pretty)
+    )
+
+
+def _text(status: int, message: str) -> Response:
+    return Response(status=status, headers=(_TEXT_TYPE,), body=_scrub(message).encode("utf-8"))
+
+
+def _empty(status: int) -> Response:
+    return Response(status=status)
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(status=status, headers=(_JSON_TYPE,), body=render_json({"error": message}))
+
+
+def _total(n: int) -> tuple[str, str]:
+    return ("x-total-count", str(n))
+
+
+def _location(name: str) -> tuple[str, str]:
+    quoted = urllib.parse.quote(_scrub(name).encode("utf-8"), safe="")
+    return ("location", f"/v1/jobs/{quoted}")
+
+
+NOT_FOUND_BODY = "404 page not found"
+
+# ---------------------------------------------------------------------------
+# Query parameters
+# ---------------------------------------------------------------------------
+
+
+class QueryError(ValueError):
+    """A query parameter with a value the API cannot honour (answered 400)."""
+
+
+def _first(pairs: Sequence[tuple[str, str]], key: str) -> str | None:
+    for k, v in pairs:
+        if k == key:
+            return v
+    return None
+
+
+def _index(pairs: Sequence[tuple[str, str]], key: str) -> int | None:
+    raw = _first(pairs, key)
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise QueryError(f"{key} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+def _order(pairs: Sequence[tuple[str, str]], *, default_desc: bool) -> bool:
+    raw = _first(pairs, "_order")
+    if raw is None or raw == "":
+        return default_desc
+    if raw.upper() not in ("ASC", "DESC"):
+        raise QueryError(f"_order must be ASC or DESC, got {raw!r}")
+    return raw.upper() == "DESC"
+
+
+_JOB_SORTS = frozenset(
+    {
+        "name",
+        "displayname",
+        "schedule",
+        "success_count",
+        "error_count",
+        "last_success",
+        "last_error",
+        "next",
+    }
+)
+_STATUS_FILTERS = {"success": "success", "failed": "failed", "partially_failed": "partially_failed"}
+_STATUS_FILTERS["untriggered"] = ""
+_METADATA_KEY = re.compile(r"metadata\[(.*)\]\Z", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobQuery:
+    """``GET /v1/jobs`` parameters, validated."""
+
+    start: int = 0
+    end: int | None = None
+    sort: str = "name"
+    descending: bool = False
+    q: str = ""
+    status: str | None = None
+    disabled: bool | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.sort not in _JOB_SORTS:
+            raise QueryError(f"_sort must be one of id, {', '.join(sorted(_JOB_SORTS))}")
+        if self.start < 0 or (self.end is not None and self.end < 0):
+            raise QueryError("_start and _end must be non-negative")
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.q or self.metadata) or self.status is not None or self.disabled is not None
+
+    @classmethod
+    def parse(cls, pairs: Sequence[tuple[str, str]]) -> JobQuery:
+        sort = _first(pairs, "_sort") or "name"
+        status_raw = _first(pairs, "status")
+        status = None
+        if status_raw is not None and status_raw != "":
+            if status_raw not in _STATUS_FILTERS:
+                raise QueryError(f"status must be one of {', '.join(sorted(_STATUS_FILTERS))}")
+            status = _STATUS_FILTERS[status_raw]
+        disabled_raw = _first(pairs, "disabled")
+        disabled = None
+        if disabled_raw is not None and disabled_raw != "":
+            if disabled_raw not in ("true", "false"):
+                raise QueryError(f"disabled must be true or false, got {disabled_raw!r}")
+            disabled = disabled_raw == "true"
+        metadata: dict[str, str] = {}
+        for k, v in pairs:
+            m = _METADATA_KEY.match(k)
+            if m is not None:
+                metadata.setdefault(m.group(1), v)
+        return cls(
+            start=_index(pairs, "_start") or 0,
+            end=_index(pairs, "_end"),
+            sort="name" if sort == "id" else sort,
+            descending=_order(pairs, default_desc=False),
+            q=_first(pairs, "q") or "",
+            status=status,
+            disabled=disabled,
+            metadata=tuple(sorted(metadata.items())),
+        )
+
+    def matches(self, job: Job) -> bool:
+        if self.q and self.q not in job.name and self.q not in job.displayname:
+            return False
+        if self.status is not None and job.status != self.status:
+            return False
+        if self.disabled is not None and job.disabled != self.disabled:
+            return False
+        if self.metadata:
+            md = job.metadata
+            if not md or any(md.get(k) != v for k, v in self.metadata):
+                return False
+        return True
+
+
+def _time_key(ns: int | None) -> tuple[int, int]:
+    return (0, 0) if ns is None else (1, ns)
+
+
+_JOB_KEYS: dict[str, Callable[[Job], Any]] = {
+    "displayname": lambda j: j.displayname.lower(),
+    "schedule": lambda j: j.schedule.lower(),
+    "success_count": lambda j: j.success_count,
+    "error_count": lambda j: j.error_count,
+    "last_success": lambda j: _time_key(j.last_success),
+    "last_error": lambda j: _time_key(j.last_error),
+    "next": lambda j: _time_key(j.next),
+}
+
+
+def _window(total: int, start: int, end: int | None) -> tuple[int, int]:
+    stop = total if end is None else min(end, total)
+    return (start, stop) if start < stop else (0, 0)
+
+
+def select_jobs(state: StateMachine, query: JobQuery) -> tuple[int, list[Job]]:
+    """The total after filtering and the requested page.
+
+    Listing by name without filters reads only the page from the state's
+    sorted index, so it costs the same with 10 jobs or 100,000; every other
+    combination scans.  Ties sort by name, and descending reverses both.
+    """
+    if not query.filtered and query.sort == "name":
+        total = state.job_count()
+        start, stop = _window(total, query.start, query.end)
+        if not query.descending:
+            return total, state.list_jobs(start, stop)
+        page = state.list_jobs(total - stop, total - start)
+        page.reverse()
+        return total, page
+    jobs = [j for j in state.iter_jobs() if query.matches(j)]
+    if query.descending:
+        jobs.reverse()  # name-descending, so that a stable sort breaks ties that way
+    if query.sort != "name":
+        jobs.sort(key=_JOB_KEYS[query.sort], reverse=query.descending)
+    start, stop = _window(len(jobs), query.start, query.end)
+    return len(jobs), jobs[start:stop]
+
+
+_EXECUTION_SORTS = frozenset({"", "started_at", "finished_at", "attempt"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutionQuery:
+    """``GET /v1/jobs/{job}/executions`` parameters, validated."""
+
+    start: int = 0
+    end: int | None = None
+    sort: str = ""
+    descending: bool = True
+    output_size_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sort not in _EXECUTION_SORTS:
+            raise QueryError("_sort must be one of id, started_at, finished_at, attempt")
+
+    @classmethod
+    def parse(cls, pairs: Sequence[tuple[str, str]]) -> ExecutionQuery:
+        sort = _first(pairs, "_sort") or ""
+        return cls(
+            start=_index(pairs, "_start") or 0,
+            end=_index(pairs, "_end"),
+            sort="started_at" if sort == "id" else sort,
+            descending=_order(pairs, default_desc=True),
+            output_size_limit=_index(pairs, "output_size_limit"),
+        )
+
+
+_EXECUTION_KEYS: dict[str, Callable[[Execution], Any]] = {
+    "": lambda e: (e.started_at, e.node_name),
+    "started_at": lambda e: (e.started_at, e.node_name),
+    "finished_at": lambda e: (_time_key(e.finished_at), e.started_at, e.node_name),
+    "attempt": lambda e: (e.attempt, e.started_at, e.node_name),
+}
+
+
+def select_executions(
+    executions: Iterable[Execution], query: ExecutionQuery
+) -> tuple[int, list[Execution]]:
+    """The total and the requested page, sorted (newest first by default)."""
+    ordered = sorted(executions, key=_EXECUTION_KEYS[query.sort], reverse=query.descending)
+    start, stop = _window(len(ordered), query.start, query.end)
+    return len(ordered), ordered[start:stop]
+
+
+# ---------------------------------------------------------------------------
+# multipart/form-data (restore)
+# ---------------------------------------------------------------------------
+
+_BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^\s;,"]{1,70}))', re.IGNORECASE)
+_PARAM = re.compile(r';\s*([A-Za-z0-9_*-]+)=(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
+_MAX_PARTS = 64
+
+
+def parse_multipart(content_type: str, body: bytes) -> dict[str, bytes] | None:
+    """The named fields of a ``multipart/form-data`` body (first occurrence wins).
+
+    ``None`` when the body is not multipart; malformed framing raises
+    ``ValueError``.  Bounded: the body is already size-limited and at most a
+    few dozen parts are looked at.
+    """
+    if not content_type.lower().startswith("multipart/form-data"):
+        return None
+    m = _BOUNDARY.search(content_type)
+    if m is None:
+        raise ValueError("multipart body without a boundary")
+    delimiter = b"--" + (m.group(1) or m.group(2)).encode("latin-1")
+    pos = body.find(delimiter)
+    if pos < 0:
+        raise ValueError("multipart boundary not found")
+    fields: dict[str, bytes] = {}
+    pos += len(delimiter)
+    for _ in range(_MAX_PARTS):
+        if body.startswith(b"--", pos):
+            return fields
+        if not body.startswith(b"\r\n", pos):
+            raise ValueError("malformed multipart delimiter")
+        head_end = body.find(b"\r\n\r\n", pos + 2)
+        if head_end < 0:
+            raise ValueError("multipart part without a header end")
+        head = body[pos + 2 : head_end].decode("latin-1")
+        nxt = body.find(b"\r\n" + delimiter, head_end + 4)
+        if nxt < 0:
+            raise ValueError("multipart body not terminated")
+        name = _part_name(head)
+        if name is not None:
+            fields.setdefault(name, body[head_end + 4 : nxt])
+        pos = nxt + 2 + len(delimiter)
+    raise ValueError(f"more than {_MAX_PARTS} multipart parts")
+
+
+def _part_name(head: str) -> str | None:
+    for line in head.split("\r\n"):
+        key, _, value = line.partition(":")
+        if key.strip().lower() != "content-disposition":
+            continue
+        for pm in _PARAM.finditer(value):
+            if pm.group(1).lower() == "name":
+                quoted = pm.group(2)
+                return re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else pm.group(3)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Routes
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Call:
+    """One matched request, as a handler sees it."""
+
+    api: HttpApi
+    request: Request
+    params: Mapping[str, str]
+
+    @property
+    def backend(self) -> ApiBackend:
+        return self.api.backend
+
+    @property
+    def pretty(self) -> bool:
+        return any(k == "pretty" for k, _ in self.request.query)
+
+    def has(self, key: str) -> bool:
+        return any(k == key for k, _ in self.request.query)
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """One row of the API: ``{name}`` segments match one decoded path segment."""
+
+    method: str
+    pattern: str
+    handler: Handler
+    name: str
+    summary: str
+    meta: bool = True  # CORS and X-Whom (Dkron leaves them off /health)
+    body_limit: int | None = None  # None: the server's default
+    segments: tuple[str, ...] = dataclasses.field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        if not self.pattern.startswith("/"):
+            raise ValueError("patterns are absolute")
+        object.__setattr__(self, "segments", tuple(self.pattern.split("/")[1:]))
+
+    def match(self, parts: Sequence[str]) -> dict[str, str] | None:
+        if len(parts) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for seg, part in zip(self.segments, parts, strict=True):
+            if seg.startswith("{"):
+                if not part:
+                    return None
+                params[seg[1:-1]] = part
+            elif seg != part:
+                return None
+        return params
+
+
+def _job_or_none(call: Call) -> Job | None:
+    return call.backend.state.get_job(call.params["job"])
+
+
+def _next_ns(backend: ApiBackend, job: Job) -> int | None:
+    try:
+        times = backend.next_fire_times(job, 1)
+    except ValueError:
+        return None
+    return _to_ns(times[0]) if times else None
+
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+
+
+def _to_ns(t: _dt.datetime) -> int:
+    return (t - _EPOCH) // _dt.timedelta(microseconds=1) * 1000
+
+
+async def _health(call: Call) -> Response:
+    return _json(200, {"status": "healthy"}, call)
+
+
+async def _index_status(call: Call) -> Response:
+    return _json(200, call.backend.status(), call)
+
+
+async def _members(call: Call) -> Response:
+    members = call.backend.members()
+    return _json(200, [member_to_json(m) for m in members], call, _total(len(members)))
+
+
+async def _leader(call: Call) -> Response:
+    leader = call.backend.leader()
+    if leader is None:
+        return _error(404, "no cluster leader is known")
+    return _json(200, member_to_json(leader, with_id=False), call)
+
+
+async def _is_leader(call: Call) -> Response:
+    if call.backend.is_leader():
+        return _json(200, "I am a leader", call)
+    return _json(404, "I am a follower", call)
+
+
+async def _leave(call: Call) -> Response:
+    try:
+        peers = await call.backend.leave()
+    except BackendError as exc:
+        return _error(503, str(exc))
+    return _json(200, peers, call)
+
+
+async def _busy(call: Call) -> Response:
+    try:
+        running = await call.backend.busy()
+    except BackendError as exc:
+        return _error(503, str(exc))
+    running = sorted(running, key=lambda e: (e.started_at, e.node_name))
+    body = [execution_to_json(e, list_view=False) for e in running]
+    return _json(200, body, call, _total(len(body)))
+
+
+async def _pause_status(call: Call) -> Response:
+    return _json(200, {"paused": call.backend.paused}, call)
+
+
+async def _set_paused(call: Call, paused: bool) -> Response:
+    try:
+        await call.backend.set_paused(paused)
+    except BackendError as exc:
+        return _error(503, str(exc))
+    return _json(200, {"paused": call.backend.paused}, call)
+
+
+async def _pause(call: Call) -> Response:
+    return await _set_paused(call, True)
+
+
+async def _unpause(call: Call) -> Response:
+    return await _set_paused(call, False)
+
+
+def _decode_job(body: bytes) -> Job:
+    try:
+        return job_from_json_bytes(body)
+    except PayloadError:
+        raise
+    except ValueError as exc:  # e.g. an integer literal too long to convert
+        raise PayloadError(str(exc)) from None
+
+
+async def _upsert(call: Call) -> Response:
+    if call.backend.paused:
+        return _text(503, "New job submissions are currently paused")
+    try:
+        job = _decode_job(call.request.body)
+        validate_job(job)
+    except ValidationError as exc:
+        return _text(400, exc.http_body())
+    job = dataclasses.replace(job, next=_next_ns(call.backend, job))
+    try:
+        result = await call.backend.propose(UpsertJob(job))
+    except BackendError as exc:
+        return _text(503, str(exc))
+    if not result.ok or result.job is None:
+        if result.reason == "parent_not_found":
+            return _text(404, result.error)
+        if result.reason in ("invalid", "cycle"):
+            return _text(400, ValidationError(result.error).http_body())
+        return _text(500, result.error or "the job was not stored")
+    stored = result.job
+    if call.has("runoncreate"):
+        call.api.run_in_background(stored.name)
+    return _json(201, job_to_json(stored), call, _location(stored.name))
+
+
+async def _list_jobs(call: Call) -> Response:
+    try:
+        query = JobQuery.parse(call.request.query)
+    except QueryError as exc:
+        return _error(400, str(exc))
+    total, page = select_jobs(call.backend.state, query)
+    return _json(200, [job_to_json(j) for j in page], call, _total(total))
+
+
+async def _get_job(call: Call) -> Response:
+    job = _job_or_none(call)
+    if job is None:
+        return _empty(404)
+    return _json(200, job_to_json(job), call)
+
+
+async def _delete_job(call: Call) -> Response:
+    try:
+        result = await call.backend.propose(DeleteJob(call.params["job"]))
+    except BackendError as exc:
+        return _error(503, str(exc))
+    if result.ok and result.job is not None:
+        return _json(200, job_to_json(result.job), call)
+    if result.reason == "has_dependents":
+        return _error(409, result.error)
+    return _empty(404)
+
+
+async def _run_job(call: Call) -> Response:
+    job = _job_or_none(call)
+    if job is None:
+        return _empty(404)
+    try:
+        started = await call.backend.run_job(job.name)
+    except BackendError as exc:
+        return _error(503, str(exc))
+    if started is None:
+        return _empty(404)
+    body = job_to_json(job, next_ns=_next_ns(call.backend, job))
+    return _json(200, body, call, _location(job.name))
+
+
+async def _toggle_job(call: Call) -> Response:
+    name = call.params["job"]
+    try:
+        result = await call.backend.propose(ToggleJob(name))
+    except BackendError as exc:
+        return _error(503, str(exc))
+    if result.ok and result.job is not None:
+        return _json(200, job_to_json(result.job), call, _location(name))
+    return _empty(404 if result.reason == "not_found" else 422)
+
+
+def _zone(job: Job) -> _dt.tzinfo | None:
+    try:
+        return validate_timezone(job.timezone)
+    except ValueError:
+        return None
+
+
+async def _list_executions(call: Call) -> Response:
+    job = _job_or_none(call)
+    if job is None:
+        return _empty(404)
+    try:
+        query = ExecutionQuery.parse(call.request.query)
+    except QueryError as exc:
+        return _error(400, str(exc))
+    total, page = select_executions(call.backend.state.executions(job.name), query)
+    tz = _zone(job)
+    body = [execution_to_json(e, tz=tz, output_size_limit=query.output_size_limit) for e in page]
+    return _json(200, body, call, _total(total))
+
+
+async def _delete_executions(call: Call) -> Response:
+    try:
+        result = await call.backend.propose(DeleteExecutions(call.params["job"]))
+    except BackendError as exc:
+        return _error(503, str(exc))
+    if result.ok and result.job is not None:
+        return _json(200, job_to_json(result.job), call)
+    if result.reason == "not_found":
+        return _empty(404)
+    return _error(500, result.error or "executions were not deleted")
+
+
+async def _get_execution(call: Call) -> Response:
+    ex = call.backend.state.get_execution(call.params["job"], call.params["execution"])
+    if ex is None:
+        return _empty(404)
+    return _json(200, execution_to_json(ex, list_view=False), call)
+
+
+async def _cancel_execution(call: Call) -> Response:
+    name, exec_id = call.params["job"], call.params["execution"]
+    ex = call.backend.state.get_execution(name, exec_id)
+    if ex is None:
+        return _empty(404)
+    if not ex.running:
+        return _error(409, "execution already finished")
+    try:
+        accepted = await call.backend.cancel(name, exec_id)
+    except BackendError as exc:
+        return _error(503, str(exc))
+    if not accepted:
+        return _error(409, "execution is not running")
+    current = call.backend.state.get_execution(name, exec_id) or ex
+    return _json(202, execution_to_json(current, list_view=False), call)
+
+
+async def _next_times(call: Call) -> Response:
+    job = _job_or_none(call)
+    if job is None:
+        return _empty(404)
+    raw = _first(call.request.query, "count")
+    count = 10
+    if raw is not None:
+        valid = raw.isascii() and raw.isdigit() and len(raw) <= 3
+        if not valid or not 1 <= int(raw) <= MAX_NEXT_COUNT:
+            return _error(400, f"count must be an integer from 1 to {MAX_NEXT_COUNT}")
+        count = int(raw)
+    try:
+        times = call.backend.next_fire_times(job, count)[:count]
+    except ValueError:
+        times = []
+    body = [format_rfc3339nano(_to_ns(t)) for t in times]
+    return _json(200, body, call, _total(len(body)))
+
+
+def _load_backup(data: bytes) -> list[Job]:
+    try:
+        parsed = json.loads(data.decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"the file is not JSON: {exc}") from None
+    if not isinstance(parsed, list):
+        raise PayloadError("the file must hold a JSON array of jobs")
+    jobs: list[Job] = []
+    for i, obj in enumerate(parsed):
+        try:
+            job = job_from_json(obj)
+            validate_job(job)
+        except ValueError as exc:
+            raise PayloadError(f"job #{i}: {exc}") from None
+        jobs.append(job)
+    names = {j.name for j in jobs}
+    for job in jobs:
+        if job.parent_job and job.parent_job not in names:
+            raise PayloadError(f"job {job.name}: parent job {job.parent_job} is not in the file")
+    return jobs
+
+
+async def _restore(call: Call) -> Response:
+    ctype = call.request.header("content-type") or ""
+    try:
+        fields = parse_multipart(ctype, call.request.body)
+    except ValueError as exc:
+        return _error(400, f"malformed multipart body: {exc}")
+    if fields is None or "file" not in fields:
+        return _error(404, "the multipart form has no file field")
+    try:
+        jobs = _load_backup(fields["file"])
+    except PayloadError as exc:
+        return _error(400, str(exc))
+    latest = {j.name: j for j in jobs}  # a name given twice: the last one wins
+    children: dict[str, list[Job]] = {}
+    roots: list[Job] = []
+    for job in latest.values():
+        (children.setdefault(job.parent_job, []) if job.parent_job else roots).append(job)
+    outcome: dict[str, bool] = {}
+    pending = list(reversed(roots))  # parents before children, file order
+    try:
+        while pending:
+            job = pending.pop()
+            job = dataclasses.replace(job, next=_next_ns(call.backend, job))
+            result = await call.backend.propose(UpsertJob(job))
+            outcome[job.name] = result.ok
+            if result.ok:
+                pending.extend(reversed(children.get(job.name, [])))
+    except BackendError as exc:
+        done = sum(outcome.values())
+        return _error(503, f"restore stopped after {done} of {len(latest)} jobs: {exc}")
+    report = [f"{'success' if outcome.get(name) else 'fail'} create {name}" for name in latest]
+    return _json(200, _go_dumps(report), call)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(method="GET", pattern="/health", handler=_health, name="health", meta=False,
+          summary="Liveness: always healthy while the process serves HTTP."),
+    Route(method="GET", pattern="/v1", handler=_index_status, name="status",
+          summary="Local node name, version, gossip statistics and tags."),
+    Route(method="GET", pattern="/v1/", handler=_index_status, name="statusSlash",
+          summary="Same as GET /v1."),
+    Route(method="GET", pattern="/v1/members", handler=_members, name="listMembers",
+          summary="Every gossip member known locally."),
+    Route(method="GET", pattern="/v1/leader", handler=_leader, name="getLeader",
+          summary="The Raft leader as a gossip member."),
+    Route(method="GET", pattern="/v1/isleader", handler=_is_leader, name="isLeader",
+          summary="200 on the leader, 404 on a follower."),
+    Route(method="POST", pattern="/v1/leave", handler=_leave, name="leave",
+          summary="Leave the cluster gracefully; the process keeps serving."),
+    Route(method="POST", pattern="/v1/restore", handler=_restore, name="restore",
+          body_limit=MAX_UPLOAD_BYTES,
+          summary="Create or update the jobs of a backup (multipart field 'file')."),
+    Route(method="GET", pattern="/v1/busy", handler=_busy, name="listBusy",
+          summary="Executions running now."),
+    Route(method="GET", pattern="/v1/pause", handler=_pause_status, name="pauseStatus",
+          summary="Whether job submissions are paused."),
+    Route(method="POST", pattern="/v1/pause", handler=_pause, name="pause",
+          summary="Refuse job creates and updates until unpaused."),
+    Route(method="POST", pattern="/v1/unpause", handler=_unpause, name="unpause",
+          summary="Accept job creates and updates again."),
+    Route(method="GET", pattern="/v1/jobs", handler=_list_jobs, name="listJobs",
+          summary="Jobs, filtered, sorted and paginated."),
+    Route(method="POST", pattern="/v1/jobs", handler=_upsert, name="createOrUpdateJob",
+          summary="Create or replace a job."),
+    Route(method="PATCH", pattern="/v1/jobs", handler=_upsert, name="patchJob",
+          summary="Same as POST /v1/jobs (a full replace)."),
+    Route(method="PUT", pattern="/v1/jobs/{job}", handler=_upsert, name="putJob",
+          summary="Same as POST /v1/jobs; the body's name is the job."),
+    Route(method="GET", pattern="/v1/jobs/{job}", handler=_get_job, name="showJob",
+          summary="One job."),
+    Route(method="DELETE", pattern="/v1/jobs/{job}", handler=_delete_job, name="deleteJob",
+          summary="Delete a job and its executions."),
+    Route(method="POST", pattern="/v1/jobs/{job}", handler=_run_job, name="runJob",
+          summary="Run a job now."),
+    Route(method="POST", pattern="/v1/jobs/{job}/run", handler=_run_job, name="runJobAlias",
+          summary="Run a job now."),
+    Route(method="POST", pattern="/v1/jobs/{job}/toggle", handler=_toggle_job, name="toggleJob",
+          summary="Flip a job's disabled flag."),
+    Route(method="GET", pattern="/v1/jobs/{job}/next", handler=_next_times, name="nextFireTimes",
+          summary="The job's next fire times (count 1..100, default 10)."),
+    Route(method="GET", pattern="/v1/jobs/{job}/executions", handler=_list_executions,
+          name="listExecutions", summary="A job's stored executions, newest first."),
+    Route(method="DELETE", pattern="/v1/jobs/{job}/executions", handler=_delete_executions,
+          name="deleteExecutions", summary="Drop a job's finished executions, reset counters."),
+    Route(method="GET", pattern="/v1/jobs/{job}/executions/{execution}", handler=_get_execution,
+          name="showExecution", summary="One execution with its full output."),
+    Route(method="POST", pattern="/v1/jobs/{job}/executions/{execution}/cancel",
+          handler=_cancel_execution, name="cancelExecution",
+          summary="Stop a running execution."),
+)  # fmt: skip
+
+# ---------------------------------------------------------------------------
+# Dispatcher
+# ---------------------------------------------------------------------------
+
+_CORS_PREFLIGHT = (
+    ("access-control-allow-origin", "*"),
+    ("access-control-allow-methods", "*"),
+    ("access-control-allow-headers", "*"),
+    ("access-control-max-age", "43200"),
+)
+_CORS_SIMPLE = (("access-control-allow-origin", "*"), ("access-control-expose-headers", "*"))
+
+
+class HttpApi:
+    """The application the h11 server serves: routing, Dkron's global headers,
+    and the last line of defence against handler bugs."""
+
+    def __init__(
+        self,
+        backend: ApiBackend,
+        *,
+        routes: Sequence[Route] = ROUTES,
+        limits: ServerLimits | None = None,
+    ) -> None:
+        self.backend = backend
+        self.routes = tuple(routes)
+        self.limits = limits or ServerLimits()
+        self._background: trio.Nursery | None = None
+
+    # -- App protocol -------------------------------------------------------------
+
+    def body_limit(self, method: str, path: str) -> int:
+        parts = path.split("/")[1:]
+        for route in self.routes:
+            limited = route.method == method and route.body_limit is not None
+            if limited and route.match(parts) is not None:
+                assert route.body_limit is not None
+                return route.body_limit
+        return self.limits.max_body_bytes
+
+    def error(self, status: int, message: str) -> Response:
+        return self._decorate(_error(status, message), origin=None, meta=True)
+
+    async def handle(self, request: Request) -> Response:
+        origin = request.header("origin")
+        try:
+            response, meta = await self._dispatch(request, origin)
+        except Exception:
+            log.exception("handler failed on %s %s", request.method, request.raw_path)
+            response, meta = _error(500, "internal error"), True
+        return self._decorate(response, origin=origin, meta=meta)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _decorate(self, response: Response, *, origin: str | None, meta: bool) -> Response:
+        if not meta:
+            return response
+        extra: tuple[tuple[str, str], ...] = (("x-whom", self.backend.node_name),)
+        if origin is not None:
+            extra += _CORS_SIMPLE
+        return dataclasses.replace(response, headers=(*response.headers, *extra))
+
+    def _find(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        parts = path.split("/")[1:]
+        for route in self.routes:
+            if route.method == method:
+                params = route.match(parts)
+                if params is not None:
+                    return route, params
+        return None
+
+    async def _dispatch(self, request: Request, origin: str | None) -> tuple[Response, bool]:
+        if request.method == "OPTIONS" and origin is not None:
+            return Response(status=204, headers=_CORS_PREFLIGHT), False
+        found = self._find(request.method, request.path)
+        if found is None:
+            return self._redirect_or_404(request), True
+        route, params = found
+        response = await route.handler(Call(api=self, request=request, params=params))
+        return response, route.meta
+
+    def _redirect_or_404(self, request: Request) -> Response:
+        """gin's RedirectTrailingSlash: 301 for GET, 307 otherwise."""
+        path = request.path
+        if path.endswith("/") and len(path) > 1:
+            alternative, raw = path[:-1], request.raw_path[:-1]
+        else:
+            alternative, raw = path + "/", request.raw_path + "/"
+        if path.startswith("/") and self._find(request.method, alternative) is not None:
+            _, sep, query = request.target.partition("?")
+            location = raw + sep + query
+            status = 301 if request.method == "GET" else 307
+            return Response(status=status, headers=(("location", location),))
+        return _text(404, NOT_FOUND_BODY)
+
+    def run_in_background(self, name: str) -> None:
+        """Fire a run without making the request wait (``runoncreate``)."""
+        if self._background is None:
+            raise RuntimeError("runoncreate needs the API to be served with HttpApi.serve")
+        self._background.start_soon(self._run_quietly, name)
+
+    async def _run_quietly(self, name: str) -> None:
+        try:
+            await self.backend.run_job(name)
+        except BackendError as exc:
+            log.warning("runoncreate of %s failed: %s", name, exc)
+        except Exception:
+            # Nobody is waiting for this run: a bug must not take the server down.
+            log.exception("runoncreate of %s failed", name)
+
+    async def serve(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the API on ``host:port`` until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._background = nursery
+            try:
+                await serve(self, host, port, limits=self.limits, task_status=task_status)
+            finally:
+                self._background = None

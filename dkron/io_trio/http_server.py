@@ -1,0 +1,295 @@
+"""HTTP/1.1 server glue: h11 over Trio streams, one task per connection.
+
+All HTTP semantics live in h11 and all API semantics in :mod:`dkron.io_trio.http_api`;
+this module only moves bytes and enforces the limits that keep a hostile or
+broken client from holding memory or a task forever: a bounded header block
+(h11's ``max_incomplete_event_size``), a bounded body chosen per route before
+any of it is read, a deadline for receiving each request once it has begun,
+an idle deadline between keep-alive requests and a deadline for sending.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import urllib.parse
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Protocol
+
+import h11
+import trio
+
+__all__ = ["App", "Request", "Response", "ServerLimits", "serve", "serve_connection"]
+
+log = logging.getLogger("dkron.http")
+
+_RECEIVE_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerLimits:
+    """Bounds on what one connection may cost the server."""
+
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 1 << 20
+    max_query_fields: int = 256
+    request_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    send_timeout: float = 30.0
+    linger_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        if min(self.max_header_bytes, self.max_body_bytes, self.max_query_fields) < 1:
+            raise ValueError("size limits must be positive")
+        timeouts = (self.request_timeout, self.idle_timeout, self.send_timeout)
+        if min(timeouts) <= 0 or self.linger_timeout < 0:
+            raise ValueError("timeouts must be positive")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """One complete request; ``path`` is percent-decoded, ``raw_path`` is not."""
+
+    method: str
+    target: str
+    raw_path: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header (``name`` in lower case)."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+class App(Protocol):
+    """What the server needs from the application it serves."""
+
+    def body_limit(self, method: str, path: str) -> int:
+        """The largest body accepted for this route, decided before reading it."""
+        ...
+
+    async def handle(self, request: Request) -> Response: ...
+
+    def error(self, status: int, message: str) -> Response:
+        """The response for a request refused before it reached a handler."""
+        ...
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _split_target(target: str, max_fields: int) -> tuple[str, tuple[tuple[str, str], ...]]:
+    if target.startswith("/") or target == "*":
+        raw_path, _, query = target.partition("?")
+    else:  # absolute-form, e.g. from a proxy
+        parts = urllib.parse.urlsplit(target)
+        raw_path, query = parts.path or "/", parts.query
+    try:
+        pairs = urllib.parse.parse_qsl(
+            query, keep_blank_values=True, max_num_fields=max_fields, errors="replace"
+        )
+    except ValueError as exc:
+        raise _Reject(400, f"bad query string: {exc}") from None
+    return raw_path, tuple(pairs)
+
+
+class _Connection:
+    def __init__(self, stream: trio.abc.Stream, app: App, limits: ServerLimits) -> None:
+        self.stream = stream
+        self.app = app
+        self.limits = limits
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self.deadline = math.inf
+        self.started = False
+        self.head = False  # a HEAD response carries the headers of a body, not the body
+
+    async def run(self) -> None:
+        while True:
+            try:
+                request = await self._read_request()
+            except _Reject as reject:
+                await self._send(self.app.error(reject.status, str(reject)), close=True)
+                return
+            if request is None:
+                return
+            try:
+                response = await self.app.handle(request)
+            except Exception:
+                log.exception("unhandled error serving %s %s", request.method, request.raw_path)
+                response = self.app.error(500, "internal error")
+            if not await self._send(response, close=False):
+                return
+            if h11.MUST_CLOSE in (self.conn.our_state, self.conn.their_state):
+                return
+            try:
+                self.conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def _next_event(self) -> h11.Event:
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _Reject(exc.error_status_hint, f"malformed request: {exc}") from None
+            if event is not h11.NEED_DATA:
+                assert isinstance(event, h11.Event)
+                return event
+            try:
+                with trio.fail_at(self.deadline):
+                    data = await self.stream.receive_some(_RECEIVE_SIZE)
+            except trio.TooSlowError:
+                if not self.started:
+                    return h11.ConnectionClosed()
+                raise _Reject(408, "request not received in time") from None
+            if data and not self.started:
+                self.started = True
+                self.deadline = trio.current_time() + self.limits.request_timeout
+            self.conn.receive_data(bytes(data))
+
+    async def _read_request(self) -> Request | None:
+        self.started = False
+        self.head = False
+        self.deadline = trio.current_time() + self.limits.idle_timeout
+        event = await self._next_event()
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        if not isinstance(event, h11.Request):
+            raise _Reject(400, "malformed request")
+        if sum(len(k) + len(v) for k, v in event.headers) > self.limits.max_header_bytes:
+            # h11 bounds only incomplete header blocks; one that arrived whole
+            # in a single read is held to the same limit here.
+            raise _Reject(431, "request header fields too large")
+        self.started = True
+        self.deadline = min(self.deadline, trio.current_time() + self.limits.request_timeout)
+        target = event.target.decode("ascii", errors="replace")
+        raw_path, query = _split_target(target, self.limits.max_query_fields)
+        path = urllib.parse.unquote(raw_path, errors="replace")
+        method = event.method.decode("ascii", errors="replace")
+        self.head = method == "HEAD"
+        headers = tuple(
+            (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers
+        )
+        limit = self.app.body_limit(method, path)
+        declared = next((v for k, v in headers if k == "content-length"), None)
+        if declared is not None and int(declared) > limit:
+            raise _Reject(413, f"request body larger than {limit} bytes")
+        if self.conn.they_are_waiting_for_100_continue:
+            await self._send_bytes(
+                self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+            )
+        body = bytearray()
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > limit:
+                    raise _Reject(413, f"request body larger than {limit} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise _Reject(400, "request body ended early")
+        self.deadline = math.inf
+        return Request(
+            method=method,
+            target=target,
+            raw_path=raw_path,
+            path=path,
+            query=query,
+            headers=headers,
+            body=bytes(body),
+        )
+
+    async def _send(self, response: Response, *, close: bool) -> bool:
+        """Send one response; False when the connection can no longer be used."""
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        headers.append((b"content-length", str(len(response.body)).encode()))
+        headers.append((b"date", email.utils.formatdate(usegmt=True).encode()))
+        if close:
+            headers.append((b"connection", b"close"))
+        try:
+            reason = HTTPStatus(response.status).phrase.encode()
+        except ValueError:
+            reason = b""
+        try:
+            data = self.conn.send(
+                h11.Response(status_code=response.status, headers=headers, reason=reason)
+            )
+            if response.body and not self.head:
+                data = (data or b"") + (self.conn.send(h11.Data(data=response.body)) or b"")
+            data += self.conn.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            return False
+        if not await self._send_bytes(data):
+            return False
+        if close:
+            await self._linger()
+            return False
+        return True
+
+    async def _send_bytes(self, data: bytes) -> bool:
+        try:
+            with trio.fail_after(self.limits.send_timeout):
+                await self.stream.send_all(data)
+        except trio.TooSlowError:
+            return False
+        return True
+
+    async def _linger(self) -> None:
+        """Half-close and drain briefly, so a client still sending a refused body
+        reads our response instead of a connection reset."""
+        if not isinstance(self.stream, trio.SocketStream):
+            return
+        await self.stream.send_eof()
+        with trio.move_on_after(self.limits.linger_timeout):
+            while await self.stream.receive_some(_RECEIVE_SIZE):
+                continue
+
+
+async def serve_connection(stream: trio.abc.Stream, app: App, limits: ServerLimits) -> None:
+    """Serve every request of one connection, then close it."""
+    try:
+        await _Connection(stream, app, limits).run()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass  # the peer went away; nothing to answer
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def serve(
+    app: App,
+    host: str | None,
+    port: int,
+    *,
+    limits: ServerLimits | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``host:port`` (port 0 picks one) until cancelled.
+
+    ``task_status.started`` receives the listeners, whose sockets tell the
+    bound addresses.
+    """
+    lim = limits or ServerLimits()
+    listeners = await trio.open_tcp_listeners(port, host=host)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await serve_connection(stream, app, lim)
+
+    await trio.serve_listeners(handler, listeners, task_status=task_status)
