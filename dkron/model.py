@@ -575,6 +575,10 @@ def job_from_json_bytes(body: bytes) -> Job:
         raise PayloadError(f"invalid character '{ch}' looking for beginning of value") from None
     except RecursionError:
         raise PayloadError("exceeded max depth") from None
+    except PayloadError:
+        raise
+    except ValueError as exc:  # e.g. an integer literal longer than Python converts
+        raise PayloadError(f"cannot unmarshal number: {exc}") from None
     return job_from_json(obj)
 
 

@@ -600,3 +600,8 @@ def test_merge_new_job_ignores_injected_dependents() -> None:
     merged = merge_job(None, Job(name="a", dependent_jobs=("x",), success_count=3))
     assert merged.dependent_jobs == ()
     assert merged.success_count == 3
+
+
+def test_an_absurdly_long_number_is_a_payload_error() -> None:
+    with pytest.raises(PayloadError):
+        job_from_json_bytes(b'{"name": "a", "retries": ' + b"9" * 5000 + b"}")
