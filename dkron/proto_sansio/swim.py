@@ -62,7 +62,9 @@ from dkron.proto_sansio.swim_wire import (
     encode_message,
     encode_packet,
     frame_body,
+    pack_ack,
     pack_message,
+    pack_ping,
 )
 
 __all__ = [
@@ -406,6 +408,8 @@ _TO_WIRE = {
     NodeState.LEFT: int(WireState.LEFT),
 }
 
+_ROW = operator.attrgetter("name", "addr", "port", "tags", "incarnation", "state", "leaving")
+
 _WIRE_ALIVE = int(WireState.ALIVE)
 _WIRE_LEFT = int(WireState.LEFT)
 
@@ -486,7 +490,7 @@ class _Relay:
 class _Suspicion:
     """Lifeguard's dynamic suspicion timer for one member."""
 
-    __slots__ = ("confirmers", "high", "incarnation", "k", "low", "start")
+    __slots__ = ("armed", "confirmers", "high", "incarnation", "k", "low", "start")
 
     def __init__(
         self, incarnation: int, sender: str, k: int, *, low: float, high: float, start: float
@@ -497,6 +501,9 @@ class _Suspicion:
         self.high = high
         self.start = start
         self.confirmers = {sender}
+        # The earliest deadline already in the timer heap: confirmations only
+        # ever bring the deadline forward, so an equal one needs no new entry.
+        self.armed = math.inf
 
     def deadline(self) -> float:
         if self.k < 1:
@@ -522,7 +529,12 @@ class _Broadcast:
         self.prio = -order
 
 
+_PRIVATE_CACHE = 512
+_SHARED_CACHE = 1 << 16
+
 _PRIO_STEP = 1 << 48
+# Up to this many heap entries a packet's broadcasts are picked by one sort.
+_SMALL_QUEUE = 64
 _by_prio = operator.attrgetter("prio")
 
 
@@ -565,6 +577,8 @@ class SwimNode:
     seed it, the adapter must seed it from the operating system.
     ``incarnation`` lets a restarted process start above its previous life
     when it knows it; otherwise it refutes its way up on rejoin.
+    ``decode_cache`` lets the nodes of one process (a simulation) share the
+    memo of decoded broadcasts; each node keeps its own when it is None.
     """
 
     def __init__(
@@ -579,6 +593,7 @@ class SwimNode:
         tags: Mapping[str, str] | None = None,
         keyring: Keyring | None = None,
         incarnation: int = 0,
+        decode_cache: dict[bytes, object] | None = None,
     ) -> None:
         tags_d = dict(tags or {})
         try:
@@ -629,7 +644,11 @@ class SwimNode:
         self._stopped = False
         self.counters: dict[str, int] = {}
         self.packets_received = 0
-        self._decoded: dict[bytes, object] = {}
+        # Decoded broadcasts by their bytes.  Simulations pass one dict to
+        # every node of the process: decoding is a pure function of the bytes
+        # and messages are immutable, so sharing changes nothing but the cost.
+        self._decoded: dict[bytes, object] = {} if decode_cache is None else decode_cache
+        self._decoded_limit = _PRIVATE_CACHE if decode_cache is None else _SHARED_CACHE
         self._raw = b""
         self._raw_msg: object = None
         self._now = now
@@ -670,13 +689,20 @@ class SwimNode:
                 self._count("dropped_undecryptable")
                 return
         try:
-            items = decode_packet_items(packet, self._decoded)
+            items = decode_packet_items(packet, self._decoded, self._decoded_limit)
         except RemoteProtocolError:
             self._count("dropped_malformed")
             return
         for raw, msg in items:
             self._raw, self._raw_msg = raw, msg
-            self._dispatch(msg, src_addr, now)
+            # The gossip kinds first: a storm is mostly suspicions and alives.
+            t = type(msg)
+            if t is Suspect:
+                self._on_suspect(msg, now)  # type: ignore[arg-type]
+            elif t is Alive:
+                self._on_alive(msg, now)  # type: ignore[arg-type]
+            else:
+                self._dispatch(msg, src_addr, now)
         self._raw_msg = None
 
     def receive_stream(self, data: bytes, *, src_addr: Address, now: float) -> bytes | None:
@@ -838,14 +864,17 @@ class SwimNode:
         self._now = now
         self._require_running()
         members = self._members
+        others = self._others
+        first = len(others)
+        gone = (WireState.DEAD, WireState.LEFT)
         for st in states:
-            if st.name in members or st.state in (WireState.DEAD, WireState.LEFT):
+            name = st.name
+            if name in members or st.state in gone:
                 continue
-            node = _Node(st.name, st.addr, st.port, st.tags, st.incarnation, now=now)
-            members[st.name] = node
-            self._other_pos[st.name] = len(self._others)
-            self._others.append(st.name)
-            self._num_live += 1
+            members[name] = _Node(name, st.addr, st.port, st.tags, st.incarnation, now=now)
+            others.append(name)
+        self._other_pos.update(zip(others[first:], range(first, len(others)), strict=True))
+        self._num_live += len(others) - first
         self._version += 1
         # Stagger the first push-pull over the interval this size calls for.
         self._pp_token = object()
@@ -941,14 +970,12 @@ class SwimNode:
         if msg.target != self.name:
             self._count("dropped_misdirected")
             return
-        self._send(src, [pack_message(Ack(msg.seq))])
+        self._send(src, [pack_ack(msg.seq)])
 
     def _on_indirect(self, msg: IndirectPing, src: Address, now: float) -> None:
         seq = self._next_seq()
         self._acks[seq] = _Relay(src, msg.seq, msg.nack)
-        self._send(
-            (msg.target_addr, msg.target_port), [pack_message(Ping(seq, msg.target, self.name))]
-        )
+        self._send((msg.target_addr, msg.target_port), [pack_ping(seq, msg.target, self.name)])
         self._at(now + self.config.probe_timeout, _T.RELAY, seq)
 
     def _on_ack(self, msg: Ack, now: float) -> None:
@@ -957,7 +984,7 @@ class SwimNode:
             self._count("dropped_unexpected_ack")
             return
         if isinstance(handler, _Relay):
-            self._send(handler.origin, [pack_message(Ack(handler.origin_seq))])
+            self._send(handler.origin, [pack_ack(handler.origin_seq)])
             return
         self._probe_acked(handler, direct=not handler.indirect)
 
@@ -1025,7 +1052,10 @@ class SwimNode:
             susp = self._suspicions.get(node.name)
             if susp is not None and msg.sender not in susp.confirmers:
                 susp.confirmers.add(msg.sender)
-                self._at(susp.deadline(), _T.SUSPICION, node.name, susp)
+                at = susp.deadline()
+                if at < susp.armed:
+                    susp.armed = at
+                    self._at(at, _T.SUSPICION, node.name, susp)
                 self._enqueue(msg.node, self._packed(msg))
             return
         if node.state is not NodeState.ALIVE:
@@ -1039,7 +1069,8 @@ class SwimNode:
         low, high = suspicion_timeouts(self.config, n)
         susp = _Suspicion(msg.incarnation, msg.sender, k, low=low, high=high, start=now)
         self._suspicions[node.name] = susp
-        self._at(susp.deadline(), _T.SUSPICION, node.name, susp)
+        susp.armed = susp.deadline()
+        self._at(susp.armed, _T.SUSPICION, node.name, susp)
         self._enqueue(msg.node, self._packed(msg))
 
     def _on_dead(self, msg: Dead, now: float) -> None:
@@ -1255,7 +1286,7 @@ class SwimNode:
         probe = _Probe(seq, target.name, target.incarnation)
         self._probe = probe
         self._acks[seq] = probe
-        parts = [pack_message(Ping(seq, target.name, self.name))]
+        parts = [pack_ping(seq, target.name, self.name)]
         if target.state is NodeState.SUSPECT and self.config.lifeguard:
             parts.append(pack_message(Suspect(target.incarnation, target.name, self.name)))
         self._send(target.address, parts)
@@ -1351,6 +1382,32 @@ class SwimNode:
                 out.append(node)
         return out
 
+    def _gossip_targets(self, dead_horizon: float) -> list[_Node]:
+        """``_random_nodes`` for gossip, inlined: same draws, same picks.
+
+        Live members, and dead ones for ``gossip_to_the_dead`` after they died.
+        """
+        others = self._others
+        n = len(others)
+        out: list[_Node] = []
+        k = self.config.gossip_nodes
+        if n == 0:
+            return out
+        seen: set[str] = set()
+        members = self._members
+        rand = self._rng.random
+        for _ in range(3 * n):
+            if len(out) >= k:
+                break
+            name = others[int(rand() * n)]
+            if name in seen:
+                continue
+            seen.add(name)
+            node = members[name]
+            if node.state in _LIVE or node.state_change > dead_horizon:
+                out.append(node)
+        return out
+
     # -- dissemination -------------------------------------------------------------
 
     def _enqueue(self, key: object, data: bytes) -> None:
@@ -1401,6 +1458,8 @@ class SwimNode:
             self._limit = retransmit_limit(self.config, n)
         limit = self._limit
         heap = self._bheap
+        if len(heap) <= _SMALL_QUEUE:
+            return self._take_sorted(budget, limit)
         out: list[bytes] = []
         back: list[tuple[int, int, _Broadcast]] = []
         while heap and len(out) < 250:
@@ -1427,16 +1486,54 @@ class SwimNode:
             heapq.heappush(heap, entry)
         return out
 
+    def _take_sorted(self, budget: int, limit: int) -> list[bytes]:
+        """``_take_broadcasts`` for a short heap: one sort instead of a pop per message.
+
+        In a gossip storm the queue holds a dozen broadcasts and a packet
+        takes nearly all of them.  Sorting the entries visits them in the
+        order the pops would (priorities are unique), and ``heapify`` after
+        the walk restores the heap, without the stale entries.
+        """
+        heap = self._bheap
+        heap.sort()
+        out: list[bytes] = []
+        keep: list[tuple[int, int, _Broadcast]] = []
+        queue = self._queue
+        i = 0
+        end = len(heap)
+        while i < end:
+            entry = heap[i]
+            i += 1
+            b = entry[2]
+            if b.dead or entry[0] != b.prio:
+                continue
+            data = b.data
+            size = len(data)
+            if size > budget:
+                keep.append(entry)
+                if budget < 16:
+                    break
+                continue
+            budget -= size
+            out.append(data)
+            b.transmits += 1
+            prio = b.prio = b.prio + _PRIO_STEP
+            if b.transmits >= limit:
+                del queue[b.key]
+                b.dead = True
+            else:
+                keep.append((prio, b.order, b))
+        if i < end:
+            keep.extend(heap[i:])
+        heapq.heapify(keep)
+        self._bheap = keep
+        return out
+
     def _gossip(self, now: float) -> None:
         self._gossip_armed = False
         if not self._queue:
             return
-        dead_horizon = now - self.config.gossip_to_the_dead
-
-        def eligible(n: _Node) -> bool:
-            return n.state in _LIVE or n.state_change > dead_horizon
-
-        for node in self._random_nodes(self.config.gossip_nodes, eligible):
+        for node in self._gossip_targets(now - self.config.gossip_to_the_dead):
             parts = self._take_broadcasts(self._budget)
             if not parts:
                 break
@@ -1446,7 +1543,7 @@ class SwimNode:
             self._at_gossip()
 
     def _send(self, addr: Address, parts: list[bytes]) -> None:
-        budget = self._budget - sum(len(p) for p in parts)
+        budget = self._budget - sum(map(len, parts))
         if self._queue:
             parts = parts + self._take_broadcasts(budget)
         self._emit_packet(addr, parts)
@@ -1493,20 +1590,25 @@ class SwimNode:
         version = (self._version, self._member_ltime, self._event_ltime)
         if not join and cached is not None and cached[0] == version:
             return cached[1]
-        members = list(self._members.values())
+        # Columns straight from the member table, at C speed: at a thousand
+        # members this runs whenever the state changed since the last exchange.
+        rows = list(map(_ROW, self._members.values()))
+        names, addrs, ports, tags, incs, states, leaving = (
+            zip(*rows, strict=True) if rows else ((),) * 7
+        )
         events: list[UserEventMessage] = []
         if not join:
             for ltime, items in self._events.values():
                 events.extend(UserEventMessage(ltime, name, payload) for name, payload in items)
         msg = PushPull(
             join,
-            tuple(n.name for n in members),
-            tuple(n.addr for n in members),
-            tuple(n.port for n in members),
-            tuple(n.tags for n in members),
-            tuple(n.incarnation for n in members),
-            tuple(_TO_WIRE[n.state] for n in members),
-            tuple(n.leaving for n in members),
+            names,
+            addrs,
+            ports,
+            tags,
+            incs,
+            tuple(map(_TO_WIRE.__getitem__, states)),
+            leaving,
             self._member_ltime,
             self._event_ltime,
             tuple(events),
