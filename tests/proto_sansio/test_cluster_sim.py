@@ -166,7 +166,7 @@ def check_outcome(sim: ClusterSim, created: Any) -> None:
         assert attempts <= 3 if job_name == "flaky" else attempts == 1
 
 
-@settings(max_examples=max(5, settings().max_examples // 4))
+@settings(max_examples=settings().max_examples)
 @given(seed=st.integers(0, 2**32 - 1), schedule=steps)
 @example(seed=0, schedule=[])
 @example(  # a worker dies mid-run: lost, retried elsewhere per policy, never twice
