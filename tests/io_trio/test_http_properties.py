@@ -10,12 +10,12 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from dkron.io_trio.http_api import (
+from dkron.io_trio.http_api import render_json
+from dkron.io_trio.http_query import (
     ExecutionQuery,
     JobQuery,
     QueryError,
     parse_multipart,
-    render_json,
     select_executions,
     select_jobs,
 )
