@@ -178,7 +178,6 @@ class ApiBackend(Protocol):
     @property
     def paused(self) -> bool:
         """Dkron's submission pause: while set, job creates and updates get 503."""
-        ...
 
     async def set_paused(self, paused: bool) -> None: ...
 
@@ -190,29 +189,23 @@ class ApiBackend(Protocol):
 
     def status(self) -> dict[str, object]:
         """The ``GET /v1/`` map: ``agent``, ``serf`` (string values) and ``tags``."""
-        ...
 
     async def busy(self) -> list[Execution]:
         """Executions currently running anywhere in the region."""
-        ...
 
     def next_fire_times(self, job: Job, count: int) -> list[_dt.datetime]: ...
 
     async def propose(self, cmd: Command) -> ApplyResult:
         """Commit ``cmd`` through the leader and return its apply result."""
-        ...
 
     async def run_job(self, name: str) -> Execution | None:
         """Start a manual run; ``None`` when it cannot run (no target, refused)."""
-        ...
 
     async def cancel(self, job: str, execution_id: str) -> bool:
         """Ask the node running an execution to stop it; False if it is not running."""
-        ...
 
     async def leave(self) -> dict[str, object]:
         """Leave the cluster gracefully; returns the peers map Dkron answers with."""
-        ...
 
 
 # ---------------------------------------------------------------------------

@@ -80,13 +80,11 @@ class App(Protocol):
 
     def body_limit(self, method: str, path: str) -> int:
         """The largest body accepted for this route, decided before reading it."""
-        ...
 
     async def handle(self, request: Request) -> Response: ...
 
     def error(self, status: int, message: str) -> Response:
         """The response for a request refused before it reached a handler."""
-        ...
 
 
 class _Reject(Exception):

@@ -54,7 +54,6 @@ class ScheduleLike(Protocol):
 
     def next_after(self, wall: datetime, /) -> datetime | None:
         """The first fire time strictly after ``wall`` (tz-aware UTC), or None: never."""
-        ...
 
 
 class CatchUp(enum.Enum):
