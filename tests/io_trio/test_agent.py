@@ -1,0 +1,130 @@
+"""The agent in-process: one real server on loopback, real storage, real processes.
+
+A job ``@every 1s`` needs real seconds to fire, so these tests wait on outcomes
+with generous ``fail_after`` deadlines rather than asserting timings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import urllib.error
+import urllib.request
+from typing import Any
+
+import trio
+
+from dkron.io_trio.agent import Agent, http_listen_addr
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    data_dir: str
+    node_name: str = "n1"
+    server: bool = True
+    bootstrap_expect: int = 1
+    http_addr: str = "127.0.0.1:0"
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    region: str = "global"
+    datacenter: str = "dc1"
+    raft_multiplier: int = 1
+
+
+def _call(port: int, method: str, path: str, body: object | None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+async def call(port: int, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
+    return await trio.to_thread.run_sync(_call, port, method, path, body)
+
+
+async def wait_leader(port: int) -> None:
+    # Polling over HTTP is the point here: the API must answer once it leads.
+    for _ in range(600):
+        if (await call(port, "GET", "/v1/leader"))[0] == 200:
+            return
+        await trio.sleep(0.05)
+    raise AssertionError("the agent never became leader")
+
+
+async def test_jobs_run_with_the_run_context_and_manual_runs_work(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            agent = await nursery.start(Agent(Options(data_dir=str(tmp_path))).run)
+            port = agent.http_port
+            assert port is not None
+            await wait_leader(port)
+            job = {
+                "name": "ctx",
+                "schedule": "@every 1s",
+                "executor": "shell",
+                "executor_config": {
+                    "command": "echo $DKRON_JOB_NAME $DKRON_TRIGGER $DKRON_ATTEMPT",
+                    "shell": "true",
+                },
+            }
+            status, body = await call(port, "POST", "/v1/jobs", job)
+            assert status == 201, body
+            runs: list[dict[str, Any]] = []
+            while len(runs) < 2:
+                await trio.sleep(0.2)
+                runs = [
+                    e
+                    for e in (await call(port, "GET", "/v1/jobs/ctx/executions"))[1]
+                    if e["success"]
+                ]
+            assert {e["output"] for e in runs} == {"ctx schedule 1\n"}
+            # A manual run goes through the same claim, dispatch and result path.
+            status, _ = await call(port, "POST", "/v1/jobs/ctx/run")
+            assert status == 200
+            manual: list[dict[str, Any]] = []
+            while not manual:
+                await trio.sleep(0.2)
+                manual = [
+                    e
+                    for e in (await call(port, "GET", "/v1/jobs/ctx/executions"))[1]
+                    if e["output"] == "ctx manual 1\n"
+                ]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_job_is_retried_per_its_policy(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            agent = await nursery.start(Agent(Options(data_dir=str(tmp_path))).run)
+            port = agent.http_port
+            assert port is not None
+            await wait_leader(port)
+            job = {
+                "name": "flaky",
+                "schedule": "@manually",
+                "retries": 2,
+                "executor": "shell",
+                "executor_config": {"command": "exit 3", "shell": "true"},
+            }
+            assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
+            assert (await call(port, "POST", "/v1/jobs/flaky/run"))[0] == 200
+            attempts: list[int] = []
+            while len(attempts) < 3:
+                await trio.sleep(0.2)
+                execs = (await call(port, "GET", "/v1/jobs/flaky/executions"))[1]
+                attempts = sorted(e["attempt"] for e in execs if e["finished_at"][:4] != "0001")
+            assert attempts == [1, 2, 3]
+            assert all(not e["success"] for e in execs)
+            stored = (await call(port, "GET", "/v1/jobs/flaky"))[1]
+            assert stored["error_count"] == 3 and stored["status"] == "failed"
+            nursery.cancel_scope.cancel()
+
+
+def test_http_addr_forms() -> None:
+    assert http_listen_addr(":8080") == (None, 8080)
+    assert http_listen_addr("") == (None, 8080)
+    assert http_listen_addr("127.0.0.1:9000") == ("127.0.0.1", 9000)
