@@ -62,7 +62,13 @@ from dkron.proto_sansio.execution import (
     select_targets,
 )
 from dkron.proto_sansio.planner import Planner, from_ns, to_ns
-from dkron.proto_sansio.raft import EntryKind, PersistedState, RaftConfig, RaftNode, Role
+from dkron.proto_sansio.raft import (
+    EntryKind,
+    PersistedState,
+    RaftConfig,
+    RaftNode,
+    Role,
+)
 from dkron.schedule import fire_times
 from dkron.state import (
     ApplyResult,
@@ -205,7 +211,7 @@ class Agent:
 
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         if not self.opts.server:
-            raise SystemExit("only server nodes run the agent so far: pass --server")
+            raise ValueError("only server nodes run the agent so far: pass --server")
         data = pathlib.Path(self.opts.data_dir)
         await trio.to_thread.run_sync(lambda: data.mkdir(parents=True, exist_ok=True))
         initial = (
@@ -299,6 +305,14 @@ class Agent:
             self.worker.finished(
                 key, success=success, output=output, wall_ns=to_ns(_wall()), now=now
             )
+        elif kind == "remove_peer":
+            peer, waiter = payload
+            try:
+                node.remove(peer, now)
+                waiter.result = True
+            except LocalProtocolError as exc:  # not leading, or a change is in progress
+                log.warning("cannot remove %s: %s", peer, exc)
+            waiter.event.set()
         elif kind == "cancel":
             key, done = payload
             ok = self.exec_leader is not None and self.exec_leader.cancel(key, now, to_ns(_wall()))
@@ -512,6 +526,20 @@ class Agent:
             raise NotLeaderError("leadership was lost before the command committed")
         return waiter.result
 
+    async def remove_peer(self, peer: str) -> bool:
+        """Remove a server from the Raft configuration (one change at a time)."""
+        node = self.node
+        if node is None:
+            return False
+        if node.role is not Role.LEADER:
+            raise NotLeaderError("this node is not the leader", leader=node.leader_id)
+        if peer not in node.membership.voters | node.membership.learners:
+            return False
+        done = _CancelWaiter(trio.Event())
+        await self._send_in.send(("remove_peer", (peer, done)))
+        await done.event.wait()
+        return done.result
+
     async def cancel(self, key: RunKey) -> bool:
         done = _CancelWaiter(trio.Event())
         await self._send_in.send(("cancel", (key, done)))
@@ -607,9 +635,31 @@ class _Backend:
     async def leave(self) -> dict[str, object]:
         return {self.agent.name: "leaving"}
 
+    def raft_peers(self) -> list[dict[str, object]]:
+        node = self.agent.node
+        if node is None:
+            return []
+        members = node.membership
+        return [
+            {
+                "id": peer,
+                "node": peer,
+                "address": "",
+                "leader": peer == node.leader_id,
+                "voter": peer in members.voters,
+            }
+            for peer in sorted(members.voters | members.learners)
+        ]
+
+    async def remove_peer(self, peer_id: str) -> bool:
+        return await self.agent.remove_peer(peer_id)
+
 
 async def run(opts: AgentOptions) -> int:
     """Run an agent until SIGINT or SIGTERM; the exit status for the CLI."""
+    if not opts.server:
+        log.error("only server nodes run the agent so far: start it with --server")
+        return 1
     agent = Agent(opts)
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)

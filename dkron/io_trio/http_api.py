@@ -207,6 +207,12 @@ class ApiBackend(Protocol):
     async def leave(self) -> dict[str, object]:
         """Leave the cluster gracefully; returns the peers map Dkron answers with."""
 
+    def raft_peers(self) -> list[dict[str, object]]:
+        """The Raft configuration: ``id``, ``node``, ``address``, ``leader``, ``voter``."""
+
+    async def remove_peer(self, peer_id: str) -> bool:
+        """Remove a server from Raft; False when the ID is not in the configuration."""
+
 
 # ---------------------------------------------------------------------------
 # Rendering
@@ -379,6 +385,22 @@ async def _leave(call: Call) -> Response:
     except BackendError as exc:
         return _error(503, str(exc))
     return _json(200, peers, call)
+
+
+async def _raft_peers(call: Call) -> Response:
+    peers = call.backend.raft_peers()
+    return _json(200, peers, call, _total(len(peers)))
+
+
+async def _remove_peer(call: Call) -> Response:
+    peer = call.params["id"]
+    try:
+        removed = await call.backend.remove_peer(peer)
+    except BackendError as exc:
+        return _error(503, str(exc))
+    if not removed:
+        return _error(404, f'id "{peer}" was not found in the Raft configuration')
+    return _json(200, {"removed": peer}, call)
 
 
 async def _busy(call: Call) -> Response:
@@ -645,6 +667,10 @@ ROUTES: tuple[Route, ...] = (
           summary="200 on the leader, 404 on a follower."),
     Route(method="POST", pattern="/v1/leave", handler=_leave, name="leave",
           summary="Leave the cluster gracefully; the process keeps serving."),
+    Route(method="GET", pattern="/v1/raft/peers", handler=_raft_peers, name="listRaftPeers",
+          summary="The Raft configuration (dkron raft list-peers)."),
+    Route(method="DELETE", pattern="/v1/raft/peers/{id}", handler=_remove_peer,
+          name="removeRaftPeer", summary="Remove a server from Raft (dkron raft remove-peer)."),
     Route(method="POST", pattern="/v1/restore", handler=_restore, name="restore",
           body_limit=MAX_UPLOAD_BYTES,
           summary="Create or update the jobs of a backup (multipart field 'file')."),

@@ -74,6 +74,7 @@ class LocalBackend:
         self.has_leader = True
         self.leading = True
         self.left = False
+        self.peers = [NODE, "node2"]
         self.runs: list[str] = []
         self.ran = trio.Event()
         self.members_bug = False
@@ -150,6 +151,18 @@ class LocalBackend:
     async def leave(self) -> dict[str, object]:
         self.left = True
         return {"global": [{"Name": NODE, "Region": "global", "Port": 6868}]}
+
+    def raft_peers(self) -> list[dict[str, object]]:
+        return [
+            {"id": p, "node": p, "address": "", "leader": p == NODE, "voter": True}
+            for p in self.peers
+        ]
+
+    async def remove_peer(self, peer_id: str) -> bool:
+        if peer_id not in self.peers:
+            return False
+        self.peers.remove(peer_id)
+        return True
 
 
 @dataclass
@@ -1073,3 +1086,14 @@ async def _exchange(data: bytes) -> list[int]:
 def test_no_request_gets_a_server_error(data: bytes) -> None:
     statuses = trio.run(_exchange, data)
     assert all(100 <= s < 500 for s in statuses), statuses
+
+
+async def test_raft_peers_are_listed_and_removed() -> None:
+    async with served() as (client, _backend):
+        reply = await client.request("GET", "/v1/raft/peers")
+        assert reply.status == 200
+        assert [p["id"] for p in reply.json()] == [NODE, "node2"]
+        assert (await client.request("DELETE", "/v1/raft/peers/node2")).status == 200
+        missing = await client.request("DELETE", "/v1/raft/peers/node2")
+        assert missing.status == 404
+        assert "not found in the Raft configuration" in missing.json()["error"]

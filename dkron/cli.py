@@ -1,0 +1,285 @@
+"""The ``dkron`` command: ``agent``, ``leave``, ``raft``, ``keygen``, ``version``.
+
+Commands and output follow Dkron's so that scripts written for it keep working.
+``leave`` and ``raft`` talk to a server's HTTP API (Dkron uses gRPC on the RPC
+port); ``--rpc-addr`` is still accepted and, when ``--address`` is not given,
+its host is used with the default HTTP port.
+
+Exit status: 0 on success, 1 when the command fails, 2 for a bad flag or
+configuration value (argparse's convention), with a message naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import inspect
+import json
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable, Sequence
+from typing import NoReturn, TextIO, cast
+
+from dkron import __version__
+from dkron.config import AgentConfig, ConfigError, build_agent_parser, load_config
+
+__all__ = ["CODENAME", "DEFAULT_ADDRESS", "HttpClientError", "main", "version_text"]
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8080"
+CODENAME = "Trio"
+_HTTP_TIMEOUT = 30.0
+_HTTP_PORT = 8080
+
+#: ``dkron.io_trio.agent.run``: sync, or async (then run under ``trio.run``).
+Runner = Callable[[AgentConfig], object]
+
+
+class _UsageError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises instead of exiting so that ``main`` returns a status in-process."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self, message)
+
+
+class HttpClientError(Exception):
+    """A request to the agent's HTTP API that failed; the message says why."""
+
+
+def version_text() -> str:
+    """Dkron's ``version`` output, with this implementation's versions."""
+    from dkron.io_trio.rpc import PROTOCOL_VERSION
+
+    return (
+        f"Name: Dkron\nVersion: {__version__}\nCodename: {CODENAME}\n"
+        f"Agent Protocol: {PROTOCOL_VERSION} (Understands back to: {PROTOCOL_VERSION})\n"
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="dkron",
+        description="Distributed, fault-tolerant job scheduling system (Dkron compatible).",
+        allow_abbrev=False,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    # ``agent`` is dispatched before parsing (its flags live in dkron.config); this
+    # entry only lists it in the help.
+    sub.add_parser("agent", help="start a dkron agent (see dkron agent --help)")
+    sub.add_parser("keygen", help="generate a gossip encryption key", allow_abbrev=False)
+    sub.add_parser("version", help="show version information", allow_abbrev=False)
+    leave = sub.add_parser(
+        "leave", help="make a server leave the cluster gracefully", allow_abbrev=False
+    )
+    _client_flags(leave)
+    raft = sub.add_parser("raft", help="inspect and change the Raft configuration")
+    raft_sub = raft.add_subparsers(dest="raft_command", metavar="COMMAND", parser_class=_Parser)
+    raft_sub.required = True
+    _client_flags(raft_sub.add_parser("list-peers", help="list the Raft peers"))
+    remove = raft_sub.add_parser("remove-peer", help="remove a server from the Raft peers")
+    _client_flags(remove)
+    remove.add_argument("--peer-id", required=True, help="ID (node name) of the peer to remove")
+    return parser
+
+
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        metavar="URL",
+        help=f"HTTP API of a server (default: {DEFAULT_ADDRESS})",
+    )
+    parser.add_argument(
+        "--rpc-addr",
+        metavar="HOST:PORT",
+        help="Dkron's gRPC address; accepted for compatibility: its host is used "
+        f"with HTTP port {_HTTP_PORT} when --address is not given",
+    )
+
+
+def _base_url(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    if ns.address:
+        url = str(ns.address)
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise _UsageError(parser, f"--address: expected http://host:port, not {url!r}")
+        return url.rstrip("/")
+    if ns.rpc_addr:
+        host = str(ns.rpc_addr).strip()
+        if host.startswith("["):
+            host = host[: host.find("]") + 1]
+        else:
+            host = host.rpartition(":")[0] or host
+        if not host or host == "[]" or "{{" in host:
+            raise _UsageError(parser, f"--rpc-addr: cannot use {ns.rpc_addr!r} as a host")
+        return f"http://{host}:{_HTTP_PORT}"
+    return DEFAULT_ADDRESS
+
+
+def _request(method: str, url: str) -> tuple[int, bytes]:
+    """One HTTP request; any status is returned, only transport failures raise."""
+    req = urllib.request.Request(url, method=method, headers={"Accept": "application/json"})
+    if method in ("POST", "PUT"):
+        req.data = b""
+    try:
+        with urllib.request.urlopen(req, timeout=_HTTP_TIMEOUT) as resp:
+            return int(resp.status), bytes(resp.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return int(exc.code), bytes(exc.read())
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise HttpClientError(f"cannot reach {url}: {reason}") from None
+
+
+def _error_text(status: int, body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        text = data["error"]
+    return f"HTTP {status}: {text}" if text else f"HTTP {status}"
+
+
+def _leave(base: str, out: TextIO) -> None:
+    status, body = _request("POST", f"{base}/v1/leave")
+    if status != 200:
+        raise HttpClientError(_error_text(status, body))
+    print("Left the cluster successfully", file=out)
+
+
+def _list_peers(base: str, out: TextIO) -> None:
+    status, body = _request("GET", f"{base}/v1/raft/peers")
+    if status != 200:
+        raise HttpClientError(_error_text(status, body))
+    try:
+        peers = json.loads(body)
+    except ValueError:
+        raise HttpClientError("the server's answer is not JSON") from None
+    if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
+        raise HttpClientError("the server's answer is not a list of peers")
+    rows = [["Node", "ID", "Address", "State", "Voter"]]
+    for peer in peers:
+        state = peer.get("state")
+        if not isinstance(state, str):
+            state = "leader" if peer.get("leader") is True else "follower"
+        rows.append(
+            [
+                str(peer.get("node") or "(unknown)"),
+                str(peer.get("id", "")),
+                str(peer.get("address", "")),
+                state,
+                "true" if peer.get("voter", True) is True else "false",
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def _remove_peer(base: str, peer_id: str, out: TextIO) -> None:
+    quoted = urllib.parse.quote(peer_id, safe="")
+    status, body = _request("DELETE", f"{base}/v1/raft/peers/{quoted}")
+    if status == 404:
+        raise HttpClientError(f'id "{peer_id}" was not found in the Raft configuration')
+    if status not in (200, 204):
+        raise HttpClientError(_error_text(status, body))
+    print("Peer removed", file=out)
+
+
+def _load_runner() -> Runner:
+    from dkron.io_trio import agent
+
+    run: Runner = agent.run
+    return run
+
+
+def _call_runner(runner: Runner, config: AgentConfig) -> object:
+    if inspect.iscoroutinefunction(runner):
+        import trio
+
+        async_runner = cast("Callable[[AgentConfig], Awaitable[object]]", runner)
+        return trio.run(async_runner, config)
+    return runner(config)
+
+
+def _agent(args: Sequence[str], runner: Runner | None, out: TextIO, err: TextIO) -> int:
+    try:
+        config = load_config(args, os.environ, cwd=os.getcwd())
+    except ConfigError as exc:
+        print(f"dkron agent: error: {exc}", file=err)
+        print("Run 'dkron agent --help' for the list of flags.", file=err)
+        return 2
+    for warning in config.warnings:
+        print(f"dkron agent: warning: {warning}", file=err)
+    if runner is None:
+        try:
+            runner = _load_runner()
+        except ImportError as exc:
+            print(f"dkron agent: error: the agent runtime cannot be loaded: {exc}", file=err)
+            return 1
+    result = _call_runner(runner, config)
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    runner: Runner | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run one ``dkron`` command and return its exit status.
+
+    ``runner`` replaces ``dkron.io_trio.agent.run`` for ``agent`` (tests, embedding).
+    """
+    out = sys.stdout if stdout is None else stdout
+    err = sys.stderr if stderr is None else stderr
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["agent"]:
+        if any(a in ("-h", "--help") for a in args[1:]):
+            print(build_agent_parser().format_help(), end="", file=out)
+            return 0
+        return _agent(args[1:], runner, out, err)
+    parser = _build_parser()
+    try:
+        ns = parser.parse_args(args)
+    except _UsageError as exc:
+        print(exc.parser.format_usage(), end="", file=err)
+        print(f"{exc.parser.prog}: error: {exc}", file=err)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    if ns.command == "keygen":
+        print(base64.b64encode(secrets.token_bytes(16)).decode("ascii"), file=out)
+        return 0
+    if ns.command == "version":
+        print(version_text(), end="", file=out)
+        return 0
+    command = "dkron leave" if ns.command == "leave" else f"dkron raft {ns.raft_command}"
+    try:
+        base = _base_url(ns, parser)
+        if ns.command == "leave":
+            _leave(base, out)
+        elif ns.raft_command == "list-peers":
+            _list_peers(base, out)
+        else:
+            _remove_peer(base, ns.peer_id, out)
+    except _UsageError as exc:
+        print(f"{command}: error: {exc}", file=err)
+        return 2
+    except HttpClientError as exc:
+        print(f"{command}: error: {exc}", file=err)
+        return 1
+    return 0
