@@ -453,15 +453,21 @@ class RaftCluster:
         start = self.loop.now
         deadline = start + timeout
         marker: bytes | None = None
+        proposed_in: tuple[str, int] | None = None
         while self.loop.now < deadline:
             self.run(self.config.heartbeat_interval)
             leader = self.leader()
             if leader is None or leader.node is None:
                 continue
             members = leader.node.membership.voters | leader.node.membership.learners
+            if proposed_in != (leader.name, leader.node.term):
+                # No marker yet, or it went to a leader that has since lost its
+                # term: that entry may never exist in the new leader's log.
+                marker = None
             if marker is None or marker not in self.proposed:
                 accepted = self.propose(1)
                 marker = accepted[0] if accepted else None
+                proposed_in = (leader.name, leader.node.term) if accepted else None
                 continue
             index = self.proposed[marker]
             hosts = [self.hosts[m] for m in members if m in self.hosts and self.hosts[m].up]

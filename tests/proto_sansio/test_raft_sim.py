@@ -140,6 +140,12 @@ def run_schedule(seed: int, schedule: list[tuple[tuple[Any, ...], float]]) -> Ra
         (("propose", 5), 1.0),
     ],
 )
+@example(  # regression: the liveness check waited for a marker its deposed leader lost
+    seed=55727,
+    schedule=[(("propose", 1), 0.01)] * 4
+    + [(("propose", 1), 0.1)] * 3
+    + [(("isolate_leader",), 0.1), (("propose", 1), 1.0), (("slow", "n1", 0.2), 0.1)],
+)
 def test_safety_and_liveness_under_faults(seed: int, schedule: Any) -> None:
     cluster = run_schedule(seed, schedule)
     # Once healed, every member has applied the whole committed log, and the
