@@ -15,8 +15,11 @@ from hypothesis import HealthCheck, settings
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
 settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=_SLOW_OK)
+# CI explores a fixed set of examples (derandomized) so that a run is
+# reproducible and a green main stays green; exploring new schedules is what
+# ``thorough`` (random, far larger) is for.  Failures it finds become @examples.
 settings.register_profile(
-    "ci", max_examples=100, deadline=None, suppress_health_check=_SLOW_OK, derandomize=False
+    "ci", max_examples=100, deadline=None, suppress_health_check=_SLOW_OK, derandomize=True
 )
 settings.register_profile(
     "thorough", max_examples=5000, deadline=None, suppress_health_check=_SLOW_OK
