@@ -394,12 +394,7 @@ class Agent:
         if self.planner is not None:
             self.planner.observe(cmd, result, _wall())
         if self.exec_leader is not None:
-            if isinstance(cmd, ClaimSlot) and result.claim is not None:
-                job = self.state.get_job(cmd.job)
-                if job is not None:
-                    self.exec_leader.on_claim(job, result.claim, self.state, now)
-            else:
-                self.exec_leader.on_applied(cmd, result.ok, now)
+            self.exec_leader.observe(cmd, result, self.state, now)
         node = self.node
         if node is not None and index - node.snapshot_index >= SNAPSHOT_EVERY:
             node.compact(index, self.state.snapshot())

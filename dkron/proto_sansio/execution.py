@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from dkron.model import Execution, Job
 from dkron.proto_sansio.wire import Codec
 from dkron.state import (
+    ApplyResult,
+    ClaimSlot,
     Command,
     ExecutionFinished,
     ExecutionStarted,
@@ -364,14 +366,18 @@ class ExecutionLeader:
             for claim in state.in_flight(job.name):
                 self._track_claim(job, claim, state)
 
-    def on_claim(self, job: Job, claim: InFlight, state: StateMachine, now: float) -> None:
-        """A claim was committed (or a retry added a target to one): dispatch it."""
-        self._now = now
-        self._track_claim(job, claim, state)
+    def observe(self, cmd: Command, result: ApplyResult, state: StateMachine, now: float) -> None:
+        """Follow every applied command (on the leader), as the planner does.
 
-    def on_applied(self, cmd: Command, ok: bool, now: float) -> None:
-        """Follow the commit of records this leader (or a predecessor) proposed."""
+        A committed claim (or a retry adding a target to one) is dispatched;
+        a committed result is acknowledged to its worker.
+        """
         self._now = now
+        if isinstance(cmd, ClaimSlot):
+            job = state.get_job(cmd.job)
+            if result.claim is not None and job is not None:
+                self._track_claim(job, result.claim, state)
+            return
         if not isinstance(cmd, ExecutionStarted | ExecutionFinished):
             return
         ex = cmd.execution

@@ -404,12 +404,7 @@ class ServerNode(_Member, SchedHost):
         if lead is None or self.last_applied is None:
             return
         cmd, result = self.last_applied
-        if isinstance(cmd, ClaimSlot) and result.claim is not None:
-            job = self.state.get_job(cmd.job)
-            if job is not None:
-                lead.on_claim(job, result.claim, self.state, self.loop.now)
-        else:
-            lead.on_applied(cmd, result.ok, self.loop.now)
+        lead.observe(cmd, result, self.state, self.loop.now)
 
     def _flush_leader(self) -> None:
         lead = self.exec_leader

@@ -277,7 +277,7 @@ def test_results_are_committed_once_and_acknowledged_even_when_duplicated() -> N
     for cmd in proposals(lead.drain()):
         index += 1
         assert isinstance(cmd, ExecutionStarted)
-        lead.on_applied(cmd, sm.apply(index, encode_command(cmd)).ok, 0.1)
+        lead.observe(cmd, sm.apply(index, encode_command(cmd)), sm, 0.1)
     done = Execution(
         "job", EX.started_at, "w1", finished_at=T0 + 99, success=True, group=T0, attempt=1
     )
@@ -286,7 +286,7 @@ def test_results_are_committed_once_and_acknowledged_even_when_duplicated() -> N
         for cmd in proposals(lead.drain()):
             index += 1
             assert isinstance(cmd, ExecutionFinished)
-            lead.on_applied(cmd, sm.apply(index, encode_command(cmd)).ok, 0.2)
+            lead.observe(cmd, sm.apply(index, encode_command(cmd)), sm, 0.2)
         assert ("w1", ResultAck(KEY)) in sends(lead.drain())
     job = sm.get_job("job")
     assert job is not None and job.success_count == 1
