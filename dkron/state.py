@@ -402,7 +402,6 @@ class _JobSnap:
     recent: tuple[int, ...]
     retries: tuple[PendingRetry, ...]
     missed: dict[str, int]
-    evicted_through: int | None
     triggered: tuple[int, ...]
 
 
@@ -422,7 +421,6 @@ class _Activity:
     """Per-job execution state, allocated only once a job has any."""
 
     __slots__ = (
-        "evicted_through",
         "executions",
         "inflight",
         "missed",
@@ -439,9 +437,6 @@ class _Activity:
         self.recent: list[int] = []
         self.retries: dict[tuple[int, str], PendingRetry] = {}
         self.missed: dict[str, int] = {}
-        # Highest started_at of any finished record evicted from history:
-        # an unknown execution at or before it is a late duplicate.
-        self.evicted_through: int | None = None
         # Groups of successful parent runs that still owe this job a dependent
         # run: replicated, so a leader change between the parent's result and
         # the child's claim cannot lose the child's run.
@@ -455,7 +450,6 @@ class _Activity:
             or self.retries
             or self.triggered
             or self.missed
-            or self.evicted_through is not None
         )
 
 
@@ -758,10 +752,8 @@ class StateMachine:
         finished = sorted(
             (ex.started_at, key) for key, ex in act.executions.items() if not ex.running
         )
-        for started_at, key in finished[:excess]:
+        for _, key in finished[:excess]:
             del act.executions[key]
-            if act.evicted_through is None or started_at > act.evicted_through:
-                act.evicted_through = started_at
 
     def _finished(self, index: int, ex: Execution) -> ApplyResult:
         job = self._jobs.get(ex.job_name)
@@ -852,8 +844,6 @@ class StateMachine:
                 if ex.running:
                     continue  # still live: its result must still land and be counted
                 del act.executions[key]
-                if act.evicted_through is None or ex.started_at > act.evicted_through:
-                    act.evicted_through = ex.started_at
         job = dataclasses.replace(
             job, success_count=0, error_count=0, last_success=None, last_error=None
         )
@@ -952,7 +942,6 @@ class StateMachine:
                     recent=tuple(act.recent),
                     retries=tuple(act.retries[k] for k in sorted(act.retries)),
                     missed=dict(act.missed),
-                    evicted_through=act.evicted_through,
                     triggered=tuple(act.triggered),
                 )
             )
@@ -994,7 +983,6 @@ class StateMachine:
             for r in js.retries:
                 act.retries[(r.execution_group, r.node_name)] = r
             act.missed = dict(js.missed)
-            act.evicted_through = js.evicted_through
             act.triggered = list(js.triggered)
             if not act.empty():
                 activity[name] = act
