@@ -500,16 +500,22 @@ class StateMachine:
 
     def apply(self, index: int, data: bytes) -> ApplyResult:
         """Apply one committed log entry; never raises on bad input."""
+        return self.apply_entry(index, data)[1]
+
+    def apply_entry(self, index: int, data: bytes) -> tuple[Command | None, ApplyResult]:
+        """Like :meth:`apply`, also returning the decoded command (None if it was
+        not one), so that a caller that follows the commands decodes each once."""
         if index <= self._applied:
-            return ApplyResult(
+            stale = ApplyResult(
                 index=index, ok=False, reason="stale_index", error="entry already applied"
             )
+            return None, stale
         self._applied = index
         try:
             cmd = decode_command(data)
         except RemoteProtocolError as exc:
-            return ApplyResult(index=index, ok=False, reason="bad_command", error=str(exc))
-        return self.apply_command(index, cmd)
+            return None, ApplyResult(index=index, ok=False, reason="bad_command", error=str(exc))
+        return cmd, self.apply_command(index, cmd)
 
     def apply_command(self, index: int, cmd: Command) -> ApplyResult:
         """Apply an already-decoded command (tests and the local fast path)."""

@@ -75,7 +75,6 @@ from dkron.state import (
     ClaimSlot,
     Command,
     StateMachine,
-    decode_command,
     encode_command,
 )
 
@@ -380,15 +379,11 @@ class Agent:
             if waiter is not None:
                 waiter.event.set()
             return
-        result = self.state.apply(index, data)
+        cmd, result = self.state.apply_entry(index, data)
         if waiter is not None:
             waiter.result = result
             waiter.event.set()
-        if self.planner is None and self.exec_leader is None:
-            return
-        try:
-            cmd = decode_command(data)
-        except Exception:
+        if cmd is None:
             return
         now = trio.current_time()
         if self.planner is not None:
