@@ -32,13 +32,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import cbor2
 import trio
 
 from dkron import __version__
 from dkron.io_trio.executors import get_executor
 from dkron.io_trio.executors.base import EXECUTOR_NOT_PRESENT, RunContext, final_output
 from dkron.io_trio.http_api import ApiBackend, HttpApi, MemberInfo, MemberStatus, NotLeaderError
+from dkron.io_trio.journal import RunJournal
 from dkron.io_trio.net import parse_addr
 from dkron.io_trio.storage import RaftStorage
 from dkron.model import Execution, Job
@@ -128,49 +128,6 @@ def http_listen_addr(value: str) -> tuple[str | None, int]:
     return host, port
 
 
-class _Journal:
-    """The worker's run journal: one fsync'd file per started attempt.
-
-    It is what lets a restarted worker report the attempts it had started as
-    lost instead of running them a second time.
-    """
-
-    def __init__(self, path: pathlib.Path) -> None:
-        self.path = path
-        path.mkdir(parents=True, exist_ok=True)
-
-    def _file(self, key: RunKey) -> pathlib.Path:
-        return self.path / f"{key.group}-{key.attempt}-{abs(hash((key.job, key.node)))}.run"
-
-    def load(self) -> list[Execution]:
-        out = []
-        for f in sorted(self.path.glob("*.run")):
-            try:
-                raw = cbor2.loads(f.read_bytes())
-                out.append(Execution(*raw))
-            except Exception:  # a torn write: the attempt never started
-                log.warning("dropping unreadable run journal entry %s", f)
-                f.unlink(missing_ok=True)
-        return out
-
-    def add(self, ex: Execution) -> None:
-        key = RunKey(ex.job_name, ex.group, ex.node_name, ex.attempt)
-        target = self._file(key)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(cbor2.dumps(list(dataclasses.astuple(ex))))
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(target)
-        dfd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-    def forget(self, key: RunKey) -> None:
-        self._file(key).unlink(missing_ok=True)
-
-
 class Agent:
     """One node.  ``run`` starts everything and returns when the node stops."""
 
@@ -195,7 +152,7 @@ class Agent:
         self.planner: Planner | None = None
         self.exec_leader: ExecutionLeader | None = None
         self.worker: ExecutionWorker | None = None
-        self.journal = _Journal(pathlib.Path(opts.data_dir) / "runs")
+        self.journal = RunJournal(pathlib.Path(opts.data_dir) / "runs")
         self.paused = False
         self._barrier: int | None = None
         self._waiters: dict[int, _Waiter] = {}
