@@ -164,6 +164,9 @@ class AgentConfig:
     # provenance
     config_file: str | None = field(default=None, compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    #: what ``load_config`` read, so that SIGHUP can read the same sources again
+    argv: tuple[str, ...] | None = field(default=None, compare=False)
+    cwd: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -716,6 +719,8 @@ def load_config(
         **merged,  # type: ignore[arg-type]
         config_file=str(path) if path is not None else None,
         warnings=tuple(warnings),
+        argv=tuple(argv),
+        cwd=str(base),
     )
 
 

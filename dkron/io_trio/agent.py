@@ -1,48 +1,74 @@
-"""The agent: one nursery tree that drives the cores over real disks, processes and HTTP.
+"""The agent: one nursery tree that drives the cores over real disks, sockets and processes.
 
-A single core task owns every protocol core of the node — Raft, the
-replicated state machine, and while leading the planner and the execution
-leader, plus the execution worker — and runs the sans-IO contract in a loop:
-wait for input or the earliest deadline, feed the cores, then carry out their
-output in order: **persist** (one fsync for everything the batch asks to
-store: group commit), **send**, **apply**.  Everything else — the HTTP API,
-executor processes — talks to the core task through one bounded channel, so
-no two tasks ever touch a core at once.
+A single core task owns the protocol cores of the node — Raft and the
+replicated state machine on servers, the planner and the execution leader
+while leading, and the execution worker everywhere — and runs the sans-IO
+contract in a loop: wait for input or the earliest deadline, feed the cores,
+then carry out their output in order: **persist** (one fsync for everything
+the batch asks to store: group commit), **send**, **apply**.  Everything
+else — the HTTP API, the RPC port's inboxes, gossip events, executor
+processes — talks to the core task through one bounded channel, so no two
+tasks ever touch a core at once.  SWIM is the exception: its core is driven
+by the gossip endpoint's own task and only read (members, tags) from here.
 
 Leadership is explicit: the planner and the execution leader exist only
 while this node leads, and only after its state has applied everything
 committed before its term (the barrier).  Losing leadership drops them at
 once, so the scheduler can never run on a non-leader.
 
-This module runs a single server whose Raft configuration is itself
-(``--bootstrap-expect 1``); joining peers over the RPC port is the next
-step (see ``docs/running.md``).
+Servers find each other through gossip: every node publishes Dkron's tags
+(``server``, ``rpc_addr``, ``port``, ``expect``...), ``bootstrap-expect``
+starts Raft once that many servers agree, and the leader adds alive servers
+to Raft and removes the ones that left (``dkron.proto_sansio.servers``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 import math
 import os
 import pathlib
 import random
 import signal
-from collections.abc import Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import cbor2
 import trio
 
 from dkron import __version__
 from dkron.io_trio.executors import get_executor
 from dkron.io_trio.executors.base import EXECUTOR_NOT_PRESENT, RunContext, final_output
-from dkron.io_trio.http_api import ApiBackend, HttpApi, MemberInfo, MemberStatus, NotLeaderError
+from dkron.io_trio.forward import FORWARD_CODEC, Op, Reply, Request
+from dkron.io_trio.http_api import (
+    HttpApi,
+    MemberInfo,
+    MemberStatus,
+    NotLeaderError,
+    Unavailable,
+)
 from dkron.io_trio.journal import RunJournal
-from dkron.io_trio.net import parse_addr
+from dkron.io_trio.net import (
+    DEFAULT_GOSSIP_PORT,
+    AddressError,
+    Channel,
+    GossipEndpoint,
+    Incoming,
+    RpcEndpoint,
+    advertise_addr,
+    parse_addr,
+    resolve_bind_addr,
+)
 from dkron.io_trio.storage import RaftStorage
 from dkron.model import Execution, Job
-from dkron.proto_sansio.errors import LocalProtocolError
+from dkron.proto_sansio.codec import decode_message, encode_message
+from dkron.proto_sansio.errors import LocalProtocolError, RemoteProtocolError
 from dkron.proto_sansio.execution import (
     EXECUTION_CODEC,
     Cancel,
@@ -53,6 +79,7 @@ from dkron.proto_sansio.execution import (
     ExecutionWorker,
     ForgetRun,
     MemberView,
+    Output,
     Propose,
     ResultAck,
     RunKey,
@@ -63,26 +90,68 @@ from dkron.proto_sansio.execution import (
 )
 from dkron.proto_sansio.planner import Planner, from_ns, to_ns
 from dkron.proto_sansio.raft import (
+    AppendLog,
+    Entry,
     EntryKind,
+    HardState,
+    Membership,
     PersistedState,
+    PersistRecord,
     RaftConfig,
     RaftNode,
     Role,
+    SaveHardState,
+    SaveSnapshot,
+    Snapshot,
+    encode_membership,
 )
+from dkron.proto_sansio.servers import (
+    BootstrapDecision,
+    ChangeKind,
+    ServerInfo,
+    bootstrap_decision,
+    parse_rpc_addr,
+    reconcile_changes,
+    server_info,
+)
+from dkron.proto_sansio.swim import (
+    LAN,
+    LOCAL,
+    WAN,
+    EventKind,
+    JoinResult,
+    LeaveComplete,
+    Member,
+    MemberEvent,
+    SwimAction,
+    SwimConfig,
+    SwimNode,
+)
+from dkron.proto_sansio.swim import MemberStatus as SwimStatus
+from dkron.proto_sansio.swim_wire import Keyring
 from dkron.schedule import fire_times
 from dkron.state import (
     ApplyResult,
     ClaimSlot,
     Command,
     StateMachine,
+    decode_command,
     encode_command,
 )
 
-__all__ = ["Agent", "AgentOptions", "run"]
+__all__ = ["Agent", "AgentError", "AgentOptions", "http_listen_addr", "recover_peers", "run"]
 
 log = logging.getLogger("dkron.agent")
 
 SNAPSHOT_EVERY = 10_000
+RECONCILE_INTERVAL = 1.0
+FORWARD_TIMEOUT = 30.0
+RECENT_RESULTS = 4096
+PROFILES: Mapping[str, SwimConfig] = {"lan": LAN, "wan": WAN, "local": LOCAL}
+
+
+class AgentError(Exception):
+    """A condition that stops the agent with exit status 1 (join failed, bad address...)."""
 
 
 class AgentOptions(Protocol):
@@ -97,7 +166,31 @@ class AgentOptions(Protocol):
     @property
     def bootstrap_expect(self) -> int: ...
     @property
+    def bootstrap(self) -> bool: ...
+    @property
     def http_addr(self) -> str: ...
+    @property
+    def bind_addr(self) -> str: ...
+    @property
+    def advertise_addr(self) -> str: ...
+    @property
+    def rpc_port(self) -> int: ...
+    @property
+    def advertise_rpc_port(self) -> int: ...
+    @property
+    def join(self) -> tuple[str, ...]: ...
+    @property
+    def retry_join(self) -> tuple[str, ...]: ...
+    @property
+    def retry_max(self) -> int: ...
+    @property
+    def retry_interval(self) -> float: ...
+    @property
+    def encrypt(self) -> str: ...
+    @property
+    def profile(self) -> str: ...
+    @property
+    def serf_reconnect_timeout(self) -> float: ...
     @property
     def tags(self) -> Mapping[str, str]: ...
     @property
@@ -114,6 +207,18 @@ class _Waiter:
     result: ApplyResult | None = None
 
 
+@dataclasses.dataclass(slots=True)
+class _Flag:
+    event: trio.Event
+    result: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class _Call:
+    event: trio.Event
+    reply: Reply | None = None
+
+
 def _wall() -> datetime:
     return datetime.now(UTC)
 
@@ -128,6 +233,51 @@ def http_listen_addr(value: str) -> tuple[str | None, int]:
     return host, port
 
 
+def _format_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def recover_peers(
+    directory: pathlib.Path, persisted: PersistedState
+) -> tuple[list[SaveSnapshot], dict[str, tuple[str, int]]] | None:
+    """Dkron's ``peers.json`` recovery: force a new Raft configuration after losing quorum.
+
+    Everything in the local log is treated as committed (as HashiCorp Raft's
+    ``RecoverCluster`` does), folded into a snapshot at the last index, and
+    that snapshot carries the configuration from the file.  Returns the
+    record to persist and the peers' RPC addresses, or ``None`` without a
+    file.  A malformed file is an :class:`AgentError` naming it.
+    """
+    path = directory / "peers.json"
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        peers: dict[str, tuple[str, int]] = {}
+        if not isinstance(raw, list) or not raw:
+            raise ValueError("expected a non-empty list of {id, address} objects")
+        for item in raw:
+            if not isinstance(item, dict):
+                raise ValueError("expected a list of {id, address} objects")
+            node_id, address = item.get("id"), item.get("address")
+            if not isinstance(node_id, str) or not node_id or not isinstance(address, str):
+                raise ValueError(f"entry {item!r} needs a string id and address")
+            peers[node_id] = parse_addr(address, default_port=6868)
+    except (OSError, ValueError, AddressError) as exc:
+        raise AgentError(f"{path}: cannot recover from it: {exc}") from None
+    state = StateMachine()
+    snap = persisted.snapshot
+    if snap is not None and snap.data:
+        state.restore(snap.data)
+    index, term = (snap.index, snap.term) if snap is not None else (0, 0)
+    for entry in persisted.entries:
+        if entry.kind is EntryKind.NORMAL:
+            state.apply_entry(entry.index, entry.data)
+        index, term = entry.index, entry.term
+    membership = Membership(frozenset(peers), frozenset())
+    return [SaveSnapshot(Snapshot(index, term, membership, state.snapshot()))], peers
+
+
 class Agent:
     """One node.  ``run`` starts everything and returns when the node stops."""
 
@@ -138,49 +288,111 @@ class Agent:
         mult = max(1, opts.raft_multiplier)
         self.raft_config = RaftConfig(election_timeout=1.0 * mult, heartbeat_interval=0.1 * mult)
         self.exec_config = ExecutionConfig()
-        self.tags = {
-            **dict(opts.tags),
-            "role": "dkron",
-            "dc": opts.datacenter,
-            "region": opts.region,
-            "server": "true" if opts.server else "false",
-            "version": __version__,
-        }
+        self.user_tags = dict(opts.tags)
+        self.tags: dict[str, str] = {}
         self.state = StateMachine()
         self.node: RaftNode | None = None
         self.storage: RaftStorage | None = None
         self.planner: Planner | None = None
         self.exec_leader: ExecutionLeader | None = None
         self.worker: ExecutionWorker | None = None
+        self.swim: SwimNode | None = None
+        self.gossip: GossipEndpoint | None = None
+        self.rpc: RpcEndpoint | None = None
         self.journal = RunJournal(pathlib.Path(opts.data_dir) / "runs")
         self.paused = False
+        self.http_port: int | None = None
+        self.gossip_addr: tuple[str, int] | None = None
+        self.rpc_addr: tuple[str, int] | None = None
+        self.stopping = False
         self._barrier: int | None = None
         self._waiters: dict[int, _Waiter] = {}
+        self._recent: OrderedDict[int, ApplyResult] = OrderedDict()
+        #: the last entry applied to ``state`` (Raft's own counter runs ahead while we persist)
+        self.applied_index = 0
+        self._applied = trio.Event()
         self._runs: dict[RunKey, trio.CancelScope] = {}
+        self._calls: dict[int, _Call] = {}
+        self._call_ids = 0
+        self._next_reconcile = 0.0
+        self._bootstrap_pending = opts.server and opts.bootstrap_expect > 1
+        self._bootstrap_busy = False
+        self._pending_bootstrap: list[PersistRecord] = []
+        self._joined = trio.Event()
+        self._join_contacted = 0
+        self._left = trio.Event()
+        self._idle = trio.Event()
         self._send_in: trio.MemorySendChannel[tuple[str, Any]]
         self._recv_in: trio.MemoryReceiveChannel[tuple[str, Any]]
-        self._send_in, self._recv_in = trio.open_memory_channel(1024)
+        self._send_in, self._recv_in = trio.open_memory_channel(4096)
         self._nursery: trio.Nursery | None = None
-        self.http_port: int | None = None
+
+    # -- tags and members -------------------------------------------------------------
+
+    def _make_tags(self, user: Mapping[str, str]) -> dict[str, str]:
+        """Dkron's gossip tags (§4.6); the reserved ones always win over user tags."""
+        assert self.rpc_addr is not None
+        tags = dict(user)
+        tags.update(
+            role="dkron",
+            dc=self.opts.datacenter,
+            region=self.opts.region,
+            version=__version__,
+            rpc_addr=_format_addr(*self.rpc_addr),
+            port=str(self.rpc_addr[1]),
+        )
+        if self.opts.server:
+            tags["server"] = "true"
+            if self.opts.bootstrap or self.opts.bootstrap_expect == 1:
+                tags["bootstrap"] = "1"
+            elif self.opts.bootstrap_expect > 1:
+                tags["expect"] = str(self.opts.bootstrap_expect)
+        return tags
+
+    def members(self) -> list[Member]:
+        return [] if self.swim is None else self.swim.members()
+
+    def servers(self) -> list[ServerInfo]:
+        return [s for m in self.members() if (s := server_info(m)) is not None]
+
+    def _set_rpc_peer(self, member: Member) -> None:
+        if self.rpc is None or member.name == self.name:
+            return
+        addr = parse_rpc_addr(member.tags, member.addr)
+        if addr is not None:
+            self.rpc.set_peer(member.name, addr)
+
+    def reload_tags(self, tags: Mapping[str, str]) -> None:
+        """SIGHUP: publish new user tags (the reserved ones are kept) with a new incarnation."""
+        self.user_tags = dict(tags)
+        self.tags = self._make_tags(self.user_tags)
+        if self.swim is not None and self.gossip is not None and not self.swim.stopped:
+            self.swim.set_tags(self.tags, trio.current_time())
+            self.gossip.poke()
 
     # -- life cycle -----------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
-        if not self.opts.server:
-            raise ValueError("only server nodes run the agent so far: pass --server")
-        data = pathlib.Path(self.opts.data_dir)
+        opts = self.opts
+        data = pathlib.Path(opts.data_dir)
         await trio.to_thread.run_sync(lambda: data.mkdir(parents=True, exist_ok=True))
-        initial = (
-            PersistedState.bootstrap([self.name])
-            if self.opts.bootstrap_expect <= 1
-            else PersistedState.empty()
-        )
-        self.storage, persisted = await RaftStorage.open(data / "raft", initial=initial)
+        try:
+            bind = resolve_bind_addr(opts.bind_addr, default_port=DEFAULT_GOSSIP_PORT)
+        except AddressError as exc:
+            raise AgentError(f"--bind-addr: {exc}") from None
+        self.gossip = await GossipEndpoint.open(bind)
+        bind = (bind[0], self.gossip.addr[1])
+        try:
+            adv = advertise_addr(bind, opts.advertise_addr or None)
+        except AddressError as exc:
+            raise AgentError(f"--advertise-addr: {exc}") from None
+        self.gossip_addr = adv
+        self.rpc = RpcEndpoint(self.name, rng=random.Random(self.rng.getrandbits(64)))
+        peers_from_file: dict[str, tuple[str, int]] = {}
+        if opts.server:
+            peers_from_file = await self._open_raft(data / "raft")
         interrupted = await trio.to_thread.run_sync(self.journal.load)
         now = trio.current_time()
-        self.node = RaftNode(
-            self.name, self.raft_config, rng=self.rng, now=now, persisted=persisted
-        )
         self.worker = ExecutionWorker(
             self.name,
             self.exec_config,
@@ -188,19 +400,172 @@ class Agent:
             wall_ns=to_ns(_wall()),
             interrupted=interrupted,
         )
-        host, port = http_listen_addr(self.opts.http_addr)
-        backend: ApiBackend = _Backend(self)
-        api = HttpApi(backend)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                listen = await nursery.start(self.rpc.run, (bind[0], opts.rpc_port))
+                self.rpc_addr = (adv[0], opts.advertise_rpc_port or listen[1])
+                for peer, addr in peers_from_file.items():
+                    if peer != self.name:
+                        self.rpc.set_peer(peer, addr)
+                self.tags = self._make_tags(self.user_tags)
+                self.swim = SwimNode(
+                    self.name,
+                    self._swim_config(),
+                    rng=random.Random(self.rng.getrandbits(64)),
+                    now=trio.current_time(),
+                    addr=adv[0],
+                    port=adv[1],
+                    tags=self.tags,
+                    keyring=Keyring.from_base64(opts.encrypt) if opts.encrypt else None,
+                    incarnation=time.time_ns() // 1_000_000,
+                )
+                await nursery.start(
+                    functools.partial(self.gossip.run, self.swim, on_event=self._on_swim)
+                )
+                for channel in Channel:
+                    nursery.start_soon(self._pump, channel)
                 await nursery.start(self._core_loop)
-                listeners = await nursery.start(api.serve, host or None, port)
-                self.http_port = listeners[0].socket.getsockname()[1]
-                log.info("node %s serving the API on port %s", self.name, self.http_port)
+                if opts.server:
+                    host, port = http_listen_addr(opts.http_addr)
+                    api = HttpApi(_Backend(self))
+                    listeners = await nursery.start(api.serve, host or None, port)
+                    self.http_port = listeners[0].socket.getsockname()[1]
+                    log.info("node %s serving the API on port %s", self.name, self.http_port)
+                await self._join(opts.join, retry=False)
+                if opts.retry_join:
+                    nursery.start_soon(self._retry_join)
+                log.info(
+                    "node %s gossiping on %s, RPC on %s",
+                    self.name,
+                    _format_addr(*adv),
+                    _format_addr(*self.rpc_addr),
+                )
                 task_status.started(self)
         finally:
+            if self.storage is not None:
+                with trio.CancelScope(shield=True):
+                    await self.storage.aclose()
+
+    def _swim_config(self) -> SwimConfig:
+        base = PROFILES.get(self.opts.profile, LAN)
+        return dataclasses.replace(base, reconnect_timeout=self.opts.serf_reconnect_timeout)
+
+    async def _open_raft(self, directory: pathlib.Path) -> dict[str, tuple[str, int]]:
+        opts = self.opts
+        initial = (
+            PersistedState.bootstrap([self.name])
+            if opts.bootstrap or opts.bootstrap_expect == 1
+            else PersistedState.empty()
+        )
+        self.storage, persisted = await RaftStorage.open(directory, initial=initial)
+        recovered = await trio.to_thread.run_sync(recover_peers, directory, persisted)
+        peers: dict[str, tuple[str, int]] = {}
+        if recovered is not None:
+            records, peers = recovered
+            await self.storage.persist(records)
             await self.storage.aclose()
+            await trio.to_thread.run_sync((directory / "peers.json").unlink)
+            self.storage, persisted = await RaftStorage.open(directory)
+            log.warning("recovered the Raft configuration from peers.json: %s", sorted(peers))
+        if persisted.snapshot is not None and persisted.snapshot.data:
+            self.state.restore(persisted.snapshot.data)
+        if persisted.snapshot is not None:
+            self.applied_index = persisted.snapshot.index
+        if persisted.snapshot is not None or persisted.entries:
+            self._bootstrap_pending = False
+        self.node = RaftNode(
+            self.name, self.raft_config, rng=self.rng, now=trio.current_time(), persisted=persisted
+        )
+        # Entries past the snapshot are re-applied as the node learns they are committed.
+        return peers
+
+    async def _join(self, addresses: Sequence[str], *, retry: bool) -> bool:
+        """Push-pull with the given seeds; True when at least one answered."""
+        swim, gossip = self.swim, self.gossip
+        assert swim is not None and gossip is not None
+        seeds: list[tuple[str, int]] = []
+        for text in addresses:
+            try:
+                seeds.extend(await _resolve(text))
+            except (OSError, AddressError) as exc:
+                if not retry:
+                    raise AgentError(f"--join {text!r}: {exc}") from None
+                log.warning("cannot resolve %r: %s", text, exc)
+        seeds = [s for s in seeds if s != self.gossip_addr]
+        if not seeds:
+            return not addresses
+        self._joined = trio.Event()
+        swim.join(seeds, trio.current_time())
+        gossip.poke()
+        await self._joined.wait()
+        if self._join_contacted == 0 and not retry:
+            raise AgentError(f"--join: no seed answered ({', '.join(addresses)})")
+        log.info("joined through %d of %d seeds", self._join_contacted, len(seeds))
+        return self._join_contacted > 0
+
+    async def _retry_join(self) -> None:
+        """Dkron's ``--retry-join``: try until a seed answers, ``retry_max`` times (0: forever)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            if await self._join(self.opts.retry_join, retry=True):
+                return
+            if self.opts.retry_max and attempt >= self.opts.retry_max:
+                raise AgentError(f"--retry-join: no seed answered after {attempt} attempts")
+            await trio.sleep(self.opts.retry_interval)
+
+    def _on_swim(self, action: SwimAction) -> None:
+        """Gossip's events: called from the gossip task, handed to the core task."""
+        if isinstance(action, JoinResult):
+            self._join_contacted = action.contacted
+            self._joined.set()
+        elif isinstance(action, LeaveComplete):
+            self._left.set()
+        elif isinstance(action, MemberEvent):
+            if action.kind in (EventKind.JOIN, EventKind.UPDATE):
+                self._set_rpc_peer(action.member)
+            elif action.kind is EventKind.REAP and self.rpc is not None:
+                self.rpc.remove_peer(action.member.name)
+            try:
+                self._send_in.send_nowait(("member", action))
+            except trio.WouldBlock:
+                log.warning("core busy: member event %s dropped", action.kind.value)
+
+    async def _pump(self, channel: Channel) -> None:
+        assert self.rpc is not None
+        inbox = self.rpc.inbox(channel)
+        async for item in inbox:
+            if channel is Channel.REQUEST:
+                self._on_request(item)
+            else:
+                await self._send_in.send(("in", item))
+
+    async def leave(self) -> None:
+        """Graceful leave (SIGTERM, ``dkron leave``): announce it, let local runs finish."""
+        if self.stopping:
+            return
+        self.stopping = True
+        swim, gossip = self.swim, self.gossip
+        if swim is not None and gossip is not None and not swim.stopped:
+            swim.leave(trio.current_time())
+            gossip.poke()
+            with trio.move_on_after(swim.config.leave_broadcast_timeout + 2.0):
+                await self._left.wait()
+        # Dkron waits for the local executions without a bound; their results
+        # then need a leader to commit them, which gets a bound.
+        worker = self.worker
+        while worker is not None and worker.running():
+            log.info("waiting for %d local executions", len(worker.running()))
+            await self._idle_wait()
+        with trio.move_on_after(10.0):
+            while worker is not None and worker.outstanding_results():
+                await self._idle_wait()
+
+    async def _idle_wait(self) -> None:
+        self._idle = trio.Event()
+        with trio.move_on_after(1.0):
+            await self._idle.wait()
 
     # -- the core task ----------------------------------------------------------------
 
@@ -215,7 +580,7 @@ class Agent:
             with trio.move_on_at(deadline):
                 item = await self._recv_in.receive()
             items = [item] if item is not None else []
-            while True:  # take everything queued: one persist for all of it
+            while len(items) < 4096:  # take everything queued: one persist for all of it
                 try:
                     items.append(self._recv_in.receive_nowait())
                 except trio.WouldBlock:
@@ -225,9 +590,10 @@ class Agent:
                 self._handle(it, now)
             self._tick(now)
             await self._flush()
+            self._idle.set()
 
     def _deadline(self) -> float:
-        times = []
+        times = [trio.current_time() + RECONCILE_INTERVAL]
         if self.node is not None and (t := self.node.next_deadline()) is not None:
             times.append(t)
         if self.worker is not None and (t := self.worker.next_deadline()) is not None:
@@ -241,9 +607,17 @@ class Agent:
     def _handle(self, item: tuple[str, Any], now: float) -> None:
         kind, payload = item
         node = self.node
-        assert node is not None and self.worker is not None
-        if kind == "propose":
+        worker = self.worker
+        assert worker is not None
+        if kind == "in":
+            self._receive(payload, now)
+        elif kind == "member":
+            self._on_member(payload, now)
+        elif kind == "propose":
             cmd, waiter = payload
+            if node is None:
+                waiter.event.set()
+                return
             try:
                 index = node.propose(encode_command(cmd), now)
             except LocalProtocolError:
@@ -251,47 +625,178 @@ class Agent:
                 return
             self._waiters[index] = waiter
         elif kind == "exec":
-            self._deliver_exec(payload, now)
+            self._deliver_exec(self.name, payload, now)
         elif kind == "output":
             key, chunk = payload
-            self.worker.output(key, chunk, now)
+            worker.output(key, chunk, now)
         elif kind == "finished":
             key, success, output = payload
             self._runs.pop(key, None)
-            self.worker.finished(
-                key, success=success, output=output, wall_ns=to_ns(_wall()), now=now
-            )
+            worker.finished(key, success=success, output=output, wall_ns=to_ns(_wall()), now=now)
         elif kind == "remove_peer":
-            peer, waiter = payload
+            peer, flag = payload
             try:
+                if node is None:
+                    raise LocalProtocolError("not a server")
                 node.remove(peer, now)
-                waiter.result = True
+                flag.result = True
             except LocalProtocolError as exc:  # not leading, or a change is in progress
                 log.warning("cannot remove %s: %s", peer, exc)
-            waiter.event.set()
+            flag.event.set()
         elif kind == "cancel":
-            key, done = payload
-            ok = self.exec_leader is not None and self.exec_leader.cancel(key, now, to_ns(_wall()))
-            done.result = ok
-            done.event.set()
+            key, flag = payload
+            lead = self.exec_leader
+            flag.result = lead is not None and lead.cancel(key, now, to_ns(_wall()))
+            flag.event.set()
+        elif kind == "bootstrap":
+            self._bootstrap(payload, now)
 
-    def _deliver_exec(self, msg: ExecMessage, now: float) -> None:
+    def _receive(self, item: Incoming, now: float) -> None:
+        try:
+            if item.channel is Channel.RAFT:
+                if self.node is not None:
+                    self.node.receive(decode_message(item.body), src=item.peer, now=now)
+                return
+            msg = EXECUTION_CODEC.decode(item.body)
+        except RemoteProtocolError as exc:
+            log.warning("dropping a malformed %s message from %s: %s", item.channel, item.peer, exc)
+            return
+        if isinstance(msg, ExecMessage):
+            self._deliver_exec(item.peer, msg, now)
+
+    def _deliver_exec(self, src: str, msg: ExecMessage, now: float) -> None:
         assert self.worker is not None
         wall_ns = to_ns(_wall())
         if isinstance(msg, Dispatch | ResultAck | Cancel):
-            self.worker.receive(msg, src=self.name, now=now, wall_ns=wall_ns)
+            self.worker.receive(msg, src=src, now=now, wall_ns=wall_ns)
         elif self.exec_leader is not None:
-            self.exec_leader.receive(msg, src=self.name, now=now, wall_ns=wall_ns)
+            self.exec_leader.receive(msg, src=src, now=now, wall_ns=wall_ns)
+        else:
+            # Not leading: pass worker reports on to the leader, as Dkron's servers do.
+            leader = None if self.node is None else self.node.leader_id
+            if leader is not None and leader not in (self.name, src):
+                self._send_exec(leader, msg)
+
+    def _on_member(self, event: MemberEvent, now: float) -> None:
+        log.info("member %s: %s", event.member.name, event.kind.value)
+        if event.kind is EventKind.FAILED and self.exec_leader is not None:
+            self.exec_leader.member_failed(event.member.name, now, to_ns(_wall()))
+        self._next_reconcile = now  # react now, not at the next interval
+        self._maybe_bootstrap()
 
     def _tick(self, now: float) -> None:
-        assert self.node is not None and self.worker is not None
-        self.node.handle_timer(now)
+        assert self.worker is not None
+        node = self.node
+        if node is not None:
+            node.handle_timer(now)
+        self._follow_leader(now)
         self.worker.handle_timer(now)
         if self.exec_leader is not None:
             self.exec_leader.handle_timer(now, to_ns(_wall()))
         if self.planner is not None:
             for cmd in self.planner.tick(_wall()):
                 self._propose_quietly(cmd, now)
+        if now >= self._next_reconcile:
+            self._next_reconcile = now + RECONCILE_INTERVAL
+            self._reconcile(now)
+            self._maybe_bootstrap()
+
+    def _follow_leader(self, now: float) -> None:
+        """Where the worker reports: the Raft leader, else any live server (it forwards)."""
+        worker = self.worker
+        assert worker is not None
+        hint = None if self.node is None else self.node.leader_id
+        if hint is None:
+            alive = sorted(s.name for s in self.servers() if s.status is SwimStatus.ALIVE)
+            if worker.leader in alive:
+                return
+            hint = alive[0] if alive else None
+        if hint is not None and hint != worker.leader:
+            worker.set_leader(hint, now)
+
+    def _reconcile(self, now: float) -> None:
+        """The leader's reconcile loop: at most one Raft configuration change at a time."""
+        node = self.node
+        if node is None or node.role is not Role.LEADER or self.planner is None:
+            return
+        changes = reconcile_changes(
+            self.servers(), node.membership, leader=self.name, region=self.opts.region
+        )
+        for change in changes:
+            try:
+                if change.kind is ChangeKind.ADD_LEARNER:
+                    node.add_learner(change.node, now)
+                elif change.kind is ChangeKind.PROMOTE:
+                    node.promote(change.node, now)
+                else:
+                    node.remove(change.node, now)
+            except LocalProtocolError as exc:
+                log.debug("reconcile: %s %s not now: %s", change.kind.value, change.node, exc)
+                continue
+            log.info("reconcile: %s %s", change.kind.value, change.node)
+            return
+
+    def _maybe_bootstrap(self) -> None:
+        """``bootstrap-expect``: once enough servers agree, ask them, then start Raft."""
+        if not self._bootstrap_pending or self._bootstrap_busy or self._nursery is None:
+            return
+        decision, names, why = bootstrap_decision(
+            self.servers(), me=self.name, expect=self.opts.bootstrap_expect, region=self.opts.region
+        )
+        if decision is BootstrapDecision.CONFLICT:
+            log.error("not bootstrapping: %s", why)
+            return
+        if decision is BootstrapDecision.READY:
+            self._bootstrap_busy = True
+            self._nursery.start_soon(self._ask_before_bootstrap, names)
+
+    async def _ask_before_bootstrap(self, names: tuple[str, ...]) -> None:
+        """Dkron asks every candidate for its Raft configuration before bootstrapping."""
+        try:
+            for peer in names:
+                if peer == self.name:
+                    continue
+                reply = await self._call(peer, Op.RAFT_CONFIG, b"", wait=5.0)
+                if reply is None or not reply.ok:
+                    log.info("bootstrap: %s did not answer; will ask again", peer)
+                    return
+                if cbor2.loads(reply.body):
+                    log.info("bootstrap: %s already has a configuration; waiting to be added", peer)
+                    self._bootstrap_pending = False
+                    return
+            await self._send_in.send(("bootstrap", names))
+        finally:
+            self._bootstrap_busy = False
+
+    def _bootstrap(self, names: tuple[str, ...], now: float) -> None:
+        """Start Raft with ``names`` as voters: the configuration is entry 1 of the log.
+
+        As in HashiCorp Raft, the first configuration is an ordinary log
+        entry (term 1, index 1), not a snapshot: every server bootstrapping
+        the same set writes the same entry, and a server that was told not
+        to bootstrap (a peer already had a configuration) receives it by
+        replication and so learns that it votes.
+        """
+        node = self.node
+        if node is None or not self._bootstrap_pending:
+            return
+        self._bootstrap_pending = False
+        if node.membership.members or node.last_index > 0 or node.snapshot is not None:
+            return  # a leader reached us meanwhile
+        entry = Entry(
+            1, 1, EntryKind.CONFIG, encode_membership(Membership(frozenset(names), frozenset()))
+        )
+        term = max(node.term, 1)
+        hard = HardState(term, node.voted_for if term == node.term else None, 0)
+        self._pending_bootstrap = [SaveHardState(hard), AppendLog((entry,))]
+        self.node = RaftNode(
+            self.name,
+            self.raft_config,
+            rng=self.rng,
+            now=now,
+            persisted=PersistedState(hard, None, (entry,)),
+        )
+        log.info("bootstrapping Raft with %s", ", ".join(names))
 
     def _propose_quietly(self, cmd: Command, now: float) -> None:
         assert self.node is not None
@@ -301,24 +806,29 @@ class Agent:
             self._lose_leadership()
 
     async def _flush(self) -> None:
-        node = self.node
-        assert node is not None and self.storage is not None
         for _ in range(1000):
+            node = self.node
             progressed = False
-            while node.has_ready():
+            if self._pending_bootstrap and self.storage is not None:
+                records, self._pending_bootstrap = self._pending_bootstrap, []
+                await self.storage.persist(records)
+            while node is not None and node.has_ready():
                 progressed = True
                 ready = node.drain()
                 if ready.persist:
+                    assert self.storage is not None
                     await self.storage.persist(ready.persist)
-                for dst, _msg in ready.messages:
-                    log.debug("no route to %s yet: single-server agent", dst)
+                for dst, msg in ready.messages:
+                    self._send_raft(dst, msg)
                 if ready.restore is not None:
                     self.state = StateMachine()
                     if ready.restore.data:
                         self.state.restore(ready.restore.data)
+                    self.applied_index = ready.restore.index
                 for entry in ready.committed:
                     self._apply(entry.index, entry.kind, entry.data)
                 self._follow_leadership()
+                node = self.node
             starts, forgets = self._carry_out()
             if starts or forgets:
                 progressed = True
@@ -330,13 +840,38 @@ class Agent:
                 return
         log.warning("the core kept producing output; yielding")
 
+    def _send_raft(self, dst: str, msg: Any) -> None:
+        if self.rpc is not None:
+            self.rpc.send(dst, Channel.RAFT, encode_message(msg))
+
+    def _send_exec(self, dst: str, msg: ExecMessage) -> None:
+        if dst == self.name:
+            # Round-trip through the codec as a remote peer would see it.
+            local = EXECUTION_CODEC.decode(EXECUTION_CODEC.encode(msg))
+            assert isinstance(local, ExecMessage)
+            self._send_in.send_nowait(("exec", local))
+            return
+        rpc = self.rpc
+        if rpc is None:
+            return
+        body = EXECUTION_CODEC.encode(msg)
+        bulk = isinstance(msg, Output) and len(body) <= rpc.config.max_bulk_frame
+        rpc.send(dst, Channel.OUTPUT if bulk else Channel.EXECUTION, body)
+
     def _apply(self, index: int, kind: EntryKind, data: bytes) -> None:
         waiter = self._waiters.pop(index, None)
         if kind != EntryKind.NORMAL:
+            self.applied_index = index
             if waiter is not None:
                 waiter.event.set()
             return
         cmd, result = self.state.apply_entry(index, data)
+        self.applied_index = index
+        self._recent[index] = result
+        while len(self._recent) > RECENT_RESULTS:
+            self._recent.popitem(last=False)
+        self._applied.set()
+        self._applied = trio.Event()
         if waiter is not None:
             waiter.result = result
             waiter.event.set()
@@ -367,12 +902,20 @@ class Agent:
             )
             self.exec_leader = ExecutionLeader(self.name, node.term, self.exec_config, now=now)
             self.exec_leader.load(self.state, now)
+            self._next_reconcile = now
             log.info("node %s leads term %d", self.name, node.term)
 
     def _lose_leadership(self) -> None:
+        if self.planner is not None:
+            log.info("node %s no longer leads", self.name)
         self.planner = None
         self.exec_leader = None
         self._barrier = None
+        # Proposals in flight may still commit under the next leader, but
+        # nothing here will learn their results: their callers are told now.
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            waiter.event.set()
 
     def _journal_batch(self, starts: list[StartRun], forgets: list[RunKey]) -> None:
         for start in starts:
@@ -389,22 +932,16 @@ class Agent:
         starts: list[StartRun] = []
         forgets: list[RunKey] = []
         now = trio.current_time()
-        node = self.node
-        assert node is not None and self.worker is not None
+        assert self.worker is not None
         actions: list[Any] = list(self.worker.drain())
         if self.exec_leader is not None:
             actions.extend(self.exec_leader.drain())
         for a in actions:
             if isinstance(a, Send):
-                if a.dst == self.name:
-                    # Round-trip through the codec as a remote peer would see it.
-                    msg = EXECUTION_CODEC.decode(EXECUTION_CODEC.encode(a.msg))
-                    assert isinstance(msg, ExecMessage)
-                    self._deliver_exec(msg, now)
-                else:
-                    log.debug("no route to %s yet: single-server agent", a.dst)
+                self._send_exec(a.dst, a.msg)
             elif isinstance(a, Propose):
-                self._propose_quietly(a.command, now)
+                if self.node is not None:
+                    self._propose_quietly(a.command, now)
             elif isinstance(a, StartRun):
                 starts.append(a)
             elif isinstance(a, StopRun):
@@ -416,8 +953,11 @@ class Agent:
         return starts, forgets
 
     def _select(self, job: Job) -> tuple[str, ...]:
-        me = MemberView(name=self.name, alive=True, tags=self.tags)
-        return select_targets(job.tags, [me], region=self.opts.region, rng=self.rng)
+        views = [
+            MemberView(name=m.name, alive=m.status is SwimStatus.ALIVE, tags=m.tags)
+            for m in self.members()
+        ]
+        return select_targets(job.tags, views, region=self.opts.region, rng=self.rng)
 
     # -- executors ---------------------------------------------------------------------
 
@@ -456,18 +996,115 @@ class Agent:
             output = output or "cancelled"
         await self._send_in.send(("finished", (key, success, output)))
 
+    # -- requests between servers -------------------------------------------------------
+
+    async def _call(self, peer: str, op: Op, body: bytes, *, wait: float) -> Reply | None:
+        """One request to ``peer`` on the RPC port; None when it did not answer in time."""
+        rpc = self.rpc
+        if rpc is None:
+            return None
+        self._call_ids += 1
+        call_id = self._call_ids
+        call = _Call(trio.Event())
+        self._calls[call_id] = call
+        try:
+            if not rpc.send(
+                peer, Channel.REQUEST, FORWARD_CODEC.encode(Request(call_id, op, body))
+            ):
+                return None
+            with trio.move_on_after(wait):
+                await call.event.wait()
+            return call.reply
+        finally:
+            del self._calls[call_id]
+
+    def _on_request(self, item: Incoming) -> None:
+        try:
+            msg = FORWARD_CODEC.decode(item.body)
+        except RemoteProtocolError as exc:
+            log.warning("dropping a malformed request from %s: %s", item.peer, exc)
+            return
+        if isinstance(msg, Reply):
+            call = self._calls.get(msg.id)
+            if call is not None:
+                call.reply = msg
+                call.event.set()
+        elif isinstance(msg, Request) and self._nursery is not None:
+            self._nursery.start_soon(self._serve_request, item.peer, msg)
+
+    async def _serve_request(self, peer: str, req: Request) -> None:
+        node = self.node
+        ok, error, index, body = True, "", 0, b""
+        try:
+            if req.op is Op.RAFT_CONFIG:
+                members = () if node is None else sorted(node.membership.members)
+                body = cbor2.dumps(list(members))
+            elif req.op is Op.PROPOSE:
+                cmd = decode_command(req.body)
+                index = (await self._propose_local(cmd)).index
+            elif req.op is Op.CANCEL:
+                job, group, target, attempt = cbor2.loads(req.body)
+                done = await self._cancel_local(RunKey(job, group, target, attempt))
+                body = cbor2.dumps(done)
+            elif req.op is Op.REMOVE_PEER:
+                body = cbor2.dumps(await self._remove_peer_local(req.body.decode()))
+        except (NotLeaderError, Unavailable) as exc:
+            ok, error = False, str(exc)
+        except (ValueError, TypeError, RemoteProtocolError, cbor2.CBORError) as exc:
+            ok, error = False, f"bad request: {exc}"
+        leader = None if node is None else node.leader_id
+        if self.rpc is not None:
+            reply = Reply(req.id, ok, error, index, body, leader)
+            self.rpc.send(peer, Channel.REQUEST, FORWARD_CODEC.encode(reply))
+
+    def _leader_or_raise(self) -> str:
+        node = self.node
+        if node is None:
+            raise NotLeaderError("this node is not a server")
+        if node.leader_id is None:
+            raise NotLeaderError("no leader is elected at the moment")
+        return node.leader_id
+
+    def is_leader(self) -> bool:
+        return self.node is not None and self.node.role is Role.LEADER and self.planner is not None
+
+    async def _forward(self, op: Op, body: bytes) -> Reply:
+        leader = self._leader_or_raise()
+        reply = await self._call(leader, op, body, wait=FORWARD_TIMEOUT)
+        if reply is None:
+            raise Unavailable(f"the leader {leader} did not answer")
+        if not reply.ok:
+            raise NotLeaderError(reply.error, leader=reply.leader)
+        return reply
+
     # -- requests from the API ----------------------------------------------------------
 
     async def propose(self, cmd: Command) -> ApplyResult:
-        node = self.node
-        if node is None or node.role is not Role.LEADER:
+        """Commit ``cmd``: here when leading, else through the leader; the local result."""
+        if self.is_leader():
+            return await self._propose_local(cmd)
+        reply = await self._forward(Op.PROPOSE, encode_command(cmd))
+        return await self._result_at(reply.index)
+
+    async def _result_at(self, index: int) -> ApplyResult:
+        """Wait until this replica applied ``index``; its own (identical) result."""
+        with trio.move_on_after(FORWARD_TIMEOUT):
+            while self.applied_index < index:
+                await self._applied.wait()
+        result = self._recent.get(index)
+        if result is None:
+            raise Unavailable(f"entry {index} committed but not yet applied here")
+        return result
+
+    async def _propose_local(self, cmd: Command) -> ApplyResult:
+        if not self.is_leader():
+            node = self.node
             raise NotLeaderError(
-                "this node is not the leader",
-                leader=None if node is None else node.leader_id,
+                "this node is not the leader", leader=None if node is None else node.leader_id
             )
         waiter = _Waiter(trio.Event())
         await self._send_in.send(("propose", (cmd, waiter)))
-        with trio.fail_after(30):
+        with trio.move_on_after(FORWARD_TIMEOUT):
             await waiter.event.wait()
         if waiter.result is None:
             raise NotLeaderError("leadership was lost before the command committed")
@@ -475,29 +1112,57 @@ class Agent:
 
     async def remove_peer(self, peer: str) -> bool:
         """Remove a server from the Raft configuration (one change at a time)."""
+        if self.is_leader():
+            return await self._remove_peer_local(peer)
+        reply = await self._forward(Op.REMOVE_PEER, peer.encode())
+        return bool(cbor2.loads(reply.body))
+
+    async def _remove_peer_local(self, peer: str) -> bool:
         node = self.node
-        if node is None:
+        if node is None or node.role is not Role.LEADER:
+            raise NotLeaderError("this node is not the leader")
+        if peer not in node.membership.members:
             return False
-        if node.role is not Role.LEADER:
-            raise NotLeaderError("this node is not the leader", leader=node.leader_id)
-        if peer not in node.membership.voters | node.membership.learners:
-            return False
-        done = _CancelWaiter(trio.Event())
-        await self._send_in.send(("remove_peer", (peer, done)))
-        await done.event.wait()
-        return done.result
+        flag = _Flag(trio.Event())
+        await self._send_in.send(("remove_peer", (peer, flag)))
+        await flag.event.wait()
+        return flag.result
 
     async def cancel(self, key: RunKey) -> bool:
-        done = _CancelWaiter(trio.Event())
-        await self._send_in.send(("cancel", (key, done)))
-        await done.event.wait()
-        return done.result
+        if self.is_leader():
+            return await self._cancel_local(key)
+        body = cbor2.dumps([key.job, key.group, key.node, key.attempt])
+        reply = await self._forward(Op.CANCEL, body)
+        return bool(cbor2.loads(reply.body))
+
+    async def _cancel_local(self, key: RunKey) -> bool:
+        if not self.is_leader():
+            raise NotLeaderError("this node is not the leader")
+        flag = _Flag(trio.Event())
+        await self._send_in.send(("cancel", (key, flag)))
+        await flag.event.wait()
+        return flag.result
 
 
-@dataclasses.dataclass(slots=True)
-class _CancelWaiter:
-    event: trio.Event
-    result: bool = False
+async def _resolve(text: str) -> list[tuple[str, int]]:
+    """A ``--join`` address: ``host``, ``host:port``, IP literals or DNS names."""
+    value = text.strip()
+    host, port = value, DEFAULT_GOSSIP_PORT
+    if value.startswith("["):
+        return [parse_addr(value, default_port=DEFAULT_GOSSIP_PORT)]
+    if value.count(":") == 1:
+        host, port_text = value.split(":")
+        if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+            raise AddressError(f"invalid port in {text!r}")
+        port = int(port_text)
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_DGRAM)
+    out: list[tuple[str, int]] = []
+    for family, _type, _proto, _name, sockaddr in infos:
+        if family in (trio.socket.AF_INET, trio.socket.AF_INET6):
+            addr = (str(sockaddr[0]), int(sockaddr[1]))
+            if addr not in out:
+                out.append(addr)
+    return out
 
 
 class _Backend:
@@ -521,30 +1186,35 @@ class _Backend:
     async def set_paused(self, paused: bool) -> None:
         self.agent.paused = paused
 
-    def _me(self) -> MemberInfo:
+    @staticmethod
+    def _info(m: Member) -> MemberInfo:
         return MemberInfo(
-            name=self.agent.name,
-            addr="127.0.0.1",
-            port=8946,
-            tags=dict(self.agent.tags),
-            status=MemberStatus.ALIVE,
+            name=m.name,
+            addr=m.addr,
+            port=m.port,
+            tags=dict(m.tags),
+            status=MemberStatus(int(m.status)),
         )
 
     def leader(self) -> MemberInfo | None:
         node = self.agent.node
-        return self._me() if node is not None and node.role is Role.LEADER else None
+        if node is None or node.leader_id is None or self.agent.swim is None:
+            return None
+        member = self.agent.swim.member(node.leader_id)
+        return None if member is None else self._info(member)
 
     def is_leader(self) -> bool:
-        node = self.agent.node
-        return node is not None and node.role is Role.LEADER
+        return self.agent.is_leader()
 
     def members(self) -> list[MemberInfo]:
-        return [self._me()]
+        return [self._info(m) for m in sorted(self.agent.members(), key=lambda m: m.name)]
 
     def status(self) -> dict[str, object]:
+        swim = self.agent.swim
+        serf = dict(swim.stats()) if swim is not None else {}
         return {
             "agent": {"name": self.agent.name, "version": __version__},
-            "serf": {"members": "1", "failed": "0", "left": "0", "encrypted": "false"},
+            "serf": serf,
             "tags": dict(self.agent.tags),
         }
 
@@ -580,39 +1250,93 @@ class _Backend:
         return await self.agent.cancel(RunKey(job, ex.group, ex.node_name, ex.attempt))
 
     async def leave(self) -> dict[str, object]:
-        return {self.agent.name: "leaving"}
+        agent = self.agent
+        peers: dict[str, object] = {m.name: m.addr for m in agent.members()}
+        if agent._nursery is not None:
+            agent._nursery.start_soon(_leave_and_stop, agent)
+        return peers
 
     def raft_peers(self) -> list[dict[str, object]]:
         node = self.agent.node
         if node is None:
             return []
         members = node.membership
+        rpc = self.agent.rpc
+        addrs = {} if rpc is None else rpc.peers()
+        if self.agent.rpc_addr is not None:
+            addrs[self.agent.name] = self.agent.rpc_addr
         return [
             {
                 "id": peer,
                 "node": peer,
-                "address": "",
+                "address": _format_addr(*addrs[peer]) if peer in addrs else "",
                 "leader": peer == node.leader_id,
                 "voter": peer in members.voters,
             }
-            for peer in sorted(members.voters | members.learners)
+            for peer in sorted(members.members)
         ]
 
     async def remove_peer(self, peer_id: str) -> bool:
         return await self.agent.remove_peer(peer_id)
 
 
-async def run(opts: AgentOptions) -> int:
-    """Run an agent until SIGINT or SIGTERM; the exit status for the CLI."""
-    if not opts.server:
-        log.error("only server nodes run the agent so far: start it with --server")
-        return 1
+async def _leave_and_stop(agent: Agent) -> None:
+    await agent.leave()
+    if agent._nursery is not None:
+        agent._nursery.cancel_scope.cancel()
+
+
+async def run(opts: AgentOptions, reload: Callable[[], AgentOptions] | None = None) -> int:
+    """Run an agent until SIGINT/SIGTERM (graceful leave) or ``dkron leave``; the exit status.
+
+    SIGHUP re-reads the configuration through ``reload`` (by default the
+    arguments and directory ``dkron.config.load_config`` recorded) and
+    publishes the new tags.
+    """
+    if reload is None:
+        reload = _default_reload(opts)
     agent = Agent(opts)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(agent.run)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("received signal %s: stopping", signum)
-                break
-        nursery.cancel_scope.cancel()
-    return 0
+    failed: list[AgentError] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+
+                async def watch() -> None:
+                    async for signum in sigs:
+                        if signum == signal.SIGHUP:
+                            _reload_tags(agent, reload)
+                            continue
+                        log.info("received signal %s: leaving", signal.Signals(signum).name)
+                        if not agent.stopping:
+                            nursery.start_soon(_leave_and_stop, agent)
+
+                nursery.start_soon(watch)
+                await agent.run()
+                nursery.cancel_scope.cancel()
+    except* AgentError as group:
+        failed.extend(e for e in group.exceptions if isinstance(e, AgentError))
+    for exc in failed:
+        log.error("%s", exc)
+    return 1 if failed else 0
+
+
+def _default_reload(opts: AgentOptions) -> Callable[[], AgentOptions] | None:
+    argv = getattr(opts, "argv", None)
+    if argv is None:
+        return None
+    from dkron.config import load_config
+
+    cwd = getattr(opts, "cwd", "") or os.getcwd()
+    return lambda: load_config(argv, os.environ, cwd=cwd)
+
+
+def _reload_tags(agent: Agent, reload: Callable[[], AgentOptions] | None) -> None:
+    if reload is None:
+        log.warning("SIGHUP: no configuration source to reload")
+        return
+    try:
+        agent.reload_tags(reload().tags)
+    except (ValueError, OSError, LocalProtocolError) as exc:
+        log.error("SIGHUP: configuration not reloaded: %s", exc)
+        return
+    log.info("SIGHUP: configuration reloaded, tags published")

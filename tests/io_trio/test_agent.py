@@ -29,6 +29,18 @@ class Options:
     region: str = "global"
     datacenter: str = "dc1"
     raft_multiplier: int = 1
+    bootstrap: bool = False
+    bind_addr: str = "127.0.0.1:0"
+    advertise_addr: str = ""
+    rpc_port: int = 0
+    advertise_rpc_port: int = 0
+    join: tuple[str, ...] = ()
+    retry_join: tuple[str, ...] = ()
+    retry_max: int = 0
+    retry_interval: float = 1.0
+    encrypt: str = ""
+    profile: str = "local"
+    serf_reconnect_timeout: float = 86400.0
 
 
 def _call(port: int, method: str, path: str, body: object | None) -> tuple[int, Any]:
