@@ -6,65 +6,13 @@ with generous ``fail_after`` deadlines rather than asserting timings.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import pathlib
-import urllib.error
-import urllib.request
 from typing import Any
 
 import trio
 
 from dkron.io_trio.agent import Agent, http_listen_addr
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    data_dir: str
-    node_name: str = "n1"
-    server: bool = True
-    bootstrap_expect: int = 1
-    http_addr: str = "127.0.0.1:0"
-    tags: dict[str, str] = dataclasses.field(default_factory=dict)
-    region: str = "global"
-    datacenter: str = "dc1"
-    raft_multiplier: int = 1
-    bootstrap: bool = False
-    bind_addr: str = "127.0.0.1:0"
-    advertise_addr: str = ""
-    rpc_port: int = 0
-    advertise_rpc_port: int = 0
-    join: tuple[str, ...] = ()
-    retry_join: tuple[str, ...] = ()
-    retry_max: int = 0
-    retry_interval: float = 1.0
-    encrypt: str = ""
-    profile: str = "local"
-    serf_reconnect_timeout: float = 86400.0
-
-
-def _call(port: int, method: str, path: str, body: object | None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
-async def call(port: int, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
-    return await trio.to_thread.run_sync(_call, port, method, path, body)
-
-
-async def wait_leader(port: int) -> None:
-    # Polling over HTTP is the point here: the API must answer once it leads.
-    for _ in range(600):
-        if (await call(port, "GET", "/v1/leader"))[0] == 200:
-            return
-        await trio.sleep(0.05)
-    raise AssertionError("the agent never became leader")
+from dkron.testing.live import Options, call, wait_leader
 
 
 async def test_jobs_run_with_the_run_context_and_manual_runs_work(tmp_path: pathlib.Path) -> None:

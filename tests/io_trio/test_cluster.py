@@ -9,91 +9,12 @@ deadlines instead of asserting durations.
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-from dkron.io_trio.agent import Agent
-from tests.io_trio.test_agent import Options, call
-
-
-@dataclasses.dataclass
-class Node:
-    agent: Agent
-    scope: trio.CancelScope
-    done: trio.Event
-
-    @property
-    def port(self) -> int:
-        assert self.agent.http_port is not None
-        return self.agent.http_port
-
-
-class Cluster:
-    def __init__(self, nursery: trio.Nursery, root: pathlib.Path) -> None:
-        self.nursery = nursery
-        self.root = root
-        self.nodes: dict[str, Node] = {}
-
-    def seed(self) -> str:
-        for node in self.nodes.values():
-            if node.agent.gossip_addr is not None and not node.done.is_set():
-                host, port = node.agent.gossip_addr
-                return f"{host}:{port}"
-        raise AssertionError("no live node to join through")
-
-    async def start(self, name: str, **kw: Any) -> Node:
-        join = (self.seed(),) if self.nodes else ()
-        opts = Options(data_dir=str(self.root / name), node_name=name, join=join, **kw)
-        agent = Agent(opts)
-        scope = trio.CancelScope()
-        done = trio.Event()
-
-        async def serve(task_status: trio.TaskStatus[None]) -> None:
-            try:
-                with scope:
-                    await agent.run(task_status=task_status)
-            finally:
-                done.set()
-
-        await self.nursery.start(serve)
-        node = Node(agent, scope, done)
-        self.nodes[name] = node
-        return node
-
-    async def crash(self, name: str) -> None:
-        node = self.nodes[name]
-        node.scope.cancel()
-        await node.done.wait()
-
-    def live(self) -> list[Node]:
-        return [n for n in self.nodes.values() if not n.done.is_set()]
-
-    def leader(self) -> Node | None:
-        leaders = [n for n in self.live() if n.agent.is_leader()]
-        return leaders[0] if len(leaders) == 1 else None
-
-
-@asynccontextmanager
-async def cluster(root: pathlib.Path) -> AsyncIterator[Cluster]:
-    async with trio.open_nursery() as nursery:
-        yield Cluster(nursery, root)
-        nursery.cancel_scope.cancel()
-
-
-async def eventually(check: Callable[[], Any], what: str, *, within: float = 30.0) -> Any:
-    """Poll a condition on the nodes' state (not timing): tests wait for outcomes."""
-    with trio.move_on_after(within):
-        while True:
-            value = check()
-            if value:
-                return value
-            await trio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from dkron.testing.live import Cluster, Node, call, cluster, eventually
 
 
 async def start_three(c: Cluster) -> list[Node]:
