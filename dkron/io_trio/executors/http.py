@@ -9,17 +9,15 @@ bounded: the output keeps only its tail, and the body kept for
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
 import os
 import re
-import socket
 import ssl
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import h11
@@ -34,6 +32,18 @@ from dkron.io_trio.executors.base import (
     go_quote,
     parse_go_bool,
 )
+from dkron.io_trio.httpclient import MAX_HEAD as _MAX_HEAD
+from dkron.io_trio.httpclient import TOKEN as _TOKEN
+from dkron.io_trio.httpclient import RequestError as _RequestError
+from dkron.io_trio.httpclient import Url as _Url
+from dkron.io_trio.httpclient import canonical_header as _canonical
+from dkron.io_trio.httpclient import connect as _connect
+from dkron.io_trio.httpclient import header_value as _header
+from dkron.io_trio.httpclient import lower_first as _lower
+from dkron.io_trio.httpclient import next_event as _next_event
+from dkron.io_trio.httpclient import parse_url as _parse_url
+from dkron.io_trio.httpclient import receive_head as _receive_head
+from dkron.io_trio.httpclient import send_request as _send_request
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_MATCH_BODY", "MAX_REDIRECTS", "HttpExecutor"]
 
@@ -46,26 +56,12 @@ MAX_REDIRECTS = 10
 #: How much of the body is kept to search with ``expectBody``.
 MAX_MATCH_BODY = 16 * 1024 * 1024
 
-_READ_SIZE = 65536
-_MAX_HEAD = 64 * 1024
 _TLS_CACHE_SIZE = 100
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: Framing and routing headers the client computes itself (Go ignores them in ``Header``).
 _COMPUTED = frozenset({"host", "content-length", "transfer-encoding", "trailer", "connection"})
 #: Dropped on a redirect to another host, as Go does.
 _SENSITIVE = frozenset({"authorization", "www-authenticate", "cookie", "cookie2"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-class _RequestError(Exception):
-    """A request that failed; the text is the run's error."""
-
-
-def _canonical(name: str) -> str:
-    """``textproto.CanonicalMIMEHeaderKey``: ``content-type`` -> ``Content-Type``."""
-    if not _TOKEN.fullmatch(name):
-        return name
-    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
 
 
 def _go_map(config: Mapping[str, str]) -> str:
@@ -83,94 +79,6 @@ def _go_atoi(text: str) -> int:
     if not -(1 << 63) <= value < (1 << 63):
         raise ValueError(f"strconv.Atoi: parsing {go_quote(text)}: value out of range")
     return value
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Url:
-    url: str
-    https: bool
-    host: str  # for connecting and TLS (no brackets)
-    port: int
-    authority: str  # the Host header
-    target: str  # path and query
-    auth: str | None  # Basic credentials from the URL's userinfo
-
-
-def _parse_url(url: str) -> _Url:
-    """Split and check a URL, with Go's wording for the errors Go reports too."""
-    quoted = go_quote(url)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
-        raise _RequestError(f"parse {quoted}: net/url: invalid control character in URL")
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as exc:
-        raise _RequestError(f"parse {quoted}: {_lower(str(exc))}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise _RequestError(f"unsupported protocol scheme {go_quote(parts.scheme)}")
-    try:
-        port = parts.port
-    except ValueError:
-        port_text = parts.netloc.rpartition(":")[2]
-        raise _RequestError(
-            f"parse {quoted}: invalid port {go_quote(':' + port_text)} after host"
-        ) from None
-    host = parts.hostname or ""
-    if not host:
-        raise _RequestError("http: no Host in request URL")
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise _RequestError(f"parse {quoted}: invalid host: {exc}") from None
-    authority = parts.netloc.rpartition("@")[2]
-    if not authority.isascii():
-        authority = f"[{host}]" if ":" in host else host
-        if parts.port is not None:
-            authority += f":{parts.port}"
-    path = urllib.parse.quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
-    target = path + (
-        "?" + urllib.parse.quote(parts.query, safe="=&%+/:@!$'()*,;?-._~") if parts.query else ""
-    )
-    auth = None
-    if parts.username is not None:
-        user = urllib.parse.unquote(parts.username)
-        password = urllib.parse.unquote(parts.password or "")
-        auth = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    return _Url(
-        url=url,
-        https=scheme == "https",
-        host=host,
-        port=port if port is not None else (443 if scheme == "https" else 80),
-        authority=authority,
-        target=target,
-        auth=auth,
-    )
-
-
-def _net_text(exc: BaseException, url: _Url) -> str:
-    """Go-like wording for a failed connection (``dial tcp …: connect: connection refused``)."""
-    if isinstance(exc, socket.gaierror):
-        return f"dial tcp: lookup {url.host}: {_lower(exc.strerror or str(exc))}"
-    if isinstance(exc, OSError):
-        causes: list[BaseException] = [exc]
-        if isinstance(exc.__cause__, BaseExceptionGroup):
-            causes = list(exc.__cause__.exceptions)
-        last = causes[-1]
-        if isinstance(last, OSError) and last.errno is not None:
-            text = os.strerror(last.errno)
-            return f"dial tcp {url.host}:{url.port}: connect: {_lower(text)}"
-        return f"dial tcp {url.host}:{url.port}: {exc}"
-    if isinstance(exc, trio.BrokenResourceError) and isinstance(exc.__cause__, ssl.SSLError):
-        return f"tls: {exc.__cause__}"
-    if isinstance(exc, h11.ProtocolError):
-        return f"malformed HTTP response: {exc}"
-    cause = exc.__cause__
-    return f"connection broken: {cause or exc.__class__.__name__}"
-
-
-def _lower(text: str) -> str:
-    return text[:1].lower() + text[1:]
 
 
 class _Out:
@@ -472,94 +380,11 @@ def _file_error(exc: BaseException, path: str) -> str:
     return str(exc)
 
 
-async def _connect(url: _Url, tls: ssl.SSLContext) -> trio.abc.Stream:
-    try:
-        tcp = await trio.open_tcp_stream(url.host, url.port)
-    except OSError as exc:
-        raise _RequestError(_net_text(exc, url)) from exc
-    if not url.https:
-        return tcp
-    stream = trio.SSLStream(tcp, tls, server_hostname=url.host, https_compatible=True)
-    try:
-        await stream.do_handshake()
-    except BaseException as exc:  # the socket must be closed on cancellation too
-        await trio.aclose_forcefully(tcp)
-        if isinstance(exc, trio.BrokenResourceError):
-            raise _RequestError(_net_text(exc, url)) from exc
-        raise
-    return stream
-
-
-def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for k, v in headers:
-        if k == name:
-            return v.decode("latin-1")
-    return None
-
-
 def _redirect_target(current: _Url, location: str) -> _Url:
     try:
         return _parse_url(urllib.parse.urljoin(current.url, location))
     except _RequestError as exc:
         raise _RequestError(f"failed to follow redirect to {go_quote(location)}: {exc}") from None
-
-
-async def _send_request(
-    *,
-    stream: trio.abc.Stream,
-    conn: h11.Connection,
-    method: str,
-    url: _Url,
-    headers: dict[str, tuple[str, str]],
-    body: bytes,
-) -> None:
-    wire: list[tuple[bytes, bytes]] = [(b"Host", url.authority.encode("ascii"))]
-    if url.auth is not None and "authorization" not in headers:
-        wire.append((b"Authorization", f"Basic {url.auth}".encode("ascii")))
-    if body or method in ("POST", "PUT", "PATCH"):
-        wire.append((b"Content-Length", str(len(body)).encode("ascii")))
-    wire.extend(
-        (name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
-        for name, value in headers.values()
-    )
-    wire.append((b"Connection", b"close"))
-    try:
-        data = conn.send(h11.Request(method=method, target=url.target, headers=wire))
-        if body:
-            data += conn.send(h11.Data(data=body))
-        data += conn.send(h11.EndOfMessage())
-    except h11.LocalProtocolError as exc:
-        raise _RequestError(f"invalid request: {exc}") from None
-    try:
-        await stream.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise _RequestError(_net_text(exc, url)) from exc
-
-
-async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> object:
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise _RequestError(f"malformed HTTP response: {exc}") from None
-        if event is not h11.NEED_DATA:
-            return event
-        try:
-            data = await stream.receive_some(_READ_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            cause = exc.__cause__
-            raise _RequestError(f"read: {cause or 'connection broken'}") from exc
-        conn.receive_data(bytes(data))
-
-
-async def _receive_head(stream: trio.abc.Stream, conn: h11.Connection) -> h11.Response:
-    while True:
-        event = await _next_event(stream, conn)
-        if isinstance(event, h11.Response):
-            return event
-        if isinstance(event, h11.ConnectionClosed):
-            raise _RequestError("EOF")
-        # InformationalResponse (1xx): keep waiting for the final response
 
 
 async def _receive_body(
