@@ -30,6 +30,7 @@ from dkron.model import Execution, Job
 from dkron.proto_sansio.planner import Planner, to_ns
 from dkron.state import (
     ClaimSlot,
+    ClaimSlots,
     ExecutionFinished,
     StateConfig,
     StateMachine,
@@ -71,7 +72,12 @@ def run(
             index += 1
             planner.observe(cmd, state.apply(index, encode_command(cmd)), wall)
         t1 = clock()
-        for cmd in claims:
+        singles = [
+            c
+            for batch in claims
+            for c in (batch.claims if isinstance(batch, ClaimSlots) else (batch,))
+        ]
+        for cmd in singles:
             assert isinstance(cmd, ClaimSlot)
             fires += 1
             max_late = max(max_late, (wall_ns - cmd.scheduled_time_ns) / 1e9)

@@ -1,5 +1,8 @@
 """The ``dkron`` command: ``agent``, ``leave``, ``raft``, ``keygen``, ``version``.
 
+The job client commands (``jobs``, ``executions``, ``members``, ``schedule``)
+live in :mod:`dkron.jobcli`; this module only registers and dispatches them.
+
 Commands and output follow Dkron's so that scripts written for it keep working.
 ``leave`` and ``raft`` talk to a server's HTTP API (Dkron uses gRPC on the RPC
 port); ``--rpc-addr`` is still accepted and, when ``--address`` is not given,
@@ -15,6 +18,7 @@ import argparse
 import base64
 import inspect
 import json
+import logging
 import os
 import secrets
 import sys
@@ -24,7 +28,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, TextIO, cast
 
-from dkron import __version__
+from dkron import __version__, jobcli
 from dkron.config import AgentConfig, ConfigError, build_agent_parser, load_config
 
 __all__ = ["CODENAME", "DEFAULT_ADDRESS", "HttpClientError", "main", "version_text"]
@@ -89,6 +93,12 @@ def _build_parser() -> argparse.ArgumentParser:
     remove = raft_sub.add_parser("remove-peer", help="remove a server from the Raft peers")
     _client_flags(remove)
     remove.add_argument("--peer-id", required=True, help="ID (node name) of the peer to remove")
+    parser.add_argument(
+        "--token",
+        help="API token sent by the job commands as 'Authorization: Bearer TOKEN' "
+        "(default: $DKRON_TOKEN)",
+    )
+    jobcli.add_commands(sub, client_flags=_client_flags)
     return parser
 
 
@@ -229,8 +239,35 @@ def _agent(args: Sequence[str], runner: Runner | None, out: TextIO, err: TextIO)
         except ImportError as exc:
             print(f"dkron agent: error: the agent runtime cannot be loaded: {exc}", file=err)
             return 1
+        _configure_logging(config, err)
     result = _call_runner(runner, config)
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+#: logrus level names to the logging module's
+_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "panic": logging.CRITICAL,
+}
+
+
+def _configure_logging(config: AgentConfig, err: TextIO) -> None:
+    """Text logs on stderr at ``--log-level``, every line naming the node."""
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s %(levelname)s node={config.node_name} %(name)s: %(message)s"
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(_LEVELS.get(config.log_level, logging.INFO))
 
 
 def main(
@@ -267,6 +304,13 @@ def main(
     if ns.command == "version":
         print(version_text(), end="", file=out)
         return 0
+    if ns.command in jobcli.COMMANDS:
+        try:
+            base = _base_url(ns, parser) if jobcli.needs_server(ns) else None
+        except _UsageError as exc:
+            print(f"dkron {ns.command}: error: {exc}", file=err)
+            return 2
+        return jobcli.run_command(ns, base_url=base, out=out, err=err)
     command = "dkron leave" if ns.command == "leave" else f"dkron raft {ns.raft_command}"
     try:
         base = _base_url(ns, parser)

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import heapq
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,11 +55,14 @@ __all__ = [
     "MISS_REASONS",
     "ApplyResult",
     "ClaimSlot",
+    "ClaimSlots",
     "Command",
     "DeleteExecutions",
     "DeleteJob",
     "ExecutionFinished",
     "ExecutionStarted",
+    "ExecutionsFinished",
+    "ExecutionsStarted",
     "GroupCompleted",
     "InFlight",
     "JobDeleted",
@@ -66,13 +70,16 @@ __all__ = [
     "RecordMissed",
     "RetryScheduled",
     "SetPaused",
+    "SingleCommand",
     "SlotSkipped",
     "StateConfig",
     "StateMachine",
     "ToggleJob",
     "UpsertJob",
+    "batch_commands",
     "compute_group_status",
     "decode_command",
+    "each_applied",
     "encode_command",
     "retry_backoff_ns",
 ]
@@ -205,7 +212,63 @@ class RecordMissed:
             raise ValueError("count must be >= 1")
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimSlots:
+    """Several claims in one log entry, applied in order as if each were its own entry.
+
+    A leader with a thousand jobs due at one instant commits them with one
+    Raft entry instead of a thousand; each element keeps exactly the
+    semantics of a single :class:`ClaimSlot` (its own refusal, its own events).
+    """
+
+    claims: tuple[ClaimSlot, ...]
+
+    def __post_init__(self) -> None:
+        if not self.claims:
+            raise ValueError("a batch holds at least one claim")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionsStarted:
+    """Several :class:`ExecutionStarted` records in one log entry, applied in order."""
+
+    executions: tuple[Execution, ...]
+
+    def __post_init__(self) -> None:
+        if not self.executions:
+            raise ValueError("a batch holds at least one execution")
+        if any(ex.finished_at is not None for ex in self.executions):
+            raise ValueError("a started execution has no finished_at")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionsFinished:
+    """Several :class:`ExecutionFinished` results in one log entry, applied in order."""
+
+    executions: tuple[Execution, ...]
+
+    def __post_init__(self) -> None:
+        if not self.executions:
+            raise ValueError("a batch holds at least one execution")
+        if any(ex.finished_at is None for ex in self.executions):
+            raise ValueError("a finished execution needs finished_at")
+
+
 Command = (
+    UpsertJob
+    | DeleteJob
+    | ToggleJob
+    | ClaimSlot
+    | ExecutionStarted
+    | ExecutionFinished
+    | DeleteExecutions
+    | SetPaused
+    | RecordMissed
+    | ClaimSlots
+    | ExecutionsStarted
+    | ExecutionsFinished
+)
+SingleCommand = (
     UpsertJob
     | DeleteJob
     | ToggleJob
@@ -228,6 +291,9 @@ COMMANDS = Codec(
         7: DeleteExecutions,
         8: SetPaused,
         9: RecordMissed,
+        10: ClaimSlots,
+        11: ExecutionsStarted,
+        12: ExecutionsFinished,
     }
 )
 
@@ -250,9 +316,69 @@ def decode_command(data: bytes) -> Command:
         | ExecutionFinished
         | DeleteExecutions
         | SetPaused
-        | RecordMissed,
+        | RecordMissed
+        | ClaimSlots
+        | ExecutionsStarted
+        | ExecutionsFinished,
     )
     return cmd
+
+
+def batch_commands(cmds: Iterable[Command]) -> list[Command]:
+    """Coalesce runs of consecutive claims, started or finished records into batches.
+
+    Only neighbours are merged, so the order in which the state applies the
+    elements is exactly the order of ``cmds``; a run of one stays a single
+    command.
+    """
+    out: list[Command] = []
+    run: list[Any] = []
+    kind: type | None = None
+
+    def close() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif kind is ClaimSlot:
+            out.append(ClaimSlots(tuple(run)))
+        elif kind is ExecutionStarted:
+            out.append(ExecutionsStarted(tuple(c.execution for c in run)))
+        elif kind is ExecutionFinished:
+            out.append(ExecutionsFinished(tuple(c.execution for c in run)))
+        run.clear()
+
+    for cmd in cmds:
+        k = type(cmd)
+        if k is not kind and run:
+            close()
+        if k is ClaimSlot or k is ExecutionStarted or k is ExecutionFinished:
+            kind = k
+            run.append(cmd)
+        else:
+            kind = None
+            out.append(cmd)
+    if run:
+        close()
+    return out
+
+
+def each_applied(cmd: Command, result: ApplyResult) -> Iterator[tuple[SingleCommand, ApplyResult]]:
+    """Every single command a log entry carried, with its own result.
+
+    A batch yields its elements paired with ``result.parts``; any other
+    command yields itself.  Followers of the log (planner, execution leader,
+    invariant checks) iterate this so that a batch means exactly what its
+    elements would mean one entry each.
+    """
+    if isinstance(cmd, ClaimSlots):
+        yield from zip(cmd.claims, result.parts, strict=True)
+    elif isinstance(cmd, ExecutionsStarted):
+        for ex, part in zip(cmd.executions, result.parts, strict=True):
+            yield ExecutionStarted(ex), part
+    elif isinstance(cmd, ExecutionsFinished):
+        for ex, part in zip(cmd.executions, result.parts, strict=True):
+            yield ExecutionFinished(ex), part
+    else:
+        yield cmd, result
 
 
 # ---------------------------------------------------------------------------
@@ -316,6 +442,9 @@ StateEvent = GroupCompleted | RetryScheduled | JobDeleted | SlotSkipped
 class ApplyResult:
     """What one log entry did.  ``reason`` is machine-readable; ``error`` is for humans/API.
 
+    A batch entry is ``ok`` and carries one result per element in ``parts``
+    (see :func:`each_applied`); its own ``events`` are empty.
+
     Reasons: ``bad_command``, ``stale_index``, ``invalid``, ``not_found``,
     ``parent_not_found``, ``cycle``, ``has_dependents``, ``duplicate``,
     ``no_retry``, and the skip reasons ``forbid``, ``disabled``, ``expired``.
@@ -331,6 +460,7 @@ class ApplyResult:
     execution: Execution | None = None
     claim: InFlight | None = None
     events: tuple[StateEvent, ...] = ()
+    parts: tuple[ApplyResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -418,10 +548,18 @@ _SNAPSHOT_VERSION = 1
 
 
 class _Activity:
-    """Per-job execution state, allocated only once a job has any."""
+    """Per-job execution state, allocated only once a job has any.
+
+    ``groups`` and ``finished`` are indexes derived from ``executions`` (never
+    snapshotted): the stored ids of each execution group, and a heap of
+    ``(started_at, id)`` of finished records, oldest first, from which the
+    cap evicts.  Heap entries of records already gone are skipped lazily.
+    """
 
     __slots__ = (
         "executions",
+        "finished",
+        "groups",
         "inflight",
         "missed",
         "recent",
@@ -433,6 +571,8 @@ class _Activity:
     def __init__(self) -> None:
         self.executions: dict[str, Execution] = {}
         self.running: set[str] = set()
+        self.groups: dict[int, list[str]] = {}
+        self.finished: list[tuple[int, str]] = []
         self.inflight: dict[int, InFlight] = {}
         self.recent: list[int] = []
         self.retries: dict[tuple[int, str], PendingRetry] = {}
@@ -451,6 +591,51 @@ class _Activity:
             or self.triggered
             or self.missed
         )
+
+    def store(self, key: str, ex: Execution) -> None:
+        """Insert or replace a record, keeping the indexes in step."""
+        if key not in self.executions:
+            self.groups.setdefault(ex.group, []).append(key)
+        self.executions[key] = ex
+        if ex.finished_at is None:
+            self.running.add(key)
+        else:
+            self.running.discard(key)
+            heapq.heappush(self.finished, (ex.started_at, key))
+
+    def evict(self, key: str) -> None:
+        ex = self.executions.pop(key)
+        self.running.discard(key)
+        ids = self.groups[ex.group]
+        ids.remove(key)
+        if not ids:
+            del self.groups[ex.group]
+
+    def group(self, group: int) -> list[Execution]:
+        execs = self.executions
+        return [execs[k] for k in self.groups.get(group, ())]
+
+    def prune(self, cap: int) -> None:
+        """Keep at most ``cap`` records, evicting the oldest finished ones.
+
+        Running records are never evicted (Dkron evicts them too, which lets
+        their result reappear as a new record); so only more than ``cap``
+        simultaneous runs can exceed the cap, and only while they run.
+        """
+        excess = len(self.executions) - cap
+        heap = self.finished
+        while excess > 0 and heap:
+            _, key = heapq.heappop(heap)
+            ex = self.executions.get(key)
+            if ex is None or ex.finished_at is None:
+                continue  # gone (or stored again and not finished yet): stale entry
+            self.evict(key)
+            excess -= 1
+        if len(heap) > 2 * len(self.executions) + 16:
+            self.finished = [
+                (ex.started_at, k) for k, ex in self.executions.items() if ex.finished_at
+            ]
+            heapq.heapify(self.finished)
 
 
 def _intern(job: Job) -> Job:
@@ -537,7 +722,15 @@ class StateMachine:
         if isinstance(cmd, SetPaused):
             self._paused = cmd.paused
             return ApplyResult(index=index, ok=True)
-        return self._missed(index, cmd)
+        if isinstance(cmd, RecordMissed):
+            return self._missed(index, cmd)
+        if isinstance(cmd, ClaimSlots):
+            parts = tuple(self._claim(index, c) for c in cmd.claims)
+        elif isinstance(cmd, ExecutionsStarted):
+            parts = tuple(self._started(index, ex) for ex in cmd.executions)
+        else:
+            parts = tuple(self._finished(index, ex) for ex in cmd.executions)
+        return ApplyResult(index=index, ok=True, parts=parts)
 
     @staticmethod
     def _refuse(index: int, reason: str, error: str, **extra: Any) -> ApplyResult:
@@ -731,13 +924,13 @@ class StateMachine:
         if ex.job_name not in self._jobs:
             return self._not_found(index, ex.job_name)
         act = self._activity.get(ex.job_name)
-        if (act is not None and ex.id in act.executions) or not self._expected(act, ex):
+        key = ex.id
+        if (act is not None and key in act.executions) or not self._expected(act, ex):
             return ApplyResult(index=index, ok=True, reason="duplicate", execution=ex)
         act = self._act(ex.job_name)
         stored = self._capped(ex)
-        act.executions[ex.id] = stored
-        act.running.add(ex.id)
-        self._prune(act)
+        act.store(key, stored)
+        act.prune(self.config.max_executions_per_job)
         return ApplyResult(index=index, ok=True, execution=stored)
 
     def _capped(self, ex: Execution) -> Execution:
@@ -745,37 +938,21 @@ class StateMachine:
         output = truncate_output(ex.output, self.config.max_output_bytes)
         return ex if output is ex.output else dataclasses.replace(ex, output=output)
 
-    def _prune(self, act: _Activity) -> None:
-        """Keep at most N records, evicting the oldest finished ones.
-
-        Running records are never evicted (Dkron evicts them too, which lets
-        their result reappear as a new record); so only more than N
-        simultaneous runs can exceed the cap, and only while they run.
-        """
-        excess = len(act.executions) - self.config.max_executions_per_job
-        if excess <= 0:
-            return
-        finished = sorted(
-            (ex.started_at, key) for key, ex in act.executions.items() if not ex.running
-        )
-        for _, key in finished[:excess]:
-            del act.executions[key]
-
     def _finished(self, index: int, ex: Execution) -> ApplyResult:
         job = self._jobs.get(ex.job_name)
         if job is None:
             return self._refuse(index, "not_found", ERR_DONE_FOR_DELETED)
         act = self._activity.get(ex.job_name)
-        existing = act.executions.get(ex.id) if act is not None else None
+        key = ex.id
+        existing = act.executions.get(key) if act is not None else None
         if existing is not None and not existing.running:
             return ApplyResult(index=index, ok=True, reason="duplicate", execution=existing)
         if existing is None and not self._expected(act, ex):
             return ApplyResult(index=index, ok=True, reason="duplicate", execution=ex)
         act = self._act(ex.job_name)
         stored = self._capped(ex)
-        act.executions[ex.id] = stored
-        act.running.discard(ex.id)
-        self._prune(act)
+        act.store(key, stored)
+        act.prune(self.config.max_executions_per_job)
         assert ex.finished_at is not None  # guaranteed by ExecutionFinished
         entry = act.inflight.get(ex.group)
         if entry is not None and ex.node_name in entry.outstanding:
@@ -785,19 +962,19 @@ class StateMachine:
             else:
                 del act.inflight[ex.group]
         still = act.inflight.get(ex.group)
-        group_execs = [e for e in act.executions.values() if e.group == ex.group]
+        group_execs = act.group(ex.group)
         status = compute_group_status(
             group_execs, tuple(sorted(still.outstanding)) if still is not None else ()
         )
         if ex.success:
-            job = dataclasses.replace(
+            job = _job_with(
                 job,
                 success_count=job.success_count + 1,
                 last_success=_later(job.last_success, ex.finished_at),
                 status=status,
             )
         else:
-            job = dataclasses.replace(
+            job = _job_with(
                 job,
                 error_count=job.error_count + 1,
                 last_error=_later(job.last_error, ex.finished_at),
@@ -849,7 +1026,7 @@ class StateMachine:
             for key, ex in list(act.executions.items()):
                 if ex.running:
                     continue  # still live: its result must still land and be counted
-                del act.executions[key]
+                act.evict(key)
         job = dataclasses.replace(
             job, success_count=0, error_count=0, last_success=None, last_error=None
         )
@@ -980,9 +1157,7 @@ class StateMachine:
             for ex in js.executions:
                 if ex.job_name != name:
                     raise RemoteProtocolError("snapshot execution under the wrong job")
-                act.executions[ex.id] = ex
-                if ex.running:
-                    act.running.add(ex.id)
+                act.store(ex.id, ex)
             for entry in js.inflight:
                 act.inflight[entry.claim.execution_group] = entry
             act.recent = list(js.recent)
@@ -1001,6 +1176,48 @@ class StateMachine:
         self._activity = activity
         self._paused = snap.paused
         self._applied = snap.applied_index
+
+
+_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
+_COUNTER_MAX = 1 << 63
+_set = object.__setattr__
+
+
+def _job_with(
+    job: Job,
+    *,
+    status: str,
+    success_count: int | None = None,
+    last_success: int | None = None,
+    error_count: int | None = None,
+    last_error: int | None = None,
+) -> Job:
+    """``dataclasses.replace`` for the result counters, without re-validating the job.
+
+    A result changes only counters, a finish time already validated as part
+    of its execution and a status from :func:`compute_group_status`; the rest
+    of the job was validated when it was stored.  This runs once per result
+    on every replica, where a full replace costs more than the rest of apply.
+    """
+    count = success_count if success_count is not None else error_count
+    if count is not None and count >= _COUNTER_MAX:  # let the constructor refuse it
+        changes: dict[str, Any] = {"status": status}
+        if success_count is not None:
+            changes |= {"success_count": success_count, "last_success": last_success}
+        else:
+            changes |= {"error_count": error_count, "last_error": last_error}
+        return dataclasses.replace(job, **changes)
+    new = object.__new__(Job)
+    for name in _JOB_FIELDS:
+        _set(new, name, getattr(job, name))
+    _set(new, "status", status)
+    if success_count is not None:
+        _set(new, "success_count", success_count)
+        _set(new, "last_success", last_success)
+    else:
+        _set(new, "error_count", error_count)
+        _set(new, "last_error", last_error)
+    return new
 
 
 def _later(a: int | None, b: int) -> int:

@@ -4,28 +4,38 @@ from __future__ import annotations
 
 import dataclasses
 
+import cbor2
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from dkron.model import Execution, Job
 from dkron.state import (
     ApplyResult,
     ClaimSlot,
+    ClaimSlots,
     Command,
     DeleteExecutions,
     DeleteJob,
     ExecutionFinished,
+    ExecutionsFinished,
+    ExecutionsStarted,
     ExecutionStarted,
     GroupCompleted,
     JobDeleted,
     RecordMissed,
     RetryScheduled,
     SetPaused,
+    SingleCommand,
     SlotSkipped,
     StateConfig,
     StateMachine,
     ToggleJob,
     UpsertJob,
+    batch_commands,
     compute_group_status,
+    decode_command,
+    each_applied,
     encode_command,
     retry_backoff_ns,
 )
@@ -526,3 +536,140 @@ def test_state_config_validation() -> None:
         StateConfig(max_output_bytes=1)
     with pytest.raises(ValueError):
         StateConfig(recent_groups_window=0)
+
+
+# -- batches: one log entry, each element exactly as its own entry ------------------
+
+
+def _view(sm: StateMachine) -> list[object]:
+    """The snapshot without its applied index (a batch uses one index for many commands)."""
+    raw = cbor2.loads(sm.snapshot())
+    return [raw[0], raw[1], *raw[3:]]
+
+
+def _strip(result: ApplyResult) -> tuple[object, ...]:
+    return (result.ok, result.reason, result.error, result.job, result.execution, result.claim,
+            result.events)  # fmt: skip
+
+
+_batch_step = st.tuples(
+    st.sampled_from(["claim", "start", "finish"]),
+    st.sampled_from(["job1", "job2", "gone"]),
+    st.integers(0, 3),  # slot
+    st.sampled_from(["n1", "n2"]),
+    st.booleans(),  # success
+    st.sampled_from(["schedule", "catchup", "manual", "retry"]),
+)
+
+
+def _batch_commands(steps: list[tuple[str, str, int, str, bool, str]]) -> list[SingleCommand]:
+    cmds: list[SingleCommand] = []
+    for kind, job, slot, node, success, trigger in steps:
+        at = T0 + slot * S
+        if kind == "claim":
+            cmds.append(ClaimSlot(job, at, 1, trigger, at, (node,), 1 + (trigger == "retry")))
+        else:
+            ex = Execution(job, at + 1, node, group=at, attempt=1, scheduled_time=at)
+            if kind == "start":
+                cmds.append(ExecutionStarted(ex))
+            else:
+                done = dataclasses.replace(ex, finished_at=at + S, success=success)
+                cmds.append(ExecutionFinished(done))
+    return cmds
+
+
+def _seeded() -> Driver:
+    d = Driver(StateConfig(max_executions_per_job=3))
+    d.job("job1", retries=1)
+    d.job("job2", concurrency="forbid")
+    return d
+
+
+@given(st.lists(_batch_step, min_size=1, max_size=30))
+@example([("claim", "job1", 1, "n1", True, "schedule")] * 2)
+@example(
+    [
+        ("claim", "job1", 1, "n1", True, "schedule"),
+        ("start", "job1", 1, "n1", False, "schedule"),
+        ("finish", "job1", 1, "n1", False, "schedule"),
+        ("claim", "job1", 1, "n1", True, "retry"),
+    ]
+)
+def test_a_batch_applies_each_element_as_its_own_entry(
+    steps: list[tuple[str, str, int, str, bool, str]],
+) -> None:
+    cmds = _batch_commands(steps)
+    one_by_one, batched = _seeded(), _seeded()
+    singles = [one_by_one(c) for c in cmds]
+    parts: list[ApplyResult] = []
+    for cmd in batch_commands(cmds):
+        result = batched(cmd)
+        pairs = list(each_applied(cmd, result))
+        assert result.ok or not result.parts
+        parts.extend(part for _, part in pairs)
+        assert all(part.index == result.index for part in [result, *result.parts])
+    assert [_strip(r) for r in parts] == [_strip(r) for r in singles]
+    assert _view(batched.sm) == _view(one_by_one.sm)
+
+
+def test_batch_commands_merges_only_neighbours_of_one_kind() -> None:
+    c1, c2 = (ClaimSlot("j", T0 + i, 1, "schedule", T0 + i, ("n",), 1) for i in (1, 2))
+    ex = Execution("j", T0, "n", group=T0, attempt=1)
+    done = dataclasses.replace(ex, finished_at=T0 + S)
+    miss = RecordMissed("j", T0 + 3, "missed")
+    assert batch_commands([c1]) == [c1]
+    assert batch_commands([c1, c2, miss, c1]) == [ClaimSlots((c1, c2)), miss, c1]
+    started, finished = ExecutionStarted(ex), ExecutionFinished(done)
+    assert batch_commands([started, started, finished, finished, started]) == [
+        ExecutionsStarted((ex, ex)),
+        ExecutionsFinished((done, done)),
+        started,
+    ]
+    assert batch_commands([]) == []
+
+
+def test_batches_validate_and_round_trip_through_the_log() -> None:
+    ex = Execution("j", T0, "n", group=T0, attempt=1)
+    done = dataclasses.replace(ex, finished_at=T0 + S)
+    with pytest.raises(ValueError):
+        ClaimSlots(())
+    with pytest.raises(ValueError):
+        ExecutionsStarted((done,))
+    with pytest.raises(ValueError):
+        ExecutionsFinished((ex,))
+    for cmd in (ExecutionsStarted((ex,)), ExecutionsFinished((done,))):
+        assert decode_command(encode_command(cmd)) == cmd
+    # A batch whose element is invalid is refused as a whole, before anything applies.
+    bad = encode_command(ExecutionsStarted((ex,))).replace(b"\xf6", b"\x01", 1)
+    sm = StateMachine()
+    decoded, result = sm.apply_entry(1, bad)
+    assert decoded is None
+    assert (result.ok, result.reason) == (False, "bad_command")
+
+
+def test_the_cap_evicts_the_oldest_finished_records_never_running_ones() -> None:
+    d = Driver(StateConfig(max_executions_per_job=2))
+    d.job()
+    # Runs started out of order: the eviction follows started_at, not arrival.
+    d.run(group=T0 + 5 * S, started=T0 + 5 * S)
+    d.run(group=T0 + 1 * S, started=T0 + 1 * S)
+    d.run(group=T0 + 9 * S, started=T0 + 9 * S)
+    assert [e.started_at for e in d.sm.executions("job1")] == [T0 + 5 * S, T0 + 9 * S]
+    # Three runs at once exceed the cap while they run; none is evicted.
+    for i in (20, 21, 22):
+        at = T0 + i * S
+        assert d.claim(slot=at, trigger="manual", group=at).ok
+        assert d(ExecutionStarted(Execution("job1", at, "n1", group=at, attempt=1))).ok
+    assert len(d.sm.running_executions("job1")) == 3
+    assert len(d.sm.executions("job1")) == 3
+    assert d(DeleteExecutions("job1")).ok  # finished ones go, stale heap entries stay behind
+    assert len(d.sm.executions("job1")) == 3
+    done = Execution("job1", T0 + 20 * S, "n1", finished_at=T0 + 30 * S, success=True,
+                     group=T0 + 20 * S, attempt=1)  # fmt: skip
+    assert d(ExecutionFinished(done)).ok
+    # Over the cap with one finished record: that one goes, the two running stay.
+    assert d.sm.get_execution("job1", done.id) is None
+    assert len(d.sm.executions("job1")) == len(d.sm.running_executions("job1")) == 2
+    restored = StateMachine(StateConfig(max_executions_per_job=2))
+    restored.restore(d.sm.snapshot())
+    assert restored.snapshot() == d.sm.snapshot()

@@ -43,6 +43,7 @@ import cbor2
 import trio
 
 from dkron import __version__
+from dkron.config import AgentConfig
 from dkron.io_trio.executors import get_executor
 from dkron.io_trio.executors.base import EXECUTOR_NOT_PRESENT, RunContext, final_output
 from dkron.io_trio.forward import FORWARD_CODEC, Op, Reply, Request
@@ -54,6 +55,7 @@ from dkron.io_trio.http_api import (
     Unavailable,
 )
 from dkron.io_trio.journal import RunJournal
+from dkron.io_trio.metrics import AgentGauges, Metrics
 from dkron.io_trio.net import (
     DEFAULT_GOSSIP_PORT,
     AddressError,
@@ -65,8 +67,11 @@ from dkron.io_trio.net import (
     parse_addr,
     resolve_bind_addr,
 )
+from dkron.io_trio.notify import Notifier
+from dkron.io_trio.processors import run_processors
 from dkron.io_trio.storage import RaftStorage
-from dkron.model import Execution, Job
+from dkron.io_trio.streams import EventHub
+from dkron.model import Execution, Job, execution_to_json
 from dkron.proto_sansio.codec import decode_message, encode_message
 from dkron.proto_sansio.errors import LocalProtocolError, RemoteProtocolError
 from dkron.proto_sansio.execution import (
@@ -78,6 +83,7 @@ from dkron.proto_sansio.execution import (
     ExecutionLeader,
     ExecutionWorker,
     ForgetRun,
+    LiveOutput,
     MemberView,
     Output,
     Propose,
@@ -134,8 +140,16 @@ from dkron.state import (
     ApplyResult,
     ClaimSlot,
     Command,
+    DeleteJob,
+    ExecutionFinished,
+    ExecutionsFinished,
+    ExecutionStarted,
+    RetryScheduled,
     StateMachine,
+    ToggleJob,
+    UpsertJob,
     decode_command,
+    each_applied,
     encode_command,
 )
 
@@ -147,6 +161,10 @@ SNAPSHOT_EVERY = 10_000
 RECONCILE_INTERVAL = 1.0
 FORWARD_TIMEOUT = 30.0
 RECENT_RESULTS = 4096
+#: Tags the agent owns; a user tag of one of these names is dropped (Dkron overwrites them).
+RESERVED_TAGS = frozenset(
+    {"role", "dc", "region", "version", "server", "bootstrap", "expect", "rpc_addr", "port"}
+)
 PROFILES: Mapping[str, SwimConfig] = {"lan": LAN, "wan": WAN, "local": LOCAL}
 
 
@@ -199,6 +217,10 @@ class AgentOptions(Protocol):
     def datacenter(self) -> str: ...
     @property
     def raft_multiplier(self) -> int: ...
+    @property
+    def enable_prometheus(self) -> bool: ...
+    @property
+    def ui(self) -> bool: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -281,8 +303,16 @@ def recover_peers(
 class Agent:
     """One node.  ``run`` starts everything and returns when the node stops."""
 
-    def __init__(self, opts: AgentOptions, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        opts: AgentOptions,
+        *,
+        rng: random.Random | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.opts = opts
+        self.notifier = notifier
+        self.metrics = Metrics(self._gauges) if opts.enable_prometheus else None
         self.name = opts.node_name
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         mult = max(1, opts.raft_multiplier)
@@ -311,6 +341,11 @@ class Agent:
         #: the last entry applied to ``state`` (Raft's own counter runs ahead while we persist)
         self.applied_index = 0
         self._applied = trio.Event()
+        self._output_changed = trio.Event()
+        #: the journal's fsyncs never wait behind executor spawns for a worker thread
+        self._disk = trio.CapacityLimiter(1)
+        self.events = EventHub()
+        self._last_leader: str | None = None
         self._runs: dict[RunKey, trio.CancelScope] = {}
         self._calls: dict[int, _Call] = {}
         self._call_ids = 0
@@ -332,7 +367,7 @@ class Agent:
     def _make_tags(self, user: Mapping[str, str]) -> dict[str, str]:
         """Dkron's gossip tags (§4.6); the reserved ones always win over user tags."""
         assert self.rpc_addr is not None
-        tags = dict(user)
+        tags = {k: v for k, v in user.items() if k not in RESERVED_TAGS}
         tags.update(
             role="dkron",
             dc=self.opts.datacenter,
@@ -351,6 +386,27 @@ class Agent:
 
     def members(self) -> list[Member]:
         return [] if self.swim is None else self.swim.members()
+
+    def _gauges(self) -> AgentGauges:
+        node, swim = self.node, self.swim
+        by_status: dict[str, int] = {}
+        for m in self.members():
+            key = m.status.name.lower()
+            by_status[key] = by_status.get(key, 0) + 1
+        return AgentGauges(
+            raft_term=0 if node is None else node.term,
+            raft_commit_index=0 if node is None else node.commit_index,
+            raft_applied_index=self.applied_index,
+            raft_last_index=0 if node is None else node.last_index,
+            raft_is_leader=self.is_leader(),
+            raft_voters=0 if node is None else len(node.membership.voters),
+            members_by_status=by_status,
+            swim_health_score=0 if swim is None else swim.awareness,
+            swim_counters={} if swim is None else dict(swim.counters),
+            running_executions=len(self.state.running_executions()),
+            jobs=self.state.job_count(),
+            event_subscribers=self.events.subscribers,
+        )
 
     def servers(self) -> list[ServerInfo]:
         return [s for m in self.members() if (s := server_info(m)) is not None]
@@ -375,77 +431,86 @@ class Agent:
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         opts = self.opts
         data = pathlib.Path(opts.data_dir)
-        await trio.to_thread.run_sync(lambda: data.mkdir(parents=True, exist_ok=True))
         try:
             bind = resolve_bind_addr(opts.bind_addr, default_port=DEFAULT_GOSSIP_PORT)
+            advertise_addr(bind, opts.advertise_addr or None)  # fail before touching disk
         except AddressError as exc:
-            raise AgentError(f"--bind-addr: {exc}") from None
-        self.gossip = await GossipEndpoint.open(bind)
-        bind = (bind[0], self.gossip.addr[1])
+            raise AgentError(f"--bind-addr/--advertise-addr: {exc}") from None
+        await trio.to_thread.run_sync(lambda: data.mkdir(parents=True, exist_ok=True))
         try:
-            adv = advertise_addr(bind, opts.advertise_addr or None)
-        except AddressError as exc:
-            raise AgentError(f"--advertise-addr: {exc}") from None
-        self.gossip_addr = adv
-        self.rpc = RpcEndpoint(self.name, rng=random.Random(self.rng.getrandbits(64)))
-        peers_from_file: dict[str, tuple[str, int]] = {}
-        if opts.server:
-            peers_from_file = await self._open_raft(data / "raft")
-        interrupted = await trio.to_thread.run_sync(self.journal.load)
-        now = trio.current_time()
-        self.worker = ExecutionWorker(
-            self.name,
-            self.exec_config,
-            now=now,
-            wall_ns=to_ns(_wall()),
-            interrupted=interrupted,
-        )
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                listen = await nursery.start(self.rpc.run, (bind[0], opts.rpc_port))
-                self.rpc_addr = (adv[0], opts.advertise_rpc_port or listen[1])
-                for peer, addr in peers_from_file.items():
-                    if peer != self.name:
-                        self.rpc.set_peer(peer, addr)
-                self.tags = self._make_tags(self.user_tags)
-                self.swim = SwimNode(
-                    self.name,
-                    self._swim_config(),
-                    rng=random.Random(self.rng.getrandbits(64)),
-                    now=trio.current_time(),
-                    addr=adv[0],
-                    port=adv[1],
-                    tags=self.tags,
-                    keyring=Keyring.from_base64(opts.encrypt) if opts.encrypt else None,
-                    incarnation=time.time_ns() // 1_000_000,
-                )
-                await nursery.start(
-                    functools.partial(self.gossip.run, self.swim, on_event=self._on_swim)
-                )
-                for channel in Channel:
-                    nursery.start_soon(self._pump, channel)
-                await nursery.start(self._core_loop)
-                if opts.server:
-                    host, port = http_listen_addr(opts.http_addr)
-                    api = HttpApi(_Backend(self))
-                    listeners = await nursery.start(api.serve, host or None, port)
-                    self.http_port = listeners[0].socket.getsockname()[1]
-                    log.info("node %s serving the API on port %s", self.name, self.http_port)
-                await self._join(opts.join, retry=False)
-                if opts.retry_join:
-                    nursery.start_soon(self._retry_join)
-                log.info(
-                    "node %s gossiping on %s, RPC on %s",
-                    self.name,
-                    _format_addr(*adv),
-                    _format_addr(*self.rpc_addr),
-                )
-                task_status.started(self)
+            peers_from_file: dict[str, tuple[str, int]] = {}
+            if opts.server:
+                peers_from_file = await self._open_raft(data / "raft")
+            interrupted = await trio.to_thread.run_sync(self.journal.load)
+            self.worker = ExecutionWorker(
+                self.name,
+                self.exec_config,
+                now=trio.current_time(),
+                wall_ns=to_ns(_wall()),
+                interrupted=interrupted,
+            )
+            self.gossip = await GossipEndpoint.open(bind)
+            try:
+                await self._serve(bind, peers_from_file, task_status)
+            finally:
+                await self.gossip.aclose()
         finally:
             if self.storage is not None:
                 with trio.CancelScope(shield=True):
                     await self.storage.aclose()
+
+    async def _serve(
+        self,
+        bind: tuple[str, int],
+        peers_from_file: Mapping[str, tuple[str, int]],
+        task_status: trio.TaskStatus[Agent],
+    ) -> None:
+        opts = self.opts
+        gossip = self.gossip
+        assert gossip is not None
+        # Port 0 binds a free port: advertise the one the socket got.
+        adv = advertise_addr((bind[0], gossip.addr[1]), opts.advertise_addr or None)
+        self.gossip_addr = adv
+        self.rpc = RpcEndpoint(self.name, rng=random.Random(self.rng.getrandbits(64)))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            listen = await nursery.start(self.rpc.run, (bind[0], opts.rpc_port))
+            self.rpc_addr = (adv[0], opts.advertise_rpc_port or listen[1])
+            for peer, addr in peers_from_file.items():
+                if peer != self.name:
+                    self.rpc.set_peer(peer, addr)
+            self.tags = self._make_tags(self.user_tags)
+            self.swim = SwimNode(
+                self.name,
+                self._swim_config(),
+                rng=random.Random(self.rng.getrandbits(64)),
+                now=trio.current_time(),
+                addr=adv[0],
+                port=adv[1],
+                tags=self.tags,
+                keyring=Keyring.from_base64(opts.encrypt) if opts.encrypt else None,
+                incarnation=time.time_ns() // 1_000_000,
+            )
+            await nursery.start(functools.partial(gossip.run, self.swim, on_event=self._on_swim))
+            for channel in Channel:
+                nursery.start_soon(self._pump, channel)
+            await nursery.start(self._core_loop)
+            if opts.server:
+                host, http_port = http_listen_addr(opts.http_addr)
+                api = HttpApi(_Backend(self), metrics=self.metrics, ui=self.opts.ui)
+                listeners = await nursery.start(api.serve, host or None, http_port)
+                self.http_port = listeners[0].socket.getsockname()[1]
+                log.info("node %s serving the API on port %s", self.name, self.http_port)
+            await self._join(opts.join, retry=False)
+            if opts.retry_join:
+                nursery.start_soon(self._retry_join)
+            log.info(
+                "node %s gossiping on %s, RPC on %s",
+                self.name,
+                _format_addr(*adv),
+                _format_addr(*self.rpc_addr),
+            )
+            task_status.started(self)
 
     def _swim_config(self) -> SwimConfig:
         base = PROFILES.get(self.opts.profile, LAN)
@@ -548,10 +613,14 @@ class Agent:
         self.stopping = True
         swim, gossip = self.swim, self.gossip
         if swim is not None and gossip is not None and not swim.stopped:
+            others = [
+                m for m in swim.members() if m.name != self.name and m.status is SwimStatus.ALIVE
+            ]
             swim.leave(trio.current_time())
             gossip.poke()
-            with trio.move_on_after(swim.config.leave_broadcast_timeout + 2.0):
-                await self._left.wait()
+            if others:  # alone, there is nobody to tell
+                with trio.move_on_after(swim.config.leave_broadcast_timeout + 2.0):
+                    await self._left.wait()
         # Dkron waits for the local executions without a bound; their results
         # then need a leader to commit them, which gets a bound.
         worker = self.worker
@@ -679,6 +748,16 @@ class Agent:
 
     def _on_member(self, event: MemberEvent, now: float) -> None:
         log.info("member %s: %s", event.member.name, event.kind.value)
+        m = event.member
+        if self.metrics is not None:
+            self.metrics.member_events.labels(event.kind.value.replace("-", "_")).inc()
+        self.events.publish(
+            {
+                "type": "member",
+                "event": event.kind.value,
+                "member": {"name": m.name, "addr": m.addr, "status": int(m.status)},
+            }
+        )
         if event.kind is EventKind.FAILED and self.exec_leader is not None:
             self.exec_leader.member_failed(event.member.name, now, to_ns(_wall()))
         self._next_reconcile = now  # react now, not at the next interval
@@ -828,12 +907,19 @@ class Agent:
                 for entry in ready.committed:
                     self._apply(entry.index, entry.kind, entry.data)
                 self._follow_leadership()
+                if node.leader_id != self._last_leader:
+                    self._last_leader = node.leader_id
+                    if self.metrics is not None:
+                        self.metrics.leader_changes.inc()
+                    self.events.publish({"type": "leader", "leader": node.leader_id})
                 node = self.node
             starts, forgets = self._carry_out()
             if starts or forgets:
                 progressed = True
                 # The journal is on disk before any executor starts (fsync off the loop).
-                await trio.to_thread.run_sync(self._journal_batch, starts, forgets)
+                await trio.to_thread.run_sync(
+                    self._journal_batch, starts, forgets, limiter=self._disk
+                )
                 for start in starts:
                     self._start(start.job, start.execution)
             if not progressed:
@@ -846,10 +932,8 @@ class Agent:
 
     def _send_exec(self, dst: str, msg: ExecMessage) -> None:
         if dst == self.name:
-            # Round-trip through the codec as a remote peer would see it.
-            local = EXECUTION_CODEC.decode(EXECUTION_CODEC.encode(msg))
-            assert isinstance(local, ExecMessage)
-            self._send_in.send_nowait(("exec", local))
+            # Messages are immutable: the local peer gets the object itself.
+            self._send_in.send_nowait(("exec", msg))
             return
         rpc = self.rpc
         if rpc is None:
@@ -877,14 +961,80 @@ class Agent:
             waiter.event.set()
         if cmd is None:
             return
+        self._publish(cmd, result)
+        if self.metrics is not None:
+            self.metrics.observe_apply(cmd, result, to_ns(_wall()))
         now = trio.current_time()
         if self.planner is not None:
             self.planner.observe(cmd, result, _wall())
         if self.exec_leader is not None:
             self.exec_leader.observe(cmd, result, self.state, now)
+            if self.notifier is not None:
+                self._notify(cmd, result)
         node = self.node
         if node is not None and index - node.snapshot_index >= SNAPSHOT_EVERY:
             node.compact(index, self.state.snapshot())
+
+    def _publish(self, cmd: Command, result: ApplyResult) -> None:
+        """Cluster events for ``/v1/events``, from the entries every server applies."""
+        hub = self.events
+        if isinstance(cmd, ExecutionFinished | ExecutionsFinished):
+            self._wake_output()
+        if not hub.subscribers:
+            return
+        for single, part in each_applied(cmd, result):
+            if not part.ok:
+                continue
+            if isinstance(single, UpsertJob):
+                hub.publish({"type": "job", "action": "updated", "job": single.job.name})
+            elif isinstance(single, ToggleJob):
+                hub.publish({"type": "job", "action": "updated", "job": single.name})
+            elif isinstance(single, DeleteJob):
+                hub.publish({"type": "job", "action": "deleted", "job": single.name})
+            elif isinstance(single, ExecutionStarted | ExecutionFinished):
+                if part.reason == "duplicate":
+                    continue
+                ex = single.execution
+                action = "started" if isinstance(single, ExecutionStarted) else "finished"
+                hub.publish(
+                    {
+                        "type": "execution",
+                        "action": action,
+                        "job": ex.job_name,
+                        "execution": execution_to_json(ex, list_view=False),
+                    }
+                )
+
+    def _notify(self, cmd: Command, result: ApplyResult) -> None:
+        """The leader's notifications: at each start, and after each final attempt.
+
+        A new leader re-applies nothing, so each committed start or result is
+        notified once by the node leading when it commits; a leader that
+        crashes between commit and send loses that notification (documented
+        in docs/notifications.md).
+        """
+        notifier, nursery = self.notifier, self._nursery
+        if notifier is None or nursery is None:
+            return
+        for single, part in each_applied(cmd, result):
+            if not part.ok or part.reason == "duplicate":
+                continue
+            if isinstance(single, ExecutionStarted):
+                ex = single.execution
+                job = self.state.get_job(ex.job_name)
+                if job is not None:
+                    nursery.start_soon(
+                        functools.partial(notifier.pre, job, ex, reporting_node=self.name)
+                    )
+            elif isinstance(single, ExecutionFinished):
+                ex = single.execution
+                job = self.state.get_job(ex.job_name)
+                if job is None or any(isinstance(e, RetryScheduled) for e in part.events):
+                    continue  # not the final attempt: a retry follows
+                group = [e for e in self.state.executions(ex.job_name) if e.group == ex.group]
+                nursery.start_soon(
+                    functools.partial(notifier.post, job, ex, group, reporting_node=self.name)
+                )
 
     def _follow_leadership(self) -> None:
         node = self.node
@@ -918,10 +1068,9 @@ class Agent:
             waiter.event.set()
 
     def _journal_batch(self, starts: list[StartRun], forgets: list[RunKey]) -> None:
-        for start in starts:
-            self.journal.add(start.execution)
-        for key in forgets:
-            self.journal.forget(key)
+        """One write and one fsync for every start of the batch (forgets ride along)."""
+        self.journal.add_many(start.execution for start in starts)
+        self.journal.forget_many(forgets)
 
     def _carry_out(self) -> tuple[list[StartRun], list[RunKey]]:
         """Carry out the worker's and the execution leader's actions.
@@ -950,7 +1099,13 @@ class Agent:
                     scope.cancel()
             elif isinstance(a, ForgetRun):
                 forgets.append(a.key)
+            elif isinstance(a, LiveOutput):
+                self._wake_output()
         return starts, forgets
+
+    def _wake_output(self) -> None:
+        self._output_changed.set()
+        self._output_changed = trio.Event()
 
     def _select(self, job: Job) -> tuple[str, ...]:
         views = [
@@ -992,6 +1147,16 @@ class Agent:
                 result = await executor.run(job.executor_config or {}, ctx, sink)
                 success = result.success
                 output = final_output(result).decode("utf-8", errors="replace")
+                if job.processors:
+                    # On the node that ran the job, before the result is reported.
+                    done = dataclasses.replace(
+                        ex,
+                        finished_at=max(to_ns(_wall()), ex.started_at),
+                        success=success,
+                        output=output,
+                    )
+                    processed = await run_processors(job, done, node_name=self.name)
+                    output = processed.output
         if scope.cancelled_caught:
             output = output or "cancelled"
         await self._send_in.send(("finished", (key, success, output)))
@@ -1048,6 +1213,11 @@ class Agent:
                 body = cbor2.dumps(done)
             elif req.op is Op.REMOVE_PEER:
                 body = cbor2.dumps(await self._remove_peer_local(req.body.decode()))
+            elif req.op is Op.LIVE_OUTPUT:
+                job, group, target, attempt, seq, wait = cbor2.loads(req.body)
+                key = RunKey(job, group, target, attempt)
+                chunks = await self.live_output_local(key, int(seq), float(wait))
+                body = cbor2.dumps([[n, d] for n, d in chunks])
         except (NotLeaderError, Unavailable) as exc:
             ok, error = False, str(exc)
         except (ValueError, TypeError, RemoteProtocolError, cbor2.CBORError) as exc:
@@ -1068,8 +1238,27 @@ class Agent:
     def is_leader(self) -> bool:
         return self.node is not None and self.node.role is Role.LEADER and self.planner is not None
 
+    async def _leading_soon(self) -> bool:
+        node = self.node
+        return node is not None and node.leader_id == self.name and await self._settle_leadership()
+
+    async def _settle_leadership(self) -> bool:
+        """A new leader answers writes only once its barrier is applied: wait for it.
+
+        True when this node now leads with its state caught up; False when it
+        does not lead (any more).
+        """
+        with trio.move_on_after(FORWARD_TIMEOUT):
+            while (node := self.node) is not None and node.role is Role.LEADER:
+                if self.planner is not None:
+                    return True
+                await self._applied.wait()
+        return False
+
     async def _forward(self, op: Op, body: bytes) -> Reply:
         leader = self._leader_or_raise()
+        if leader == self.name:
+            raise NotLeaderError("leadership is being established", leader=leader)
         reply = await self._call(leader, op, body, wait=FORWARD_TIMEOUT)
         if reply is None:
             raise Unavailable(f"the leader {leader} did not answer")
@@ -1081,7 +1270,7 @@ class Agent:
 
     async def propose(self, cmd: Command) -> ApplyResult:
         """Commit ``cmd``: here when leading, else through the leader; the local result."""
-        if self.is_leader():
+        if self.is_leader() or await self._leading_soon():
             return await self._propose_local(cmd)
         reply = await self._forward(Op.PROPOSE, encode_command(cmd))
         return await self._result_at(reply.index)
@@ -1103,16 +1292,19 @@ class Agent:
                 "this node is not the leader", leader=None if node is None else node.leader_id
             )
         waiter = _Waiter(trio.Event())
+        started = trio.current_time()
         await self._send_in.send(("propose", (cmd, waiter)))
         with trio.move_on_after(FORWARD_TIMEOUT):
             await waiter.event.wait()
+        if self.metrics is not None and waiter.result is not None:
+            self.metrics.apply_latency.observe(trio.current_time() - started)
         if waiter.result is None:
             raise NotLeaderError("leadership was lost before the command committed")
         return waiter.result
 
     async def remove_peer(self, peer: str) -> bool:
         """Remove a server from the Raft configuration (one change at a time)."""
-        if self.is_leader():
+        if self.is_leader() or await self._leading_soon():
             return await self._remove_peer_local(peer)
         reply = await self._forward(Op.REMOVE_PEER, peer.encode())
         return bool(cbor2.loads(reply.body))
@@ -1129,11 +1321,26 @@ class Agent:
         return flag.result
 
     async def cancel(self, key: RunKey) -> bool:
-        if self.is_leader():
+        if self.is_leader() or await self._leading_soon():
             return await self._cancel_local(key)
         body = cbor2.dumps([key.job, key.group, key.node, key.attempt])
         reply = await self._forward(Op.CANCEL, body)
         return bool(cbor2.loads(reply.body))
+
+    async def live_output_local(
+        self, key: RunKey, seq: int, wait: float
+    ) -> list[tuple[int, bytes]]:
+        """The leader's buffered chunks after ``seq``, waiting up to ``wait`` for a new one."""
+        with trio.move_on_after(min(wait, 10.0)):
+            while True:
+                lead = self.exec_leader
+                if lead is None:
+                    raise NotLeaderError("this node is not the leader")
+                chunks = [c for c in lead.live_output(key) if c[0] > seq]
+                if chunks or key not in lead.running():
+                    return chunks
+                await self._output_changed.wait()
+        return []
 
     async def _cancel_local(self, key: RunKey) -> bool:
         if not self.is_leader():
@@ -1142,6 +1349,36 @@ class Agent:
         await self._send_in.send(("cancel", (key, flag)))
         await flag.event.wait()
         return flag.result
+
+
+async def _output_after(
+    agent: Agent, job: str, execution_id: str, seq: int, wait: float
+) -> tuple[list[tuple[int, bytes]], Execution | None]:
+    """For the output websocket: chunks after ``seq`` here or at the leader, and the result."""
+    ex = agent.state.get_execution(job, execution_id)
+    if ex is None:
+        return [], None
+    if ex.finished_at is not None:
+        return [], ex
+    body = cbor2.dumps([job, ex.group, ex.node_name, ex.attempt, seq, wait])
+    try:
+        if agent.is_leader():
+            chunks = await agent.live_output_local(
+                RunKey(job, ex.group, ex.node_name, ex.attempt), seq, wait
+            )
+        else:
+            reply = await agent._forward(Op.LIVE_OUTPUT, body)
+            chunks = [(int(n), bytes(d)) for n, d in cbor2.loads(reply.body)]
+    except (NotLeaderError, Unavailable) as exc:
+        log.debug("live output of %s not available now: %s", execution_id, exc)
+        await trio.sleep(0.5)  # a leader change: ask again shortly
+        chunks = []
+    final = agent.state.get_execution(job, execution_id)
+    if final is None or final.finished_at is None:
+        final = None
+        if not chunks:  # ended at the leader, result not applied here yet
+            await trio.sleep(0.05)
+    return chunks, final
 
 
 async def _resolve(text: str) -> list[tuple[str, int]]:
@@ -1279,6 +1516,15 @@ class _Backend:
     async def remove_peer(self, peer_id: str) -> bool:
         return await self.agent.remove_peer(peer_id)
 
+    @property
+    def events(self) -> EventHub:
+        return self.agent.events
+
+    async def output_after(
+        self, job: str, execution_id: str, seq: int, wait: float
+    ) -> tuple[list[tuple[int, bytes]], Execution | None]:
+        return await _output_after(self.agent, job, execution_id, seq, wait)
+
 
 async def _leave_and_stop(agent: Agent) -> None:
     await agent.leave()
@@ -1295,7 +1541,8 @@ async def run(opts: AgentOptions, reload: Callable[[], AgentOptions] | None = No
     """
     if reload is None:
         reload = _default_reload(opts)
-    agent = Agent(opts)
+    notifier = Notifier.from_config(opts) if isinstance(opts, AgentConfig) else None
+    agent = Agent(opts, notifier=notifier)
     failed: list[AgentError] = []
     try:
         async with trio.open_nursery() as nursery:

@@ -23,6 +23,9 @@ class Op(enum.IntEnum):
     CANCEL = 2  # body: CBOR [job, group, node, attempt]; answered with CBOR bool
     REMOVE_PEER = 3  # body: the node name; answered with CBOR bool
     RAFT_CONFIG = 4  # body empty; answered with CBOR [voters..., learners...] (any server)
+    LIVE_OUTPUT = (
+        5  # body: CBOR [job, group, node, attempt, after_seq, wait_s]; CBOR [[seq, bytes]]
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

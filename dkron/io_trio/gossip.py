@@ -71,6 +71,11 @@ class GossipEndpoint:
             return cls(udp, listener, **kwargs)
         raise OSError(f"no port free for both TCP and UDP on {addr[0]}")
 
+    async def aclose(self) -> None:
+        """Close both sockets (``run`` does it too; this covers an endpoint never run)."""
+        self._udp.close()
+        await trio.aclose_forcefully(self._listener)
+
     def poke(self) -> None:
         """Call after feeding the core a command (join, leave, tags...) so its output is sent."""
         self._wake.set()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
+import heapq
+import importlib.resources
 import json
 import logging
 import re
@@ -37,7 +39,10 @@ from dkron.io_trio.http_query import (
     select_executions,
     select_jobs,
 )
-from dkron.io_trio.http_server import Request, Response, ServerLimits, serve
+from dkron.io_trio.http_server import Request, Response, ServerLimits, WebSocketHandler, serve
+from dkron.io_trio.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from dkron.io_trio.metrics import Metrics
+from dkron.io_trio.streams import EventHub, events_handler, output_handler
 from dkron.model import (
     Execution,
     Job,
@@ -50,7 +55,7 @@ from dkron.model import (
     job_to_json,
     validate_job,
 )
-from dkron.schedule import validate_timezone
+from dkron.schedule import fire_times, parse_schedule, validate_timezone
 from dkron.state import (
     ApplyResult,
     Command,
@@ -63,6 +68,7 @@ from dkron.state import (
 
 __all__ = [
     "ROUTES",
+    "UI_ROUTES",
     "ApiBackend",
     "BackendError",
     "HttpApi",
@@ -70,7 +76,9 @@ __all__ = [
     "MemberStatus",
     "NotLeaderError",
     "Route",
+    "StaticFile",
     "Unavailable",
+    "load_ui_files",
     "member_to_json",
     "render_json",
 ]
@@ -80,6 +88,8 @@ log = logging.getLogger("dkron.http")
 MAX_UPLOAD_BYTES = 64 << 20
 """Body limit of ``POST /v1/restore``: a backup of many thousand jobs is megabytes."""
 MAX_NEXT_COUNT = 100
+UPCOMING_LIMIT = 20
+"""How many fires ``GET /v1/stats`` lists under ``upcoming``."""
 
 # ---------------------------------------------------------------------------
 # Backend
@@ -212,6 +222,15 @@ class ApiBackend(Protocol):
 
     async def remove_peer(self, peer_id: str) -> bool:
         """Remove a server from Raft; False when the ID is not in the configuration."""
+
+    @property
+    def events(self) -> EventHub:
+        """Cluster events as this server sees them, for ``GET /v1/events``."""
+
+    async def output_after(
+        self, job: str, execution_id: str, seq: int, wait: float
+    ) -> tuple[list[tuple[int, bytes]], Execution | None]:
+        """Live output chunks after ``seq`` and, once committed, the final execution."""
 
 
 # ---------------------------------------------------------------------------
@@ -652,6 +671,208 @@ async def _restore(call: Call) -> Response:
     return _json(200, _go_dumps(report), call)
 
 
+# -- additive endpoints for the web UI ------------------------------------------
+
+
+def _count_param(call: Call, default: int) -> int | None:
+    """``count`` from the query (1..MAX_NEXT_COUNT), ``default`` when absent, None when bad."""
+    raw = first_param(call.request.query, "count")
+    if raw is None:
+        return default
+    valid = raw.isascii() and raw.isdigit() and len(raw) <= 3
+    if not valid or not 1 <= int(raw) <= MAX_NEXT_COUNT:
+        return None
+    return int(raw)
+
+
+async def _schedule_preview(call: Call) -> Response:
+    """Fire times of a schedule that is not saved yet: the job form validates as you type.
+
+    The spec is parsed by the same code as a job's (so the error text is the
+    one a create would give), and the times come from the backend's
+    ``next_fire_times`` so that "now" and the server's zone are the agent's.
+    """
+    query = call.request.query
+    spec = first_param(query, "schedule") or ""
+    zone = first_param(query, "timezone") or ""
+    name = first_param(query, "job") or ""
+    count = _count_param(call, 10)
+    if count is None:
+        return _error(400, f"count must be an integer from 1 to {MAX_NEXT_COUNT}")
+    if not spec:
+        return _error(400, "schedule is required")
+    try:
+        validate_timezone(zone)
+    except ValueError as exc:
+        return _error(400, f"invalid timezone: {exc}")
+    try:
+        parse_schedule(spec, job_name=name, timezone=zone)
+    except ValueError as exc:
+        return _error(400, f"can't parse job schedule: {exc}")
+    probe = Job(name=name, schedule=spec, timezone=zone)
+    try:
+        times = call.backend.next_fire_times(probe, count)[:count]
+    except ValueError:
+        times = []
+    body = [format_rfc3339nano(_to_ns(t)) for t in times]
+    return _json(200, body, call, _total(len(body)))
+
+
+_ONE_MICROSECOND = _dt.timedelta(microseconds=1)
+_HORIZON = _dt.timedelta(days=3660)
+
+
+def _from_ns(ns: int) -> _dt.datetime:
+    return _EPOCH + _dt.timedelta(microseconds=ns // 1000)
+
+
+def _job_fires(backend: ApiBackend, job: Job, count: int) -> list[_dt.datetime]:
+    """The next fires the scheduler would really use: none before ``starts_at``
+    (it jumps there) and none after ``expires_at``."""
+    try:
+        times = backend.next_fire_times(job, count)[:count]
+        if job.starts_at is not None and times and times[0] < _from_ns(job.starts_at):
+            start = _from_ns(job.starts_at) - _ONE_MICROSECOND
+            times = list(fire_times(job, start, start + _HORIZON, limit=count))
+    except ValueError:
+        return []
+    if job.expires_at is not None:
+        end = _from_ns(job.expires_at)
+        times = [t for t in times if t <= end]
+    return times
+
+
+def _upcoming(backend: ApiBackend, limit: int) -> list[tuple[_dt.datetime, str]]:
+    """The next ``limit`` fires over all enabled jobs, ordered by (time, job).
+
+    Only jobs whose first fire is among the ``limit`` earliest first fires
+    can own one of the ``limit`` earliest fires, so the cost is one time per
+    job plus ``limit`` times for at most ``limit`` jobs, not ``limit`` per job.
+    """
+    firsts: list[tuple[_dt.datetime, str]] = []
+    for job in backend.state.iter_jobs():
+        if job.disabled or not job.schedule:
+            continue
+        times = _job_fires(backend, job, 1)
+        if times:
+            firsts.append((times[0], job.name))
+    fires: list[tuple[_dt.datetime, str]] = []
+    for _, name in heapq.nsmallest(limit, firsts):
+        candidate = backend.state.get_job(name)
+        if candidate is not None:
+            fires.extend((t, name) for t in _job_fires(backend, candidate, limit))
+    return heapq.nsmallest(limit, fires)
+
+
+async def _stats(call: Call) -> Response:
+    """One read for the dashboard instead of a list call per figure."""
+    state = call.backend.state
+    by_status = {"success": 0, "failed": 0, "partially_failed": 0, "untriggered": 0}
+    missed: dict[str, dict[str, int]] = {}
+    disabled = 0
+    for job in state.iter_jobs():
+        key = job.status or "untriggered"
+        by_status[key] = by_status.get(key, 0) + 1
+        disabled += job.disabled
+        counts = {reason: n for reason, n in state.missed_counts(job.name).items() if n}
+        if counts:
+            missed[job.name] = counts
+    upcoming = [
+        {"job": name, "at": format_rfc3339nano(_to_ns(t))}
+        for t, name in _upcoming(call.backend, UPCOMING_LIMIT)
+    ]
+    body = {
+        "jobs": state.job_count(),
+        "by_status": by_status,
+        "disabled": disabled,
+        "running": len(state.running_executions()),
+        "missed": missed,
+        "upcoming": upcoming,
+    }
+    return _json(200, body, call)
+
+
+async def _openapi(call: Call) -> Response:
+    """The document of what this server serves: its own routes, /metrics only when on."""
+    from dkron.io_trio.openapi import build_openapi  # it imports this module's ROUTES
+
+    return _json(200, build_openapi(call.api.routes, metrics=call.api.metrics is not None), call)
+
+
+# -- the web UI ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaticFile:
+    content_type: str
+    body: bytes
+
+
+_UI_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".json": "application/json; charset=utf-8",
+    ".ico": "image/x-icon",
+    ".png": "image/png",
+}
+_UI_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
+_UI_HEADERS = (
+    ("cache-control", "no-cache"),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    (
+        "content-security-policy",
+        "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    ),
+)
+
+
+def load_ui_files() -> dict[str, StaticFile]:
+    """The UI's files from the package, read once.
+
+    Serving only names found here (a flat directory, known extensions) is
+    what rules out path traversal: a request names a key, never a path.
+    """
+    root = importlib.resources.files("dkron").joinpath("ui")
+    files: dict[str, StaticFile] = {}
+    if not root.is_dir():
+        return files
+    for entry in root.iterdir():
+        suffix = "." + entry.name.rpartition(".")[2]
+        ctype = _UI_TYPES.get(suffix)
+        if ctype is None or not entry.is_file() or not _UI_NAME.match(entry.name):
+            continue
+        files[entry.name] = StaticFile(content_type=ctype, body=entry.read_bytes())
+    return files
+
+
+def _static(call: Call, name: str) -> Response:
+    found = call.api.ui_files.get(name)
+    if found is None:
+        return _text(404, NOT_FOUND_BODY)
+    headers = (("content-type", found.content_type), *_UI_HEADERS)
+    return Response(status=200, headers=headers, body=found.body)
+
+
+async def _ui_index(call: Call) -> Response:
+    return _static(call, "index.html")
+
+
+async def _ui_file(call: Call) -> Response:
+    return _static(call, call.params["file"])
+
+
+async def _root(call: Call) -> Response:
+    """Dkron sends browsers from ``/`` to the UI; API clients keep the plain 404."""
+    accept = (call.request.header("accept") or "").lower()
+    if "text/html" in accept:
+        return Response(status=302, headers=(("location", "/ui/"),))
+    return _text(404, NOT_FOUND_BODY)
+
+
 ROUTES: tuple[Route, ...] = (
     Route(method="GET", pattern="/health", handler=_health, name="health", meta=False,
           summary="Liveness: always healthy while the process serves HTTP."),
@@ -711,7 +932,26 @@ ROUTES: tuple[Route, ...] = (
     Route(method="POST", pattern="/v1/jobs/{job}/executions/{execution}/cancel",
           handler=_cancel_execution, name="cancelExecution",
           summary="Stop a running execution."),
+    Route(method="GET", pattern="/v1/schedule/preview", handler=_schedule_preview,
+          name="previewSchedule",
+          summary="Next fire times of an unsaved schedule (count 1..100, default 10)."),
+    Route(method="GET", pattern="/v1/stats", handler=_stats, name="stats",
+          summary="Job totals by status, running count, missed slots, next fires."),
+    Route(method="GET", pattern="/v1/openapi.json", handler=_openapi, name="getOpenApi",
+          summary="This API's OpenAPI 3.1 document, generated from the route table."),
 )  # fmt: skip
+
+UI_ROUTES: tuple[Route, ...] = (
+    Route(method="GET", pattern="/", handler=_root, name="root",
+          summary="302 to /ui/ for a browser (Accept: text/html), else 404."),
+    Route(method="GET", pattern="/ui", handler=_ui_index, name="uiIndex",
+          summary="The web UI."),
+    Route(method="GET", pattern="/ui/", handler=_ui_index, name="uiIndexSlash",
+          summary="The web UI."),
+    Route(method="GET", pattern="/ui/{file}", handler=_ui_file, name="uiFile",
+          summary="One of the web UI's static files."),
+)  # fmt: skip
+"""The web UI's routes, served unless ``HttpApi(..., ui=False)`` (Dkron's ``--ui=false``)."""
 
 # ---------------------------------------------------------------------------
 # Dispatcher
@@ -726,6 +966,45 @@ _CORS_PREFLIGHT = (
 _CORS_SIMPLE = (("access-control-allow-origin", "*"), ("access-control-expose-headers", "*"))
 
 
+_WS_HEAD_LIMIT = 16 * 1024  # h11's default, which the websocket library's parser keeps
+
+
+def _handshake_refusal(request: Request) -> Response | None:
+    """Refuse here what the websocket library would refuse during its handshake.
+
+    trio-websocket neither answers nor returns when wsproto rejects a
+    handshake, so the connection task would wait forever; and a Host that is
+    not IDNA text escapes it as a ``UnicodeError``.  The checks mirror
+    wsproto's (the last value of a repeated header counts) on the replayed
+    head, which its own h11 parser reads with the default size limit.
+    """
+    last: dict[str, str] = {}
+    for key, value in request.headers:
+        last[key] = value
+    head = len(request.method) + len(request.target) + 13
+    head += sum(len(k) + len(v) + 4 for k, v in request.headers)
+    if head > _WS_HEAD_LIMIT:
+        return _error(431, "request header fields too large")
+    tokens = [t.strip().lower() for t in last.get("connection", "").split(",")]
+    if "upgrade" not in tokens or last.get("upgrade", "").lower() != "websocket":
+        return _error(400, "a websocket handshake needs Connection: Upgrade, Upgrade: websocket")
+    version = last.get("sec-websocket-version")
+    if version != "13":
+        refusal = _error(426 if version else 400, "Sec-WebSocket-Version must be 13")
+        return dataclasses.replace(
+            refusal, headers=(*refusal.headers, ("sec-websocket-version", "13"))
+        )
+    if "sec-websocket-key" not in last:
+        return _error(400, "Sec-WebSocket-Key is required")
+    try:
+        last["host"].encode("latin-1").decode("idna")
+    except KeyError:
+        return _error(400, "Host is required")
+    except UnicodeError:
+        return _error(400, "Host is not a valid host name")
+    return None
+
+
 class HttpApi:
     """The application the h11 server serves: routing, Dkron's global headers,
     and the last line of defence against handler bugs."""
@@ -736,10 +1015,14 @@ class HttpApi:
         *,
         routes: Sequence[Route] = ROUTES,
         limits: ServerLimits | None = None,
+        metrics: Metrics | None = None,
+        ui: bool = True,
     ) -> None:
         self.backend = backend
-        self.routes = tuple(routes)
+        self.routes = tuple(routes) + (UI_ROUTES if ui else ())
+        self.ui_files: Mapping[str, StaticFile] = load_ui_files() if ui else {}
         self.limits = limits or ServerLimits()
+        self.metrics = metrics
         self._background: trio.Nursery | None = None
 
     # -- App protocol -------------------------------------------------------------
@@ -756,14 +1039,55 @@ class HttpApi:
     def error(self, status: int, message: str) -> Response:
         return self._decorate(_error(status, message), origin=None, meta=True)
 
+    def websocket(self, request: Request) -> Response | WebSocketHandler | None:
+        """The two websocket routes; refusals are ordinary JSON errors."""
+        parts = request.path.split("/")[1:]
+        stream = len(parts) == 6 and parts[3::2] == ["executions", "stream"]
+        if parts != ["v1", "events"] and not (stream and parts[:2] == ["v1", "jobs"]):
+            return None
+        refusal = _handshake_refusal(request)
+        if refusal is not None:
+            return self._decorate(refusal, origin=None, meta=True)
+        if parts == ["v1", "events"]:
+            return events_handler(self.backend.events)
+        if stream:
+            job, execution_id = parts[2], parts[4]
+            from_text = dict(request.query).get("from_seq", "0")
+            if not (from_text.isascii() and from_text.isdigit()):
+                return self.error(400, "from_seq must be a non-negative integer")
+            if self.backend.state.get_job(job) is None:
+                return self.error(404, f"job {job!r} not found")
+            if self.backend.state.get_execution(job, execution_id) is None:
+                return self.error(404, f"execution {execution_id!r} not found")
+            return output_handler(self.backend, job, execution_id, int(from_text))
+        return None
+
     async def handle(self, request: Request) -> Response:
         origin = request.header("origin")
-        try:
-            response, meta = await self._dispatch(request, origin)
-        except Exception:
-            log.exception("handler failed on %s %s", request.method, request.raw_path)
-            response, meta = _error(500, "internal error"), True
+        started = trio.current_time()
+        if request.method == "GET" and request.path == "/metrics":
+            response, meta = self._metrics(), False
+        else:
+            try:
+                response, meta = await self._dispatch(request, origin)
+            except Exception:
+                log.exception("handler failed on %s %s", request.method, request.raw_path)
+                response, meta = _error(500, "internal error"), True
+        if self.metrics is not None:
+            found = self._find(request.method, request.path)
+            name = found[0].name if found is not None else "other"
+            self.metrics.observe_http(name, response.status, trio.current_time() - started)
         return self._decorate(response, origin=origin, meta=meta)
+
+    def _metrics(self) -> Response:
+        """``/metrics`` exists only with ``--enable-prometheus``, as in Dkron."""
+        if self.metrics is None:
+            return _text(404, NOT_FOUND_BODY)
+        return Response(
+            status=200,
+            headers=(("content-type", METRICS_CONTENT_TYPE),),
+            body=self.metrics.render(),
+        )
 
     # -- internals ----------------------------------------------------------------
 

@@ -14,14 +14,24 @@ import email.utils
 import logging
 import math
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
 
 import h11
 import trio
+import trio_websocket
 
-__all__ = ["App", "Request", "Response", "ServerLimits", "serve", "serve_connection"]
+__all__ = [
+    "App",
+    "Request",
+    "Response",
+    "ServerLimits",
+    "WebSocketHandler",
+    "serve",
+    "serve_connection",
+]
 
 log = logging.getLogger("dkron.http")
 
@@ -75,8 +85,15 @@ class Response:
     body: bytes = b""
 
 
+WebSocketHandler = Callable[[trio_websocket.WebSocketConnection], Awaitable[None]]
+
+
 class App(Protocol):
     """What the server needs from the application it serves."""
+
+    def websocket(self, request: Request) -> Response | WebSocketHandler | None:
+        """For an upgrade request: a handler to run once accepted, a refusal, or
+        ``None`` when the route is not a websocket (then it is served as HTTP)."""
 
     def body_limit(self, method: str, path: str) -> int:
         """The largest body accepted for this route, decided before reading it."""
@@ -127,6 +144,14 @@ class _Connection:
                 return
             if request is None:
                 return
+            if _is_upgrade(request):
+                chosen = self.app.websocket(request)
+                if chosen is not None and not isinstance(chosen, Response):
+                    await self._upgrade(request, chosen)
+                    return
+                if isinstance(chosen, Response):
+                    await self._send(chosen, close=True)
+                    return
             try:
                 response = await self.app.handle(request)
             except Exception:
@@ -140,6 +165,33 @@ class _Connection:
                 self.conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
+
+    async def _upgrade(self, request: Request, handler: WebSocketHandler) -> None:
+        """Hand the connection to trio-websocket, replaying the request h11 consumed.
+
+        h11 has parsed the handshake and stopped at the protocol switch; the
+        websocket library wants to read the handshake itself, so it gets the
+        request bytes again followed by whatever the client sent after them.
+        """
+        head = [f"{request.method} {request.target} HTTP/1.1\r\n".encode("latin-1")]
+        head += [f"{k}: {v}\r\n".encode("latin-1") for k, v in request.headers]
+        data, _ = self.conn.trailing_data
+        replay = b"".join(head) + b"\r\n" + bytes(data)
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_after(self.limits.request_timeout):
+                    ws_request = await trio_websocket.wrap_server_stream(
+                        nursery, _Replay(self.stream, replay), max_message_size=64 * 1024
+                    )
+                    ws = await ws_request.accept()
+            except (trio.TooSlowError, trio_websocket.ConnectionClosed):
+                nursery.cancel_scope.cancel()
+                return
+            try:
+                await handler(ws)
+            finally:
+                await ws.aclose()
+            nursery.cancel_scope.cancel()
 
     async def _next_event(self) -> h11.Event:
         while True:
@@ -259,6 +311,40 @@ class _Connection:
         with trio.move_on_after(self.limits.linger_timeout):
             while await self.stream.receive_some(_RECEIVE_SIZE):
                 continue
+
+
+def _is_upgrade(request: Request) -> bool:
+    connection = (request.header("connection") or "").lower()
+    upgrade = (request.header("upgrade") or "").lower()
+    return request.method == "GET" and "upgrade" in connection and upgrade == "websocket"
+
+
+class _Replay(trio.abc.Stream):
+    """A stream whose first bytes are given, then those of the wrapped stream."""
+
+    def __init__(self, stream: trio.abc.Stream, first: bytes) -> None:
+        self._stream = stream
+        self._first = first
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._first:
+            n = len(self._first) if max_bytes is None else max_bytes
+            data, self._first = self._first[:n], self._first[n:]
+            return data
+        return bytes(await self._stream.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if isinstance(self._stream, trio.abc.HalfCloseableStream):
+            await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 async def serve_connection(stream: trio.abc.Stream, app: App, limits: ServerLimits) -> None:

@@ -26,6 +26,8 @@ __all__ = ["Cluster", "Node", "Options", "call", "cluster", "eventually", "wait_
 @dataclasses.dataclass(frozen=True)
 class Options:
     data_dir: str
+    enable_prometheus: bool = False
+    ui: bool = True
     node_name: str = "n1"
     server: bool = True
     bootstrap_expect: int = 1
@@ -52,7 +54,7 @@ def _call(port: int, method: str, path: str, body: object | None) -> tuple[int, 
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=30) as resp:
             raw = resp.read()
             return resp.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as err:
@@ -90,15 +92,17 @@ class Cluster:
         self.root = root
         self.nodes: dict[str, Node] = {}
 
-    def seed(self) -> str:
+    def seeds(self) -> tuple[str, ...]:
+        """The gossip address of one live node, if any, to join through."""
         for node in self.nodes.values():
             if node.agent.gossip_addr is not None and not node.done.is_set():
                 host, port = node.agent.gossip_addr
-                return f"{host}:{port}"
-        raise AssertionError("no live node to join through")
+                return (f"{host}:{port}",)
+        return ()
 
     async def start(self, name: str, **kw: Any) -> Node:
-        join = (self.seed(),) if self.nodes else ()
+        """Start (or restart, on the same data directory) the node ``name``."""
+        join = kw.pop("join", self.seeds())
         opts = Options(data_dir=str(self.root / name), node_name=name, join=join, **kw)
         agent = Agent(opts)
         scope = trio.CancelScope()

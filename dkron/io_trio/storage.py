@@ -966,6 +966,8 @@ class RaftStorage:
     def __init__(self, store: SyncRaftStorage) -> None:
         self.sync = store
         self._lock = trio.Lock()
+        # A thread of its own: group commits never queue behind other blocking work.
+        self._thread = trio.CapacityLimiter(1)
 
     @classmethod
     async def open(
@@ -985,7 +987,7 @@ class RaftStorage:
     async def persist(self, records: Sequence[PersistRecord]) -> None:
         """Group commit: all of ``records`` (of any number of drains) with one fsync."""
         async with self._lock:
-            await trio.to_thread.run_sync(self.sync.persist, records)
+            await trio.to_thread.run_sync(self.sync.persist, records, limiter=self._thread)
 
     async def aclose(self) -> None:
         async with self._lock:

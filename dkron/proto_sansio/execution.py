@@ -55,6 +55,8 @@ from dkron.state import (
     ExecutionStarted,
     InFlight,
     StateMachine,
+    batch_commands,
+    each_applied,
 )
 
 __all__ = [
@@ -370,9 +372,17 @@ class ExecutionLeader:
         """Follow every applied command (on the leader), as the planner does.
 
         A committed claim (or a retry adding a target to one) is dispatched;
-        a committed result is acknowledged to its worker.
+        a committed result is acknowledged to its worker.  A batch is
+        followed element by element.
         """
         self._now = now
+        if result.parts:
+            for one, part in each_applied(cmd, result):
+                self._observe(one, part, state)
+            return
+        self._observe(cmd, result, state)
+
+    def _observe(self, cmd: Command, result: ApplyResult, state: StateMachine) -> None:
         if isinstance(cmd, ClaimSlot):
             job = state.get_job(cmd.job)
             if result.claim is not None and job is not None:
@@ -466,8 +476,20 @@ class ExecutionLeader:
         return None
 
     def drain(self) -> list[Action]:
+        """Actions in order; several proposals become batches at the end.
+
+        All ``ExecutionStarted`` go before all ``ExecutionFinished``: the only
+        order between them that matters is a run's start before its result,
+        and the leader never proposes a run's start after its result.
+        """
         out, self._out = self._out, []
-        return out
+        proposals = [a.command for a in out if isinstance(a, Propose)]
+        if len(proposals) < 2:
+            return out
+        started = [c for c in proposals if isinstance(c, ExecutionStarted)]
+        others = [c for c in proposals if not isinstance(c, ExecutionStarted)]
+        batched = [Propose(command=c) for c in batch_commands([*started, *others])]
+        return [*(a for a in out if not isinstance(a, Propose)), *batched]
 
     def live_output(self, key: RunKey) -> list[tuple[int, bytes]]:
         """Chunks buffered for live subscribers, oldest first."""

@@ -49,6 +49,7 @@ from dkron.state import (
     StateMachine,
     ToggleJob,
     UpsertJob,
+    batch_commands,
 )
 
 __all__ = ["Planner", "from_ns", "to_ns"]
@@ -103,9 +104,14 @@ class Planner:
     # -- inputs ----------------------------------------------------------------
 
     def observe(self, cmd: Command, result: ApplyResult, wall: datetime) -> None:
-        """Feed every applied command and its result (on the leader)."""
+        """Feed every applied command and its result (on the leader); batches too."""
         self._wall = wall
         if not result.ok:
+            return
+        if result.parts:  # a batch: only its elements' events matter here
+            for part in result.parts:
+                if part.ok and part.events:
+                    self._events(part)
             return
         if isinstance(cmd, UpsertJob | ToggleJob | DeleteJob):
             name = cmd.job.name if isinstance(cmd, UpsertJob) else cmd.name
@@ -115,6 +121,9 @@ class Planner:
                 self.scheduler.remove_job(name)
             else:
                 self.scheduler.set_job(sj, wall)
+        self._events(result)
+
+    def _events(self, result: ApplyResult) -> None:
         for event in result.events:
             if isinstance(event, RetryScheduled):
                 self._add_retry(event.retry)
@@ -125,7 +134,13 @@ class Planner:
                     self._owe_dependent(child, event.execution_group)
 
     def tick(self, wall: datetime) -> list[Command]:
-        """Commands to propose now; call at :meth:`next_deadline` and after inputs."""
+        """Commands to propose now; call at :meth:`next_deadline` and after inputs.
+
+        Claims due together come as one :class:`~dkron.state.ClaimSlots` batch
+        (one Raft entry for a thousand slots of one instant); the order of
+        everything emitted is kept, so a range counted as missed still lands
+        before the claims that follow it.
+        """
         self._wall = wall
         while self._parked and self._parked[0][0] <= wall:
             _, name = heapq.heappop(self._parked)
@@ -162,7 +177,7 @@ class Planner:
                 )
             )
         out, self._out = self._out, []
-        return out
+        return batch_commands(out)
 
     def next_deadline(self) -> datetime | None:
         candidates = []

@@ -888,7 +888,7 @@ class RaftNode:
                 self._heartbeat_tick()
         elif now >= self._election_deadline:
             self._reset_election_timer(now)
-            if self.node_id in self.membership.voters:
+            if self.node_id in self.membership.voters or self._leaving_voter():
                 if self.config.pre_vote:
                     self._campaign(now, pre=True, transfer=False)
                 else:
@@ -1212,6 +1212,22 @@ class RaftNode:
                 self._events.append(ReadFailed(rid))
             self._reads.clear()
             self._reads_waiting = []
+
+    def _leaving_voter(self) -> bool:
+        """A voter whose own removal is in its log but not committed may still campaign.
+
+        Membership follows the latest configuration in the log, committed or
+        not.  A leader that proposed its own removal and then lost its quorum
+        (check-quorum) would otherwise deadlock the cluster: it may not
+        campaign (it is not in its latest configuration), and the remaining
+        voters cannot win without it when its log is longer than theirs.
+        Letting it campaign — counting only the votes of the latest
+        configuration, its own excluded — lets it finish committing its
+        removal and step down, as a leader leaving the cluster does.
+        """
+        if not self._configs or self._configs[-1][0] <= self.commit_index:
+            return False
+        return self.node_id in self._membership_at(self.commit_index).voters
 
     def _campaign(self, now: float, *, pre: bool, transfer: bool) -> None:
         voters = self.membership.voters

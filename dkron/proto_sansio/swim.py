@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import heapq
+import itertools
 import math
 import operator
 import random
@@ -61,6 +62,8 @@ from dkron.proto_sansio.swim_wire import (
     decode_stream,
     encode_message,
     encode_packet,
+    encode_push_pull_layout,
+    encode_push_pull_state,
     frame_body,
     pack_ack,
     pack_message,
@@ -408,7 +411,13 @@ _TO_WIRE = {
     NodeState.LEFT: int(WireState.LEFT),
 }
 
-_ROW = operator.attrgetter("name", "addr", "port", "tags", "incarnation", "state", "leaving")
+_NAME = operator.attrgetter("name")
+_ADDR = operator.attrgetter("addr")
+_PORT = operator.attrgetter("port")
+_TAGS = operator.attrgetter("tags")
+_INC = operator.attrgetter("incarnation")
+_WIRE = operator.attrgetter("wire")
+_LEAVING = operator.attrgetter("leaving")
 
 _WIRE_ALIVE = int(WireState.ALIVE)
 _WIRE_LEFT = int(WireState.LEFT)
@@ -436,10 +445,11 @@ class _Node:
         "state",
         "state_change",
         "tags",
+        "wire",
     )
 
-    def __init__(
-        self, name: str, addr: str, port: int, tags: dict[str, str], incarnation: int, *, now: float
+    def __init__(  # noqa: PLR0917 -- positional so that map() builds a thousand at once
+        self, name: str, addr: str, port: int, tags: dict[str, str], incarnation: int, now: float
     ) -> None:
         self.name = name
         self.addr = addr
@@ -447,6 +457,9 @@ class _Node:
         self.tags = tags
         self.incarnation = incarnation
         self.state = NodeState.ALIVE
+        # The state's wire code, kept next to it: push-pull encodes a whole
+        # column of them and an enum hashes in Python.
+        self.wire = _WIRE_ALIVE
         self.leaving = False
         self.state_change = now
 
@@ -516,26 +529,41 @@ class _Suspicion:
 
 
 class _Broadcast:
-    """A queued message; ``prio`` orders fewest transmits first, then newest first."""
+    """A queued message.
 
-    __slots__ = ("data", "dead", "key", "order", "prio", "transmits")
+    Its transmit count is not stored but derived, ``rounds - base`` (see
+    :meth:`SwimNode._take_broadcasts`): a packet that takes the whole queue
+    then costs one increment instead of one per message.
+    """
 
-    def __init__(self, key: object, data: bytes, order: int) -> None:
-        self.dead = False
+    __slots__ = ("base", "data", "key", "order")
+
+    def __init__(self, key: object, data: bytes, order: int, base: int) -> None:
         self.key = key
         self.data = data
         self.order = order
-        self.transmits = 0
-        self.prio = -order
+        self.base = base
 
 
 _PRIVATE_CACHE = 512
 _SHARED_CACHE = 1 << 16
 
-_PRIO_STEP = 1 << 48
-# Up to this many heap entries a packet's broadcasts are picked by one sort.
-_SMALL_QUEUE = 64
-_by_prio = operator.attrgetter("prio")
+# At most this many broadcasts ride in one packet (the array header allows 255).
+_MAX_PIGGYBACK = 250
+# Queue order: fewest transmits (highest base) first, then newest first.
+_QUEUE_ORDER = operator.attrgetter("base", "order")
+_DATA = operator.attrgetter("data")
+
+
+def _shuffled(names: list[str], rng: random.Random) -> list[str]:
+    """A uniformly random permutation, ordered by one random key per name.
+
+    Equivalent in distribution to ``rng.shuffle`` but sorted at C speed:
+    a thousand-member round is reshuffled by every member.
+    """
+    rand = rng.random
+    keys = [rand() for _ in names]
+    return list(map(names.__getitem__, sorted(range(len(names)), key=keys.__getitem__)))
 
 
 class _StreamKind(enum.Enum):
@@ -620,9 +648,19 @@ class SwimNode:
         self._acks: dict[int, _Probe | _Relay] = {}
         self._suspicions: dict[str, _Suspicion] = {}
         self._queue: dict[object, _Broadcast] = {}
-        self._bheap: list[tuple[int, int, _Broadcast]] = []
+        self._qlist: list[_Broadcast] = []
+        # The broadcasts' bytes in queue order: a packet that takes the
+        # whole queue copies this list and touches no broadcast.
+        self._qdata: list[bytes] = []
+        self._qbytes = 0
+        self._qrounds = 0
         self._limit_for = -1
         self._limit = 0
+        self._susp_bounds = (-1, 0.0, 0.0)
+        # Bumped whenever a member is added or removed or changes address or
+        # tags: the push-pull columns that only such changes touch.
+        self._layout = 0
+        self._layout_cache: tuple[int, bytes, list[_Node]] | None = None
         self._bcast_order = 0
         self._timers: list[_Entry] = []
         self._timer_seq = 0
@@ -655,7 +693,7 @@ class SwimNode:
         self._version = 0
         self._state_cache: tuple[tuple[int, int, int], bytes] | None = None
 
-        me = _Node(name, addr, port, tags_d, incarnation, now=now)
+        me = _Node(name, addr, port, tags_d, incarnation, now)
         self._me = me
         self._members[name] = me
         self._num_live = 1
@@ -867,12 +905,28 @@ class SwimNode:
         others = self._others
         first = len(others)
         gone = (WireState.DEAD, WireState.LEFT)
-        for st in states:
-            name = st.name
-            if name in members or st.state in gone:
-                continue
-            members[name] = _Node(name, st.addr, st.port, st.tags, st.incarnation, now=now)
-            others.append(name)
+        fresh = [st for st in states if st.state not in gone and st.name not in members]
+        names = [st.name for st in fresh]
+        nodes = list(
+            map(
+                _Node,
+                names,
+                map(_ADDR, fresh),
+                map(_PORT, fresh),
+                map(_TAGS, fresh),
+                map(_INC, fresh),
+                itertools.repeat(now, len(fresh)),
+            )
+        )
+        added = dict(zip(names, nodes, strict=True))
+        if len(added) < len(names):
+            # A repeated name keeps its first row, as one at a time would.
+            added = {}
+            for name, node in zip(names, nodes, strict=True):
+                added.setdefault(name, node)
+        members.update(added)
+        self._layout += 1
+        others.extend(added)
         self._other_pos.update(zip(others[first:], range(first, len(others)), strict=True))
         self._num_live += len(others) - first
         self._version += 1
@@ -880,8 +934,7 @@ class SwimNode:
         self._pp_token = object()
         interval = push_pull_interval(self.config, len(members))
         self._at(now + self._rng.uniform(0, 1.0) * interval, _T.PUSH_PULL, None, self._pp_token)
-        self._probe_list = [n for n in self._others if members[n].state in _LIVE]
-        self._rng.shuffle(self._probe_list)
+        self._probe_list = _shuffled([n for n in others if members[n].state in _LIVE], self._rng)
         self._probe_pos = 0
 
     # -- queries ------------------------------------------------------------------
@@ -1001,6 +1054,17 @@ class SwimNode:
             self._add_member(msg, now)
             self._enqueue(msg.node, self._packed(msg))
             return
+        inc = msg.incarnation
+        if (
+            inc <= node.incarnation
+            and msg.port == node.port
+            and msg.addr == node.addr
+            and node is not self._me
+        ):
+            # A repeat of what we know (most of a gossip storm), as decided below.
+            if inc < node.incarnation:
+                self._count("stale_messages")
+            return
         if node is self._me:
             if (msg.addr, msg.port) != node.address:
                 self._count("dropped_name_conflict")
@@ -1020,6 +1084,7 @@ class SwimNode:
                 self._count("dropped_name_conflict")
                 return
             node.addr, node.port = msg.addr, msg.port
+            self._layout += 1
             self._version += 1
         if msg.incarnation <= node.incarnation:
             if msg.incarnation < node.incarnation:
@@ -1066,7 +1131,12 @@ class SwimNode:
         n = self._num_live
         if n - 2 < k:
             k = 0
-        low, high = suspicion_timeouts(self.config, n)
+        cached = self._susp_bounds
+        if cached[0] == n:
+            low, high = cached[1], cached[2]
+        else:
+            low, high = suspicion_timeouts(self.config, n)
+            self._susp_bounds = (n, low, high)
         susp = _Suspicion(msg.incarnation, msg.sender, k, low=low, high=high, start=now)
         self._suspicions[node.name] = susp
         susp.armed = susp.deadline()
@@ -1141,9 +1211,10 @@ class SwimNode:
     # -- membership bookkeeping ------------------------------------------------------
 
     def _add_member(self, msg: Alive, now: float) -> None:
-        node = _Node(msg.node, msg.addr, msg.port, dict(msg.tags), msg.incarnation, now=now)
+        node = _Node(msg.node, msg.addr, msg.port, dict(msg.tags), msg.incarnation, now)
         self._version += 1
         self._members[msg.node] = node
+        self._layout += 1
         self._other_pos[msg.node] = len(self._others)
         self._others.append(msg.node)
         self._num_live += 1
@@ -1157,6 +1228,7 @@ class SwimNode:
         old = node.health()
         self._version += 1
         del self._members[node.name]
+        self._layout += 1
         self._down.discard(node.name)
         if node.state in _LIVE:
             self._num_live -= 1
@@ -1200,11 +1272,14 @@ class SwimNode:
         if new_state is not node.state or new_inc != node.incarnation:
             node.state_change = now
         node.state = new_state
+        node.wire = _TO_WIRE[new_state]
         node.incarnation = new_inc
         if leaving is not None:
             node.leaving = leaving
         if tags is not None:
             node.tags = tags
+            if tags_changed:
+                self._layout += 1
         is_live = new_state in _LIVE
         if was_live != is_live:
             self._num_live += 1 if is_live else -1
@@ -1303,9 +1378,9 @@ class SwimNode:
                 self._probe_pos += 1
                 if node is not None and node.state in _LIVE:
                     return node
-            fresh = [n for n in self._others if members[n].state in _LIVE]
-            self._rng.shuffle(fresh)
-            self._probe_list = fresh
+            self._probe_list = _shuffled(
+                [n for n in self._others if members[n].state in _LIVE], self._rng
+            )
             self._probe_pos = 0
         return None
 
@@ -1415,21 +1490,26 @@ class SwimNode:
             self._count("broadcast_too_large")
             return
         queue = self._queue
+        qlist = self._qlist
         old = queue.pop(key, None)
         if old is not None:
-            old.dead = True
+            i = qlist.index(old)
+            del qlist[i]
+            del self._qdata[i]
+            self._qbytes -= len(old.data)
         self._bcast_order += 1
-        b = _Broadcast(key, data, self._bcast_order)
+        b = _Broadcast(key, data, self._bcast_order, self._qrounds)
         queue[key] = b
-        heapq.heappush(self._bheap, (b.prio, b.order, b))
+        # No transmits yet and the newest: the head of the queue.
+        qlist.insert(0, b)
+        self._qdata.insert(0, data)
+        self._qbytes += len(data)
         if len(queue) > self.config.max_broadcast_queue:
-            worst = max(queue.values(), key=_by_prio)
+            worst = qlist.pop()
+            self._qdata.pop()
             del queue[worst.key]
-            worst.dead = True
+            self._qbytes -= len(worst.data)
             self._count("broadcasts_dropped")
-        if len(self._bheap) > 4 * len(queue) + 64:
-            self._bheap = [(b.prio, b.order, b) for b in queue.values()]
-            heapq.heapify(self._bheap)
         if not self._gossip_armed:
             self._gossip_armed = True
             self._at_gossip()
@@ -1446,106 +1526,75 @@ class SwimNode:
     def _take_broadcasts(self, budget: int) -> list[bytes]:
         """Fewest-transmitted, then newest, broadcasts that fit in ``budget`` bytes.
 
-        The queue is a heap keyed by ``prio`` with lazy deletion: a packet
-        costs O(k log n) for k messages instead of a sort of the whole queue.
+        ``_qlist`` is kept in exactly that order.  A broadcast's transmit
+        count is ``_qrounds - base`` and every take adds one to ``_qrounds``,
+        so the common case in a gossip storm -- the whole queue fits in the
+        packet -- costs one increment and leaves the order intact (every
+        count went up by one).  Only a partial take touches the broadcasts it
+        leaves behind (their ``base`` goes up with the rounds) and re-sorts;
+        broadcasts that reached the retransmit limit sit at the tail.
         """
-        queue = self._queue
-        if not queue:
+        qlist = self._qlist
+        if not qlist:
             return []
         n = len(self._members)
         if self._limit_for != n:
             self._limit_for = n
             self._limit = retransmit_limit(self.config, n)
-        limit = self._limit
-        heap = self._bheap
-        if len(heap) <= _SMALL_QUEUE:
-            return self._take_sorted(budget, limit)
-        out: list[bytes] = []
-        back: list[tuple[int, int, _Broadcast]] = []
-        while heap and len(out) < 250:
-            entry = heapq.heappop(heap)
-            b = entry[2]
-            if b.dead or entry[0] != b.prio:
-                continue
-            size = len(b.data)
-            if size > budget:
-                back.append(entry)
-                if budget < 16:
+        if self._qbytes <= budget and len(qlist) <= _MAX_PIGGYBACK:
+            out = self._qdata[:]
+        else:
+            out = []
+            room = _MAX_PIGGYBACK
+            i = 0
+            end = len(qlist)
+            while i < end:
+                b = qlist[i]
+                size = len(b.data)
+                if size > budget:
+                    b.base += 1  # not sent: its count stays
+                    i += 1
+                    if budget < 16:
+                        break
+                    continue
+                budget -= size
+                out.append(b.data)
+                i += 1
+                room -= 1
+                if not room:
                     break
-                continue
-            budget -= size
-            out.append(b.data)
-            b.transmits += 1
-            b.prio += _PRIO_STEP
-            if b.transmits >= limit:
+            for j in range(i, end):
+                qlist[j].base += 1
+            qlist.sort(key=_QUEUE_ORDER, reverse=True)
+            self._qdata = list(map(_DATA, qlist))
+        self._qrounds += 1
+        floor = self._qrounds - self._limit
+        if qlist[-1].base <= floor:
+            queue = self._queue
+            qdata = self._qdata
+            while qlist and qlist[-1].base <= floor:
+                b = qlist.pop()
+                qdata.pop()
                 del queue[b.key]
-                b.dead = True
-            else:
-                back.append((b.prio, b.order, b))
-        for entry in back:
-            heapq.heappush(heap, entry)
-        return out
-
-    def _take_sorted(self, budget: int, limit: int) -> list[bytes]:
-        """``_take_broadcasts`` for a short heap: one sort instead of a pop per message.
-
-        In a gossip storm the queue holds a dozen broadcasts and a packet
-        takes nearly all of them.  Sorting the entries visits them in the
-        order the pops would (priorities are unique), and ``heapify`` after
-        the walk restores the heap, without the stale entries.
-        """
-        heap = self._bheap
-        heap.sort()
-        out: list[bytes] = []
-        keep: list[tuple[int, int, _Broadcast]] = []
-        queue = self._queue
-        i = 0
-        end = len(heap)
-        while i < end:
-            entry = heap[i]
-            i += 1
-            b = entry[2]
-            if b.dead or entry[0] != b.prio:
-                continue
-            data = b.data
-            size = len(data)
-            if size > budget:
-                keep.append(entry)
-                if budget < 16:
-                    break
-                continue
-            budget -= size
-            out.append(data)
-            b.transmits += 1
-            prio = b.prio = b.prio + _PRIO_STEP
-            if b.transmits >= limit:
-                del queue[b.key]
-                b.dead = True
-            else:
-                keep.append((prio, b.order, b))
-        if i < end:
-            keep.extend(heap[i:])
-        heapq.heapify(keep)
-        self._bheap = keep
+                self._qbytes -= len(b.data)
         return out
 
     def _gossip(self, now: float) -> None:
         self._gossip_armed = False
-        if not self._queue:
+        if not self._qlist:
             return
         for node in self._gossip_targets(now - self.config.gossip_to_the_dead):
             parts = self._take_broadcasts(self._budget)
             if not parts:
                 break
             self._emit_packet(node.address, parts)
-        if self._queue and not self._gossip_armed:
+        if self._qlist and not self._gossip_armed:
             self._gossip_armed = True
             self._at_gossip()
 
     def _send(self, addr: Address, parts: list[bytes]) -> None:
-        budget = self._budget - sum(map(len, parts))
-        if self._queue:
-            parts = parts + self._take_broadcasts(budget)
+        if self._qlist:
+            parts = parts + self._take_broadcasts(self._budget - sum(map(len, parts)))
         self._emit_packet(addr, parts)
 
     def _emit_packet(self, addr: Address, parts: list[bytes]) -> None:
@@ -1585,35 +1634,42 @@ class SwimNode:
             return None
 
     def _local_state(self, *, join: bool) -> bytes:
-        """Our encoded full state; unchanged state is not re-encoded."""
+        """Our encoded full state; unchanged state is not re-encoded.
+
+        Names, addresses, ports and tags are encoded again only when the
+        member set or an address or tag map changed (``_layout``); after an
+        ordinary state change only incarnations, states and leave flags are,
+        in the same member order.
+        """
         cached = self._state_cache
         version = (self._version, self._member_ltime, self._event_ltime)
         if not join and cached is not None and cached[0] == version:
             return cached[1]
-        # Columns straight from the member table, at C speed: at a thousand
-        # members this runs whenever the state changed since the last exchange.
-        rows = list(map(_ROW, self._members.values()))
-        names, addrs, ports, tags, incs, states, leaving = (
-            zip(*rows, strict=True) if rows else ((),) * 7
-        )
+        layout = self._layout_cache
+        if layout is None or layout[0] != self._layout:
+            nodes = list(self._members.values())
+            encoded = encode_push_pull_layout(
+                list(map(_NAME, nodes)),
+                list(map(_ADDR, nodes)),
+                list(map(_PORT, nodes)),
+                list(map(_TAGS, nodes)),
+            )
+            layout = self._layout_cache = (self._layout, encoded, nodes)
+        nodes = layout[2]
         events: list[UserEventMessage] = []
         if not join:
             for ltime, items in self._events.values():
                 events.extend(UserEventMessage(ltime, name, payload) for name, payload in items)
-        msg = PushPull(
+        data = encode_push_pull_state(
             join,
-            names,
-            addrs,
-            ports,
-            tags,
-            incs,
-            tuple(map(_TO_WIRE.__getitem__, states)),
-            leaving,
-            self._member_ltime,
-            self._event_ltime,
-            tuple(events),
+            layout[1],
+            incarnations=list(map(_INC, nodes)),
+            states=list(map(_WIRE, nodes)),
+            leaving=list(map(_LEAVING, nodes)),
+            member_ltime=self._member_ltime,
+            event_ltime=self._event_ltime,
+            events=events,
         )
-        data = encode_message(msg)
         if not join:
             self._state_cache = (version, data)
         return data

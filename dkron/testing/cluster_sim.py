@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from dkron.model import Execution, Job
@@ -69,7 +69,15 @@ from dkron.proto_sansio.swim import (
     SwimConfig,
     SwimNode,
 )
-from dkron.state import ApplyResult, ClaimSlot, Command, ExecutionFinished, GroupCompleted
+from dkron.state import (
+    ApplyResult,
+    ClaimSlot,
+    Command,
+    ExecutionFinished,
+    GroupCompleted,
+    SingleCommand,
+    encode_command,
+)
 from dkron.testing.raft_sim import InvariantViolation, RaftHost
 from dkron.testing.sched_sim import SchedCluster, SchedHost
 from dkron.testing.sim import EventLoop, Host, Network
@@ -97,6 +105,9 @@ class _Member:
         self._runs_epoch = 0
         self._next_join = 0.0
         self._outbox: dict[str, list[ExecMessage | bytes]] = {}
+        # Executor events due at one instant share one loop timer and one flush,
+        # as one wake-up of the agent's event loop would handle them together.
+        self._due: dict[float, list[Callable[[], None]]] = {}
 
     def _member_boot(self) -> None:
         sim = self.sim
@@ -126,6 +137,7 @@ class _Member:
         self.swim = None
         self.worker = None
         self._outbox = {}
+        self._due = {}
         self._runs_epoch += 1  # the executors die with the process
 
     def _member_deliver(self, channel: str, src: str, payload: Any) -> None:
@@ -187,6 +199,14 @@ class _Member:
             return
         hint = self._leader_hint()
         if hint is None and self.swim is not None:
+            current = worker.leader
+            known = None if current is None else self.swim.member(current)
+            if (
+                known is not None
+                and known.status is MemberStatus.ALIVE
+                and known.tags.get("server") == "true"
+            ):
+                return  # still a live server: keep it (the full scan below agrees)
             alive = sorted(
                 m.name
                 for m in self.swim.members()
@@ -229,7 +249,8 @@ class _Member:
                     self.sim.on_start(self.name, w.job, w.execution)
                     self._execute(w.job, w.execution)
                 elif isinstance(w, StopRun):
-                    self._finish(self._runs_epoch, w.key, 1, stopped=True)
+                    stop = functools.partial(self._finish, self._runs_epoch, w.key, 1, stopped=True)
+                    self._at(self.loop.now, stop)
                 elif isinstance(w, ForgetRun):
                     self.journal.pop(w.key, None)
         self._flush_outbox()
@@ -279,16 +300,33 @@ class _Member:
         exit_code = int(cfg.get("exit", "0"))
         key = RunKey(ex.job_name, ex.group, self.name, ex.attempt)
         epoch = self._runs_epoch
+        now = self.loop.now
         for i in range(chunks):
-            at = duration * (i + 1) / (chunks + 1)
-            self.loop.call_later(at, functools.partial(self._chunk, epoch, key, i))
+            at = now + duration * (i + 1) / (chunks + 1)
+            self._at(at, functools.partial(self._chunk, epoch, key, i))
         if cfg.get("hang") != "true":
-            self.loop.call_later(duration, functools.partial(self._finish, epoch, key, exit_code))
+            self._at(now + duration, functools.partial(self._finish, epoch, key, exit_code))
+
+    def _at(self, at: float, action: Callable[[], None]) -> None:
+        batch = self._due.get(at)
+        if batch is None:
+            self._due[at] = [action]
+            epoch = self._runs_epoch
+            self.loop.call_at(at, functools.partial(self._run_due, epoch, at))
+        else:
+            batch.append(action)
+
+    def _run_due(self, epoch: int, at: float) -> None:
+        if epoch != self._runs_epoch:
+            return
+        for action in self._due.pop(at, ()):
+            action()
+        if self.up:
+            self.poke()  # type: ignore[attr-defined]
 
     def _chunk(self, epoch: int, key: RunKey, i: int) -> None:
         if self.up and epoch == self._runs_epoch and self.worker is not None:
             self.worker.output(key, b"chunk %d\n" % i, self.loop.now)
-            self.poke()  # type: ignore[attr-defined]
 
     def _finish(self, epoch: int, key: RunKey, exit_code: int, *, stopped: bool = False) -> None:
         if not self.up or epoch != self._runs_epoch or self.worker is None:
@@ -301,7 +339,6 @@ class _Member:
             wall_ns=self.sim.wall_ns(),
             now=self.loop.now,
         )
-        self.poke()  # type: ignore[attr-defined]
 
 
 class AgentNode(_Member, Host):
@@ -428,8 +465,8 @@ class ServerNode(_Member, SchedHost):
             return
         lead = self.exec_leader
         if lead is not None:
+            # The delivery's flush proposes and sends what the whole batch produced.
             lead.receive(msg, src=src, now=self.loop.now, wall_ns=self.sim.wall_ns())
-            self._flush_leader()
             return
         # Not leading: forward worker reports to the leader, as Dkron's servers do.
         leader = None if self.node is None else self.node.leader_id
@@ -470,6 +507,8 @@ class ClusterSim(SchedCluster):
         self.finished_ids: dict[str, set[str]] = {}
         self.claim_times: dict[tuple[str, int], float] = {}
         self.claim_to_start: list[float] = []
+        self._views: list[MemberView] = []
+        self._views_stamp: tuple[str, int, int] | None = None
         super().__init__(self.server_names, seed=seed, config=config, sched_config=sched_config)
         for name in self.agent_names:
             agent = AgentNode(name, self, {"role": "worker", "region": "global"})
@@ -486,8 +525,6 @@ class ClusterSim(SchedCluster):
 
     @staticmethod
     def encode(cmd: Command) -> bytes:
-        from dkron.state import encode_command
-
         return encode_command(cmd)
 
     # -- targets --------------------------------------------------------------------
@@ -499,11 +536,16 @@ class ClusterSim(SchedCluster):
         leader = self.leader()
         if not isinstance(leader, ServerNode) or leader.swim is None:
             return ()
-        views = [
-            MemberView(name=m.name, alive=m.status is MemberStatus.ALIVE, tags=m.tags)
-            for m in leader.swim.members()
-        ]
-        return select_targets(job.tags, views, region="global", rng=self.rng)
+        # Membership only changes between steps of the loop: a thousand jobs
+        # due at one instant share one view of it, as they would in the agent.
+        stamp = (leader.name, id(leader.swim), self.loop.steps)
+        if self._views_stamp != stamp:
+            self._views_stamp = stamp
+            self._views = [
+                MemberView(name=m.name, alive=m.status is MemberStatus.ALIVE, tags=m.tags)
+                for m in leader.swim.members()
+            ]
+        return select_targets(job.tags, self._views, region="global", rng=self.rng)
 
     # -- raft messages travel on the "raft" channel -----------------------------------
 
@@ -526,13 +568,10 @@ class ClusterSim(SchedCluster):
         if claimed_at is not None:
             self.claim_to_start.append(self.loop.now - claimed_at)
 
-    def on_state_apply(
-        self, host: SchedHost, index: int, cmd: Command, result: ApplyResult
+    def on_command(
+        self, host: SchedHost, index: int, cmd: SingleCommand, result: ApplyResult
     ) -> None:
-        fresh = index > self._seen_index
-        super().on_state_apply(host, index, cmd, result)
-        if not fresh:
-            return
+        super().on_command(host, index, cmd, result)
         ok, why = result.ok, result.reason
         if isinstance(cmd, ClaimSlot) and ok and cmd.attempt == 1:
             self.claim_times[(cmd.job, cmd.execution_group)] = self.loop.now

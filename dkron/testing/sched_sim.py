@@ -47,9 +47,10 @@ from dkron.state import (
     ExecutionFinished,
     ExecutionStarted,
     RecordMissed,
+    SingleCommand,
     StateMachine,
     UpsertJob,
-    decode_command,
+    each_applied,
     encode_command,
 )
 from dkron.testing.raft_sim import InvariantViolation, RaftCluster, RaftHost
@@ -75,8 +76,10 @@ class SchedHost(RaftHost):
     # -- application ---------------------------------------------------------------
 
     def app_apply(self, entry: Entry) -> None:
-        cmd = decode_command(entry.data)  # only this simulation proposes: always valid
-        result = self.state.apply_command(entry.index, cmd)
+        # As the agent does: the state decodes each entry once and hands back the command.
+        cmd, result = self.state.apply_entry(entry.index, entry.data)
+        if cmd is None:  # only this simulation proposes: every entry is a valid command
+            raise InvariantViolation(f"{self.name} could not apply {entry.index}: {result.error}")
         self.last_applied = (cmd, result)
         self.cluster.on_state_apply(self, entry.index, cmd, result)
         if self.planner is not None:
@@ -232,7 +235,7 @@ class SimWorkers:
         return record.finished_at is None or ex.finished_at is not None
 
 
-def _job_of(cmd: Command) -> str | None:
+def _job_of(cmd: SingleCommand) -> str | None:
     if isinstance(cmd, ClaimSlot | RecordMissed):
         return cmd.job
     if isinstance(cmd, ExecutionStarted | ExecutionFinished):
@@ -252,6 +255,7 @@ class SchedCluster(RaftCluster):
         sched_config: SchedulerConfig | None = None,
     ) -> None:
         self.sched_config = sched_config or SchedulerConfig(late_grace=timedelta(seconds=5))
+        self._wall_at: tuple[float, datetime] = (0.0, T0)
         names = list(members)
         self.workers = SimWorkers(self, ["worker"], seed=seed)
         self.claimed: dict[tuple[str, int], int] = {}  # cron slot -> log index
@@ -266,7 +270,12 @@ class SchedCluster(RaftCluster):
         return SchedHost(name, self, initial)
 
     def wall(self) -> datetime:
-        return T0 + timedelta(seconds=self.loop.now)
+        now = self.loop.now
+        at, wall = self._wall_at
+        if at != now:
+            wall = T0 + timedelta(seconds=now)
+            self._wall_at = (now, wall)
+        return wall
 
     # -- client side ---------------------------------------------------------------
 
@@ -312,10 +321,24 @@ class SchedCluster(RaftCluster):
     def on_state_apply(
         self, host: SchedHost, index: int, cmd: Command, result: ApplyResult
     ) -> None:
-        ok, why = result.ok, result.reason
+        """A committed entry, checked once (on the first replica to apply it)."""
         if index <= self._seen_index:
             return  # another replica already reported this entry; apply is deterministic
         self._seen_index = index
+        touched: set[str] = set()
+        for one, part in each_applied(cmd, result):
+            self.on_command(host, index, one, part)
+            job_name = _job_of(one)
+            if job_name is not None:
+                touched.add(job_name)
+        for job_name in sorted(touched):
+            self._check_forbid(host, job_name)
+
+    def on_command(
+        self, host: SchedHost, index: int, cmd: SingleCommand, result: ApplyResult
+    ) -> None:
+        """One command of an entry (a batch element counts as its own command)."""
+        ok, why = result.ok, result.reason
         if isinstance(cmd, ClaimSlot):
             self.recent_claims = [*self.recent_claims[-19:], cmd]
             if cmd.trigger in ("schedule", "catchup"):
@@ -334,16 +357,17 @@ class SchedCluster(RaftCluster):
         elif isinstance(cmd, RecordMissed) and ok:
             self.missed[cmd.job] = self.missed.get(cmd.job, 0) + cmd.count
             self.decided_through[cmd.job] = cmd.scheduled_time_ns
-        job_name = _job_of(cmd)
-        if job_name is not None:
-            job = host.state.get_job(job_name)
-            if job is not None and job.concurrency == "forbid":
-                running = len(host.state.running_executions(job_name))
-                flying = len(host.state.in_flight(job_name))
-                if running > 1 or flying > 1:
-                    raise InvariantViolation(
-                        f"forbid job {job_name} has {running} running, {flying} in flight"
-                    )
+
+    @staticmethod
+    def _check_forbid(host: SchedHost, job_name: str) -> None:
+        job = host.state.get_job(job_name)
+        if job is not None and job.concurrency == "forbid":
+            running = len(host.state.running_executions(job_name))
+            flying = len(host.state.in_flight(job_name))
+            if running > 1 or flying > 1:
+                raise InvariantViolation(
+                    f"forbid job {job_name} has {running} running, {flying} in flight"
+                )
 
     def slot_accounting(self, job: Job, created: datetime) -> tuple[int, int, int]:
         """(slots the schedule defines up to the last decided one, runs claimed, slots missed)."""

@@ -21,7 +21,6 @@ it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import heapq
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -100,10 +99,11 @@ class _LeanLoop(EventLoop):
     """``EventLoop`` that runs datagram arrivals inline; same order, same clock.
 
     A datagram in flight is a bare ``(src, dst, msg)`` tuple in the heap
-    instead of a :class:`~dkron.testing.sim.Timer` wrapping a closure, and
-    :meth:`run_until` is one loop instead of two calls per step.  Entries
-    are still ordered by ``(time, insertion)``, so a seed replays exactly
-    the run the shared loop would produce.
+    instead of a :class:`~dkron.testing.sim.Timer` wrapping a closure, a
+    member's wake-up a bare ``(host, token)`` pair (stale once the host has
+    re-armed), and :meth:`run_until` is one loop instead of two calls per
+    step.  Entries are still ordered by ``(time, insertion)``, so a seed
+    replays exactly the run the shared loop would produce.
     """
 
     def __init__(self) -> None:
@@ -116,7 +116,10 @@ class _LeanLoop(EventLoop):
         heap = self.entries
         while heap:
             item = heap[0][2]
-            if type(item) is tuple or not item.cancelled:
+            if type(item) is tuple:
+                if len(item) == 3 or item[0].wake_token == item[1]:
+                    return heap[0][0]
+            elif not item.cancelled:
                 return heap[0][0]
             heapq.heappop(heap)
         return None
@@ -126,9 +129,17 @@ class _LeanLoop(EventLoop):
         while heap:
             at, _, item = heapq.heappop(heap)
             if type(item) is tuple:
+                if len(item) == 3:
+                    self.now = at
+                    self.steps += 1
+                    self._arrive(item)
+                    return True
+                host = item[0]
+                if host.wake_token != item[1]:
+                    continue
                 self.now = at
                 self.steps += 1
-                self._arrive(item)
+                host.fire()
                 return True
             if item.cancelled:
                 continue
@@ -162,14 +173,22 @@ class _LeanLoop(EventLoop):
             pop(heap)
             item = entry[2]
             if type(item) is tuple:
-                self.now = at
-                self.steps += 1
-                handler = handlers.get(item[1])
-                if handler is None:
-                    net.dropped += 1
+                if len(item) == 3:
+                    self.now = at
+                    self.steps += 1
+                    handler = handlers.get(item[1])
+                    if handler is None:
+                        net.dropped += 1
+                    else:
+                        net.delivered += 1
+                        handler(item[0], item[2])
                 else:
-                    net.delivered += 1
-                    handler(item[0], item[2])
+                    host = item[0]
+                    if host.wake_token != item[1]:
+                        continue
+                    self.now = at
+                    self.steps += 1
+                    host.fire()
             else:
                 if item.cancelled:
                     continue
@@ -249,6 +268,8 @@ class SwimHost(Host):
         self.core: SwimNode | None = None
         self.bootstrap: list[PushNodeState] = []
         self.incarnation_hint = 0
+        self.wake_token = 0
+        self.wake_at: float | None = None
 
     @property
     def node(self) -> SwimNode:
@@ -293,6 +314,8 @@ class SwimHost(Host):
 
     def lose_volatile_state(self) -> None:
         self.core = None
+        self.wake_token += 1
+        self.wake_at = None
 
     def flush(self) -> None:
         core = self.core
@@ -333,20 +356,31 @@ class SwimHost(Host):
                 self.loop.call_later(0.0, self.crash)
 
     def _arm(self) -> None:
-        # Host._arm with the deadline read straight off the core.
+        """``Host._arm`` without a timer object: one bare heap entry per new deadline.
+
+        ``wake_token`` names the one entry that counts; re-arming or crashing
+        bumps it, which retires every older entry where it lies.
+        """
         core = self.core
-        at = None if core is None else core.next_deadline()
-        timer = self._timer
-        if timer is not None:
-            if at is not None and timer.at == max(at + self.slowness, self.loop.now):
-                return
-            timer.cancel()
-            self._timer = None
-        if at is None:
+        at = None if core is None or not self.up else core.next_deadline()
+        loop = self.cluster.loop
+        if at is not None:
+            at = max(at + self.slowness, loop.now)
+        if at == self.wake_at:
             return
-        self._timer = self.loop.call_at(
-            at + self.slowness, functools.partial(self._fire, self._epoch)
-        )
+        self.wake_token += 1
+        self.wake_at = at
+        if at is not None:
+            heapq.heappush(loop.entries, (at, next(loop._seq), (self, self.wake_token)))
+
+    def fire(self) -> None:
+        """The armed deadline has come (``Host._fire``)."""
+        self.wake_at = None
+        core = self.core
+        if core is not None:
+            core.handle_timer(self.loop.now)
+        self.flush()
+        self._arm()
 
     # -- receive-path slowness ----------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from dkron.io_trio.agent import Agent, http_listen_addr
-from dkron.testing.live import Options, call, wait_leader
+from dkron.io_trio.live import Options, call, wait_leader
 
 
 async def test_jobs_run_with_the_run_context_and_manual_runs_work(tmp_path: pathlib.Path) -> None:

@@ -9,12 +9,15 @@ deadlines instead of asserting durations.
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
+import pytest
 import trio
 
-from dkron.testing.live import Cluster, Node, call, cluster, eventually
+from dkron.io_trio.agent import Agent, AgentError
+from dkron.io_trio.live import Cluster, Node, Options, call, cluster, eventually
 
 
 async def start_three(c: Cluster) -> list[Node]:
@@ -143,3 +146,85 @@ async def test_a_server_that_leaves_is_removed_from_raft_and_a_new_one_is_added(
             assert status == 200
             assert {p["id"] for p in peers} == voters()
             assert all(p["address"] for p in peers)
+
+
+async def test_peers_json_recovers_a_server_that_lost_its_quorum(tmp_path: pathlib.Path) -> None:
+    """Dkron's outage recovery: two of three servers are gone for good."""
+    with trio.fail_after(120):
+        async with cluster(tmp_path) as c:
+            await start_three(c)
+            leader = c.leader()
+            assert leader is not None
+            job = {"name": "keep", "schedule": "@manually", "executor": "shell"}
+            assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
+            survivor = "s1"
+            await eventually(
+                lambda: c.nodes[survivor].agent.state.get_job("keep") is not None, "replication"
+            )
+            for name in ("s1", "s2", "s3"):
+                await c.crash(name)
+            # Alone, s1 cannot elect itself: its configuration still has three voters.
+            node = await c.start(survivor, join=())
+            with trio.move_on_after(3):
+                await eventually(node.agent.is_leader, "no leader without quorum", within=3)
+                raise AssertionError("a minority elected itself")
+            await c.crash(survivor)
+            addr = node.agent.rpc_addr
+            assert addr is not None
+            peers = [{"id": survivor, "address": f"{addr[0]}:{addr[1]}"}]
+            peers_file = tmp_path / survivor / "raft" / "peers.json"
+            peers_file.write_text(json.dumps(peers))
+            node = await c.start(survivor, join=())
+            await eventually(node.agent.is_leader, "the recovered server leads")
+            assert not peers_file.exists()
+            status, body = await call(node.port, "GET", "/v1/jobs/keep")
+            assert status == 200 and body["name"] == "keep"
+            status, peers_now = await call(node.port, "GET", "/v1/raft/peers")
+            assert [p["id"] for p in peers_now] == [survivor]
+
+
+async def test_a_malformed_peers_json_stops_the_agent_with_its_path(
+    tmp_path: pathlib.Path,
+) -> None:
+    raft_dir = tmp_path / "n1" / "raft"
+    raft_dir.mkdir(parents=True)
+    (raft_dir / "peers.json").write_text('{"not": "a list"}')
+    agent = Agent(Options(data_dir=str(tmp_path / "n1")))
+    with pytest.raises(AgentError, match=r"peers\.json"):
+        await agent.run()
+
+
+async def test_reloaded_tags_reach_every_member_and_move_tagged_jobs(
+    tmp_path: pathlib.Path,
+) -> None:
+    """SIGHUP's effect: new user tags are gossiped; reserved tags survive the reload."""
+    with trio.fail_after(120):
+        async with cluster(tmp_path) as c:
+            await start_three(c)
+            worker = await c.start("w1", server=False, tags={"pool": "a"})
+            leader = c.leader()
+            assert leader is not None
+            worker.agent.reload_tags({"pool": "b", "server": "true"})
+
+            def seen_by_leader() -> dict[str, str] | None:
+                m = next((m for m in leader.agent.members() if m.name == "w1"), None)
+                return None if m is None or m.tags.get("pool") != "b" else dict(m.tags)
+
+            tags = await eventually(seen_by_leader, "the new tags at the leader")
+            assert "server" not in tags  # reserved: a user tag cannot make an agent a server
+            assert tags["role"] == "dkron" and tags["rpc_addr"]
+            job = {
+                "name": "to-b",
+                "schedule": "@manually",
+                "tags": {"pool": "b"},
+                "executor": "shell",
+                "executor_config": {"command": "true", "shell": "true"},
+            }
+            assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
+            assert (await call(leader.port, "POST", "/v1/jobs/to-b/run"))[0] == 200
+            await eventually(
+                lambda: any(
+                    e.node_name == "w1" and e.success for e in leader.agent.state.executions("to-b")
+                ),
+                "the run on the retagged agent",
+            )

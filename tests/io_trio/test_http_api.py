@@ -34,6 +34,7 @@ from dkron.io_trio.http_api import (
     Unavailable,
 )
 from dkron.io_trio.http_server import Request, Response, ServerLimits, serve
+from dkron.io_trio.streams import EventHub
 from dkron.model import Execution, Job, format_rfc3339nano
 from dkron.schedule import fire_times
 from dkron.state import (
@@ -78,6 +79,7 @@ class LocalBackend:
         self.runs: list[str] = []
         self.ran = trio.Event()
         self.members_bug = False
+        self.hub = EventHub()
 
     @property
     def paused(self) -> bool:
@@ -163,6 +165,16 @@ class LocalBackend:
             return False
         self.peers.remove(peer_id)
         return True
+
+    @property
+    def events(self) -> EventHub:
+        return self.hub
+
+    async def output_after(
+        self, job: str, execution_id: str, seq: int, wait: float
+    ) -> tuple[list[tuple[int, bytes]], Execution | None]:
+        ex = self.state.get_execution(job, execution_id)
+        return [], ex
 
 
 @dataclass
@@ -939,6 +951,9 @@ class _BrokenApp:
 
     async def handle(self, request: Request) -> Response:
         raise KeyError(request.path)
+
+    def websocket(self, request: Request) -> None:
+        return None
 
     def error(self, status: int, message: str) -> Response:
         return Response(status=status, body=message.encode())

@@ -22,7 +22,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dkron.io_trio.executors import ExecResult, HttpExecutor, RunContext
-from dkron.io_trio.executors.http import _Out, _parse_url, _RequestError
+from dkron.io_trio.executors.http import _Out
+from dkron.io_trio.httpclient import RequestError as _RequestError
+from dkron.io_trio.httpclient import parse_url as _parse_url
 
 CTX = RunContext(
     job_name="job1",

@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -61,7 +62,7 @@ class Sink:
         return b"".join(self.chunks)
 
 
-async def run(config: dict[str, str], sink: Sink | None = None, **kw: float) -> ExecResult:
+async def run(config: dict[str, str], sink: Sink | None = None, **kw: Any) -> ExecResult:
     with trio.fail_after(LIMIT):
         return await ShellExecutor(**kw).run(config, CTX, sink or Sink())
 

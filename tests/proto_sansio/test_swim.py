@@ -542,3 +542,101 @@ def test_invalid_local_member_is_refused() -> None:
         node("", A)
     with pytest.raises(LocalProtocolError):
         SwimNode("a", LOCAL, rng=random.Random(1), now=0.0, addr="h", port=1, tags={"k": "v" * 600})
+
+
+# -- the shortcuts of the hot paths give the plain answers ------------------------------
+
+
+class _ModelQueue:
+    """The broadcast queue as first written: sort everything by (transmits, -order)."""
+
+    def __init__(self) -> None:
+        self.items: dict[object, list[object]] = {}  # key -> [transmits, order, data]
+        self.order = 0
+
+    def enqueue(self, key: object, data: bytes) -> None:
+        self.order += 1
+        self.items[key] = [0, self.order, data]
+
+    def take(self, budget: int, limit: int) -> list[bytes]:
+        out: list[bytes] = []
+        ranked = sorted(self.items.items(), key=lambda kv: (kv[1][0], -kv[1][1]))  # type: ignore[operator]
+        for key, item in ranked:
+            data = item[2]
+            assert isinstance(data, bytes)
+            if len(data) > budget:
+                if budget < 16:
+                    break
+                continue
+            budget -= len(data)
+            out.append(data)
+            item[0] += 1  # type: ignore[operator]
+            if item[0] >= limit:  # type: ignore[operator]
+                del self.items[key]
+        return out
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("put"), st.integers(0, 12), st.integers(1, 400)),
+            st.tuples(st.just("take"), st.integers(0, 1400), st.just(0)),
+        ),
+        max_size=80,
+    )
+)
+def test_broadcast_queue_matches_the_sorted_model(ops: list[tuple[str, int, int]]) -> None:
+    a = node("a", A, LAN)
+    while a._qlist:  # our own alive announcement
+        a._take_broadcasts(10_000)
+    model = _ModelQueue()
+    limit = retransmit_limit(LAN, 1)
+    for op, x, y in ops:
+        if op == "put":
+            data = bytes([x]) * y
+            a._enqueue(("k", x), data)
+            model.enqueue(("k", x), data)
+        else:
+            assert a._take_broadcasts(x) == model.take(x, limit)
+        assert set(a._queue) == set(model.items)
+        assert a._qdata == [b.data for b in a._qlist]
+        assert a._qbytes == sum(len(b.data) for b in a._qlist)
+
+
+def test_pushed_state_is_the_codec_encoding_of_the_member_table() -> None:
+    from dkron.proto_sansio.swim_wire import PushPull, encode_message
+
+    a = node("a", A, LAN)
+    a.bootstrap_members(
+        [PushNodeState(f"n{i}", "h", 1000 + i, {}, 0, WireState.ALIVE, False) for i in range(5)],
+        0.0,
+    )
+
+    def expected() -> bytes:
+        ms = list(a._members.values())
+        return encode_message(
+            PushPull(
+                False,
+                tuple(m.name for m in ms),
+                tuple(m.addr for m in ms),
+                tuple(m.port for m in ms),
+                tuple(m.tags for m in ms),
+                tuple(m.incarnation for m in ms),
+                tuple(int(WireState[m.state.name]) for m in ms),
+                tuple(m.leaving for m in ms),
+                a._member_ltime,
+                a._event_ltime,
+                (),
+            )
+        )
+
+    assert a._local_state(join=False) == expected()
+    a.receive(packet(Suspect(0, "n1", "n2")), src_addr=B, now=1.0)  # state only
+    assert a._local_state(join=False) == expected()
+    a.receive(packet(Alive(1, "n2", "h", 1002, {"role": "x"})), src_addr=B, now=1.0)  # tags
+    assert a._local_state(join=False) == expected()
+    a.receive(packet(Alive(0, "new", "h", 9, {})), src_addr=B, now=1.0)  # a new member
+    assert a._local_state(join=False) == expected()
+    a.receive(packet(LeaveIntent(3, "n3", 0)), src_addr=B, now=1.0)
+    a.set_tags({"dc": "x"}, now=1.0)
+    assert a._local_state(join=False) == expected()

@@ -26,9 +26,12 @@ from dkron.proto_sansio.swim_wire import (
     UserEventMessage,
     WireState,
     decode_packet,
+    decode_packet_items,
     decode_stream,
     encode_message,
     encode_packet,
+    encode_push_pull_layout,
+    encode_push_pull_state,
     pack_message,
     packet_overhead,
 )
@@ -183,3 +186,71 @@ def test_keyring_rejects_bad_keys_and_garbage() -> None:
 def test_messages_validate_at_construction(build: object) -> None:
     with pytest.raises(ValueError):
         build()  # type: ignore[operator]
+
+
+# -- encoders and decoders that skip work must give the codec's answer ----------------
+
+push_rows = st.lists(
+    st.tuples(names, st.text(max_size=8), st.integers(0, 65535), tags, counters, st.integers(0, 3)),
+    max_size=8,
+)
+
+
+@given(
+    push_rows,
+    st.booleans(),
+    counters,
+    counters,
+    st.lists(st.tuples(counters, names, st.binary(max_size=16)), max_size=3),
+)
+def test_push_pull_from_a_pre_encoded_layout_is_the_codec_encoding(
+    rows: list[tuple[str, str, int, dict[str, str], int, int]],
+    join: bool,
+    mlt: int,
+    elt: int,
+    events: list[tuple[int, str, bytes]],
+) -> None:
+    evs = tuple(UserEventMessage(*e) for e in events)
+    nodes = [PushNodeState(n, a, p, t, i, WireState(s), i % 2 == 0) for n, a, p, t, i, s in rows]
+    msg = PushPull.build(join, nodes, mlt, elt, evs)
+    layout = encode_push_pull_layout(msg.names, msg.addrs, msg.ports, msg.tags)
+    data = encode_push_pull_state(
+        join,
+        layout,
+        incarnations=msg.incarnations,
+        states=msg.states,
+        leaving=msg.leaving,
+        member_ltime=mlt,
+        event_ltime=elt,
+        events=evs,
+    )
+    assert data == encode_message(msg)
+    assert decode_stream(data) == msg
+
+
+cached_kinds = st.one_of(
+    st.builds(Suspect, counters, names, names),
+    st.builds(Alive, counters, names, st.text(max_size=8), st.integers(0, 65535), tags),
+    st.builds(Dead, counters, names, names),
+)
+
+
+@given(st.lists(cached_kinds, min_size=1, max_size=6), st.integers(0, 5))
+def test_decode_cache_gives_the_uncached_answer(msgs: list[object], warm: int) -> None:
+    cache: dict[bytes, object] = {}
+    data = encode_packet([pack_message(m) for m in msgs])
+    # Warm the cache with some of the messages, then with the whole packet.
+    decode_packet_items(encode_packet([pack_message(m) for m in msgs[:warm] or msgs]), cache)
+    for _ in range(2):
+        assert decode_packet_items(data, cache) == decode_packet_items(data)
+        assert [m for _, m in decode_packet_items(data, cache)] == msgs
+
+
+def test_decode_cache_does_not_hide_a_bad_item() -> None:
+    cache: dict[bytes, object] = {}
+    good = pack_message(Suspect(1, "a", "b"))
+    decode_packet_items(encode_packet([good]), cache)
+    for bad in ([good, b"\x41\x00"], [good, [1, 2]], [good, 7]):
+        data = b"\x82" + good + cbor2.dumps(bad[1])
+        with pytest.raises(RemoteProtocolError):
+            decode_packet_items(data, cache)

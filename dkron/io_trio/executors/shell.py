@@ -340,13 +340,37 @@ class ShellExecutor:
     output is still read after the command exits, for the case of a
     backgrounded child that keeps the output pipe open (Dkron would wait for
     that child forever).
+
+    ``spawn_concurrency`` bounds how many processes are being spawned at
+    once.  Trio spawns each in a worker thread taken from the same pool that
+    the agent's fsyncs use: when hundreds of jobs fire in the same second,
+    unbounded spawns would queue the Raft log and run journal writes behind
+    them (delaying the *next* claims) and make dozens of threads fight over
+    the GIL while the kernel, which does the real work, has only a few cores.
     """
 
-    def __init__(self, *, mem_check_interval: float = 1.0, drain_grace: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        mem_check_interval: float = 1.0,
+        drain_grace: float = 1.0,
+        spawn_concurrency: int = 4,
+    ) -> None:
         if mem_check_interval <= 0 or drain_grace < 0:
             raise ValueError("intervals must be positive")
+        if spawn_concurrency < 1:
+            raise ValueError("spawn_concurrency must be at least 1")
         self._mem_check_interval = mem_check_interval
         self._drain_grace = drain_grace
+        self._spawn_concurrency = spawn_concurrency
+        # One limiter per Trio run: the executor is a process-wide singleton.
+        self._spawn_slots: tuple[trio.lowlevel.TrioToken, trio.CapacityLimiter] | None = None
+
+    def _spawn_limiter(self) -> trio.CapacityLimiter:
+        token = trio.lowlevel.current_trio_token()
+        if self._spawn_slots is None or self._spawn_slots[0] is not token:
+            self._spawn_slots = (token, trio.CapacityLimiter(self._spawn_concurrency))
+        return self._spawn_slots[1]
 
     async def run(
         self, config: Mapping[str, str], ctx: RunContext, output: OutputSink
@@ -357,19 +381,20 @@ class ShellExecutor:
             return ExecResult.failed(str(exc))
 
         try:
-            proc = await trio.lowlevel.open_process(
-                spec.argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=spec.env,
-                cwd=spec.cwd,
-                executable=spec.executable,
-                user=spec.uid,
-                group=spec.gid,
-                extra_groups=[] if spec.uid is not None else None,
-            )
+            async with self._spawn_limiter():
+                proc = await trio.lowlevel.open_process(
+                    spec.argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=spec.env,
+                    cwd=spec.cwd,
+                    executable=spec.executable,
+                    user=spec.uid,
+                    group=spec.gid,
+                    extra_groups=[] if spec.uid is not None else None,
+                )
         except OSError as exc:
             if spec.cwd is not None and exc.filename == spec.cwd:
                 return ExecResult.failed(f"chdir {spec.cwd}: {_errno_text(exc)}")

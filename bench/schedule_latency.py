@@ -1,0 +1,264 @@
+"""Fire lateness of N jobs ``@every 1s``: a real agent next to APScheduler 3, same machine.
+
+For each N, two runs of the same length, one after the other:
+
+* **ours** — a real ``python -m dkron agent --server --bootstrap-expect 1``
+  on loopback with a fresh data directory; N shell jobs ``@every 1s`` created
+  through ``POST /v1/jobs``;
+* **apscheduler** — a child process of this script running APScheduler 3's
+  ``BackgroundScheduler`` with its defaults (a pool of 10 threads,
+  ``misfire_grace_time`` 1 s) and N interval jobs of 1 s, each running the
+  command through ``subprocess.run``.
+
+Both run the same process, ``bash -c 'echo "$SCHED $EPOCHREALTIME" >> FILE'``
+(exec'd directly, no shell in between), so lateness is measured by the job's
+own process on the same clock for both: *process start - scheduled time*.
+``$EPOCHREALTIME`` is read by bash itself once it has started, without a
+further ``date`` process that would add a fork to every run.  Our agent hands
+the scheduled time to the process as ``DKRON_SCHEDULED_TIME`` (RFC 3339).
+APScheduler does not tell a job when it was due, so its job computes it from
+the trigger: every job starts on the same whole second and fires every
+second, and APScheduler drops a run that is more than ``misfire_grace_time``
+(1 s) late before calling the job, so the run a job is called for is the
+latest whole second at or before the call.
+
+After a warm-up, only runs scheduled inside the measured window of
+``--seconds`` count; ``expected`` is N * seconds and ``*_completed`` the runs
+whose process started (late runs are waited for a few seconds).  Prints one
+JSON object per N: ``n``, ``expected``, ``ours_completed``, ``ours_p50_ms``,
+``ours_p99_ms``, ``apscheduler_completed``, ``apscheduler_p50_ms``,
+``apscheduler_p99_ms``.  Targets: at N = 100 ours_p99 <= 1/10 of
+APScheduler's; at N = 500 every run completed and ours_p99 <= 100 ms.
+
+    python bench/schedule_latency.py [--n 100 500] [--seconds 30] [--warmup 5]
+
+Needs ``apscheduler<4`` installed for the peer (``--skip-apscheduler`` runs
+ours alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+
+
+def script(sched_var: str, out: str) -> str:
+    """What the job's bash runs: the scheduled time and its own start, one line per run."""
+    return f'echo "${sched_var} $EPOCHREALTIME" >> {out}'
+
+
+SETTLE = 3.0  # seconds to wait after the window for runs that are still late
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def parse_sched(text: str) -> float:
+    """``$SCHED`` as Unix seconds: RFC 3339 from our agent, a plain number from the peer."""
+    if "T" not in text:
+        return float(text)
+    zone = "+00:00" if text.endswith("Z") else text[-6:]
+    body = text[:-1] if text.endswith("Z") else text[:-6]
+    whole, _, frac = body.partition(".")
+    base = datetime.fromisoformat(whole + zone).timestamp()
+    return base + (float("0." + frac) if frac else 0.0)
+
+
+def lateness(path: str, start: float, seconds: int) -> list[float]:
+    """Lateness in ms of every run scheduled inside ``[start, start + seconds)``."""
+    out: list[float] = []
+    try:
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2:
+            continue
+        sched, began = parse_sched(parts[0]), float(parts[1])
+        if start - 1e-6 <= sched < start + seconds - 1e-6:
+            out.append((began - sched) * 1000)
+    return out
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 2)
+
+
+def wait_until(t: float) -> None:
+    while (left := t - time.time()) > 0:
+        time.sleep(min(left, 0.5))
+
+
+# ---------------------------------------------------------------------------
+# Ours: a real agent process
+# ---------------------------------------------------------------------------
+
+
+def request(conn: http.client.HTTPConnection, method: str, path: str, body: str = "") -> int:
+    """One request; a connection the server dropped is reopened (job creation is an upsert)."""
+    for attempt in range(5):
+        try:
+            conn.request(method, path, body or None)
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        except (http.client.RemoteDisconnected, ConnectionError):
+            conn.close()
+            if attempt == 4:
+                raise
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+def run_ours(n: int, seconds: int, warmup: float, workdir: str) -> list[float]:
+    port = free_port()
+    data = os.path.join(workdir, "agent-data")
+    out = os.path.join(workdir, "ours.txt")
+    argv = [
+        sys.executable, "-m", "dkron", "agent", "--server", "--bootstrap-expect", "1",
+        "--node-name", "bench", "--data-dir", data, "--http-addr", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    log = open(os.path.join(workdir, "agent.log"), "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if request(conn, "GET", "/v1/leader") == 200:
+                    break
+            except OSError:
+                conn.close()
+            if time.monotonic() > deadline:
+                raise SystemExit("the agent did not start")
+            time.sleep(0.1)
+        command = f"bash -c '{script('DKRON_SCHEDULED_TIME', out)}'"
+        for i in range(n):
+            body = json.dumps(
+                {
+                    "name": f"late-{i:04d}",
+                    "schedule": "@every 1s",
+                    "executor": "shell",
+                    "executor_config": {"command": command},
+                }
+            )
+            status = request(conn, "POST", "/v1/jobs", body)
+            if status != 201:
+                raise SystemExit(f"create failed: {status}")
+        conn.close()
+        start = math.ceil(time.time() + warmup)
+        wait_until(start + seconds + SETTLE)
+        if os.environ.get("BENCH_PYSPY_DUMP"):
+            subprocess.run(["py-spy", "dump", "--pid", str(proc.pid)], check=False)
+        return lateness(out, start, seconds)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+# ---------------------------------------------------------------------------
+# The peer: APScheduler 3 in a child process
+# ---------------------------------------------------------------------------
+
+
+def apscheduler_child(n: int, seconds: int, warmup: float, out: str) -> None:
+    """Runs in the child: the scheduler with its defaults, until the window has settled."""
+    from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+    anchor = math.ceil(time.time()) + 1.0
+    argv = ["bash", "-c", script("SCHED", out)]
+
+    def job() -> None:
+        # The run this call is for: see the module docstring.
+        sched = anchor + math.floor(time.time() - anchor)
+        env = dict(os.environ, SCHED=f"{sched:.3f}")
+        subprocess.run(argv, env=env, check=False)
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    first = datetime.fromtimestamp(anchor, UTC)
+    for i in range(n):
+        scheduler.add_job(job, "interval", seconds=1, start_date=first, id=f"late-{i:04d}")
+    scheduler.start()
+    start = math.ceil(anchor + warmup)
+    print(json.dumps({"start": start}), flush=True)
+    wait_until(start + seconds + SETTLE)
+    scheduler.shutdown(wait=True)
+
+
+def run_apscheduler(n: int, seconds: int, warmup: float, workdir: str) -> list[float]:
+    out = os.path.join(workdir, "apscheduler.txt")
+    argv = [
+        sys.executable, __file__, "--apscheduler-child", "--n", str(n),
+        "--seconds", str(seconds), "--warmup", str(warmup), "--out", out,
+    ]  # fmt: skip
+    child = subprocess.run(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True, text=True
+    )
+    start = json.loads(child.stdout.splitlines()[0])["start"]
+    return lateness(out, start, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="fire lateness: our agent vs APScheduler 3")
+    parser.add_argument("--n", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--skip-apscheduler", action="store_true")
+    parser.add_argument("--apscheduler-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.apscheduler_child:
+        apscheduler_child(args.n[0], args.seconds, args.warmup, args.out)
+        return
+    for n in args.n:
+        expected = n * args.seconds
+        with tempfile.TemporaryDirectory() as workdir:
+            ours = run_ours(n, args.seconds, args.warmup, workdir)
+            peer = (
+                []
+                if args.skip_apscheduler
+                else run_apscheduler(n, args.seconds, args.warmup, workdir)
+            )
+        row: dict[str, object] = {
+            "bench": "schedule_latency",
+            "n": n,
+            "expected": expected,
+            "ours_completed": len(ours),
+            "ours_p50_ms": quantile(ours, 0.5),
+            "ours_p99_ms": quantile(ours, 0.99),
+        }
+        if not args.skip_apscheduler:
+            row |= {
+                "apscheduler_completed": len(peer),
+                "apscheduler_p50_ms": quantile(peer, 0.5),
+                "apscheduler_p99_ms": quantile(peer, 0.99),
+            }
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

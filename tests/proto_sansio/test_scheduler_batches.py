@@ -1,0 +1,136 @@
+"""Slots due together leave the planner as one batch, and a batch is followed element-wise."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from dkron.model import Execution, Job
+from dkron.proto_sansio.execution import (
+    ExecutionConfig,
+    ExecutionLeader,
+    Propose,
+    Result,
+    Send,
+    Started,
+)
+from dkron.proto_sansio.planner import Planner, to_ns
+from dkron.state import (
+    ClaimSlot,
+    ClaimSlots,
+    ExecutionFinished,
+    ExecutionsFinished,
+    ExecutionsStarted,
+    RecordMissed,
+    StateMachine,
+    UpsertJob,
+    encode_command,
+)
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+CFG = ExecutionConfig(heartbeat_interval=1.0, lease_timeout=5.0, dispatch_timeout=10.0)
+
+
+def loaded(jobs: list[Job]) -> tuple[StateMachine, int]:
+    sm = StateMachine()
+    for i, job in enumerate(jobs, 1):
+        assert sm.apply(i, encode_command(UpsertJob(job))).ok
+    return sm, len(jobs)
+
+
+def test_slots_due_together_are_one_claim_batch_and_observed_per_element() -> None:
+    first = to_ns(T0 + timedelta(seconds=5))
+    jobs = [Job(f"j{i}", schedule="@every 5s", executor="shell", next=first) for i in range(5)]
+    sm, index = loaded(jobs)
+    planner = Planner(sm, term=2, wall=T0, select_targets=lambda job: ("w1",))
+    wall = T0 + timedelta(seconds=5)
+    (batch,) = planner.tick(wall)
+    assert isinstance(batch, ClaimSlots)
+    assert [c.job for c in batch.claims] == [j.name for j in jobs]
+    assert all(c.scheduled_time_ns == first and c.term == 2 for c in batch.claims)
+    index += 1
+    cmd, result = sm.apply_entry(index, encode_command(batch))
+    assert cmd == batch and result.ok and all(p.ok for p in result.parts)
+    planner.observe(batch, result, wall)
+    assert all(sm.cursor(j.name) == first for j in jobs)
+    # The same batch again (a proposer unsure it committed): every element refused.
+    index += 1
+    _, again = sm.apply_entry(index, encode_command(batch))
+    assert again.ok and [p.reason for p in again.parts] == ["duplicate"] * 5
+    # A lone slot stays a single command.
+    sm2, _ = loaded(jobs[:1])
+    single = Planner(sm2, term=2, wall=T0, select_targets=lambda job: ("w1",)).tick(wall)
+    assert [type(c) for c in single] == [ClaimSlot]
+
+
+def test_a_missed_range_stays_ahead_of_the_claims_that_follow_it() -> None:
+    # j0 has nothing missed; j1 missed slots while no leader existed and catches up.
+    t5 = to_ns(T0 + timedelta(seconds=5))
+    jobs = [
+        Job("j0", schedule="@every 5s", executor="shell", next=to_ns(T0 + timedelta(seconds=60))),
+        Job("j1", schedule="@every 5s", executor="shell", catchup="latest", next=t5),
+    ]
+    sm, _ = loaded(jobs)
+    wall = T0 + timedelta(seconds=60)
+    cmds = Planner(sm, term=1, wall=wall, select_targets=lambda job: ("w1",)).tick(wall)
+    kinds = [type(c) for c in cmds]
+    assert RecordMissed in kinds
+    missed_at = kinds.index(RecordMissed)
+    j1_claims = [
+        i
+        for i, c in enumerate(cmds)
+        if (isinstance(c, ClaimSlot) and c.job == "j1")
+        or (isinstance(c, ClaimSlots) and any(x.job == "j1" for x in c.claims))
+    ]
+    assert j1_claims and min(j1_claims) > missed_at
+
+
+def test_the_leader_proposes_one_started_and_one_finished_batch_per_drain() -> None:
+    t = to_ns(T0)
+    sm = StateMachine()
+    index = 0
+    for name in ("a", "b", "c"):
+        index += 1
+        sm.apply(index, encode_command(UpsertJob(Job(name, schedule="@every 5s"))))
+    claims = ClaimSlots(tuple(ClaimSlot(n, t, 1, "schedule", t, ("w1",), 1) for n in "abc"))
+    lead = ExecutionLeader("s1", 1, CFG, now=0.0)
+    index += 1
+    cmd, result = sm.apply_entry(index, encode_command(claims))
+    assert cmd is not None
+    lead.observe(cmd, result, sm, 0.0)
+    dispatched = [a for a in lead.drain() if isinstance(a, Send)]
+    assert [a.msg.key.job for a in dispatched] == ["a", "b", "c"]  # type: ignore[union-attr]
+    runs = {n: Execution(n, t + i, "w1", group=t, attempt=1) for i, n in enumerate("abc")}
+    done_a = Execution("a", t, "w1", finished_at=t + 5, success=True, group=t, attempt=1)
+    lead.receive(Started(runs["a"]), src="w1", now=0.1, wall_ns=t)
+    lead.receive(Result(done_a), src="w1", now=0.1, wall_ns=t)
+    lead.receive(Started(runs["b"]), src="w1", now=0.1, wall_ns=t)
+    lead.receive(Started(runs["c"]), src="w1", now=0.1, wall_ns=t)
+    out = lead.drain()
+    proposed = [a.command for a in out if isinstance(a, Propose)]
+    # Every start first (one batch), then the single result as a single command.
+    assert proposed == [
+        ExecutionsStarted((runs["a"], runs["b"], runs["c"])),
+        ExecutionFinished(done_a),
+    ]
+    for command in proposed:
+        index += 1
+        cmd, result = sm.apply_entry(index, encode_command(command))
+        assert cmd is not None and result.ok
+        lead.observe(cmd, result, sm, 0.2)
+    acks = [a.msg for a in lead.drain() if isinstance(a, Send)]
+    assert [type(m).__name__ for m in acks] == ["ResultAck"]
+    assert [e.job_name for e in sm.running_executions()] == ["b", "c"]
+    done = tuple(
+        Execution(n, runs[n].started_at, "w1", finished_at=t + 9, success=True, group=t, attempt=1)
+        for n in "bc"
+    )
+    for ex in done:
+        lead.receive(Result(ex), src="w1", now=0.3, wall_ns=t)
+    (finished,) = [a.command for a in lead.drain() if isinstance(a, Propose)]
+    assert finished == ExecutionsFinished(done)
+    index += 1
+    cmd, result = sm.apply_entry(index, encode_command(finished))
+    assert cmd is not None
+    lead.observe(cmd, result, sm, 0.4)
+    assert len([a for a in lead.drain() if isinstance(a, Send)]) == 2  # one ack per element
+    assert sm.running_executions() == [] and sm.get_job("c").success_count == 1  # type: ignore[union-attr]
