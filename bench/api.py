@@ -50,6 +50,7 @@ def main() -> None:
         argv = [
             sys.executable, "-m", "dkron", "agent", "--server", "--bootstrap-expect", "1",
             "--node-name", "bench", "--data-dir", data, "--http-addr", f"127.0.0.1:{port}",
+            "--bind-addr", f"127.0.0.1:{free_port()}", "--rpc-port", str(free_port()),
         ]  # fmt: skip
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

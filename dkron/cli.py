@@ -1,4 +1,4 @@
-"""The ``dkron`` command: ``agent``, ``leave``, ``raft``, ``keygen``, ``version``.
+"""The ``dkron`` command: ``agent``, ``leave``, ``raft``, ``keyring``, ``keygen``, ``version``.
 
 The job client commands (``jobs``, ``executions``, ``members``, ``schedule``)
 live in :mod:`dkron.jobcli`; this module only registers and dispatches them.
@@ -6,7 +6,9 @@ live in :mod:`dkron.jobcli`; this module only registers and dispatches them.
 Commands and output follow Dkron's so that scripts written for it keep working.
 ``leave`` and ``raft`` talk to a server's HTTP API (Dkron uses gRPC on the RPC
 port); ``--rpc-addr`` is still accepted and, when ``--address`` is not given,
-its host is used with the default HTTP port.
+its host is used with the default HTTP port.  They send ``--token`` (or
+``$DKRON_TOKEN``) as a Bearer token and trust ``--ca-cert`` (or
+``$DKRON_CA_CERT``) for an ``https://`` address signed by a private CA.
 
 Exit status: 0 on success, 1 when the command fails, 2 for a bad flag or
 configuration value (argparse's convention), with a message naming the flag.
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextvars
 import inspect
 import json
 import logging
 import os
 import secrets
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -37,6 +41,10 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8080"
 CODENAME = "Trio"
 _HTTP_TIMEOUT = 30.0
 _HTTP_PORT = 8080
+#: (token, CA file) of the command being run, read by every request it makes
+_CREDENTIALS: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "dkron_cli_credentials", default=(None, None)
+)
 
 #: ``dkron.io_trio.agent.run``: sync, or async (then run under ``trio.run``).
 Runner = Callable[[AgentConfig], object]
@@ -85,14 +93,28 @@ def _build_parser() -> argparse.ArgumentParser:
     leave = sub.add_parser(
         "leave", help="make a server leave the cluster gracefully", allow_abbrev=False
     )
-    _client_flags(leave)
     raft = sub.add_parser("raft", help="inspect and change the Raft configuration")
     raft_sub = raft.add_subparsers(dest="raft_command", metavar="COMMAND", parser_class=_Parser)
     raft_sub.required = True
-    _client_flags(raft_sub.add_parser("list-peers", help="list the Raft peers"))
+    _server_flags(leave)
+    _server_flags(raft_sub.add_parser("list-peers", help="list the Raft peers"))
     remove = raft_sub.add_parser("remove-peer", help="remove a server from the Raft peers")
-    _client_flags(remove)
+    _server_flags(remove)
     remove.add_argument("--peer-id", required=True, help="ID (node name) of the peer to remove")
+    keyring = sub.add_parser("keyring", help="list and rotate the cluster's gossip keys")
+    keyring_sub = keyring.add_subparsers(
+        dest="keyring_command", metavar="COMMAND", parser_class=_Parser
+    )
+    keyring_sub.required = True
+    _server_flags(keyring_sub.add_parser("list", help="list the keys and who holds them"))
+    for verb, text in (
+        ("install", "install a key on every member (decrypt only)"),
+        ("use", "make an installed key the primary on every member"),
+        ("remove", "remove a key from every member (not the primary)"),
+    ):
+        op = keyring_sub.add_parser(verb, help=text)
+        _server_flags(op)
+        op.add_argument("key", metavar="KEY", help="base64 key, as made by 'dkron keygen'")
     parser.add_argument(
         "--token",
         help="API token sent by the job commands as 'Authorization: Bearer TOKEN' "
@@ -113,6 +135,22 @@ def _client_flags(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="Dkron's gRPC address; accepted for compatibility: its host is used "
         f"with HTTP port {_HTTP_PORT} when --address is not given",
+    )
+    parser.add_argument(
+        "--ca-cert",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="PEM CA that signs the server's HTTPS certificate (default: $DKRON_CA_CERT)",
+    )
+
+
+def _server_flags(parser: argparse.ArgumentParser) -> None:
+    """``leave``, ``raft`` and ``keyring``: the client flags and the API token."""
+    _client_flags(parser)
+    parser.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help="API token sent as 'Authorization: Bearer TOKEN' (default: $DKRON_TOKEN)",
     )
 
 
@@ -135,13 +173,23 @@ def _base_url(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     return DEFAULT_ADDRESS
 
 
-def _request(method: str, url: str) -> tuple[int, bytes]:
+def _request(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
     """One HTTP request; any status is returned, only transport failures raise."""
-    req = urllib.request.Request(url, method=method, headers={"Accept": "application/json"})
+    token, ca_cert = _CREDENTIALS.get()
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, method=method, headers=headers)
     if method in ("POST", "PUT"):
-        req.data = b""
+        req.data = b"" if body is None else body
     try:
-        with urllib.request.urlopen(req, timeout=_HTTP_TIMEOUT) as resp:
+        context = ssl.create_default_context(cafile=ca_cert) if ca_cert else None
+    except (OSError, ssl.SSLError) as exc:
+        raise HttpClientError(f"--ca-cert {ca_cert!r}: {exc}") from None
+    try:
+        with urllib.request.urlopen(req, timeout=_HTTP_TIMEOUT, context=context) as resp:
             return int(resp.status), bytes(resp.read())
     except urllib.error.HTTPError as exc:
         with exc:
@@ -206,6 +254,37 @@ def _remove_peer(base: str, peer_id: str, out: TextIO) -> None:
     if status not in (200, 204):
         raise HttpClientError(_error_text(status, body))
     print("Peer removed", file=out)
+
+
+def _keyring(base: str, command: str, key: str | None, out: TextIO) -> None:
+    if command == "list":
+        status, body = _request("GET", f"{base}/v1/keyring")
+    else:
+        payload = json.dumps({"key": key}).encode()
+        status, body = _request("POST", f"{base}/v1/keyring/{command}", payload)
+    if status != 200:
+        raise HttpClientError(_error_text(status, body))
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise HttpClientError("the server's answer is not JSON") from None
+    if not isinstance(data, dict):
+        raise HttpClientError("the server's answer is not a JSON object")
+    if command != "list":
+        print(f"{command}: sent to {data.get('num_nodes', '?')} members", file=out)
+        return
+    if not data.get("encrypted"):
+        print("Gossip encryption is not enabled.", file=out)
+        return
+    nodes = data.get("num_nodes", 0)
+    keys = data.get("keys") or {}
+    primary = data.get("primary_keys") or {}
+    print(f"Keys held by the {nodes} alive members:", file=out)
+    for k, n in keys.items():
+        mark = f" (primary on {primary[k]})" if primary.get(k) else ""
+        print(f"  {k} [{n}/{nodes}]{mark}", file=out)
+    for fp, n in (data.get("other_keys") or {}).items():
+        print(f"  unknown key, fingerprint {fp} [{n}/{nodes}]", file=out)
 
 
 def _load_runner() -> Runner:
@@ -311,11 +390,21 @@ def main(
             print(f"dkron {ns.command}: error: {exc}", file=err)
             return 2
         return jobcli.run_command(ns, base_url=base, out=out, err=err)
-    command = "dkron leave" if ns.command == "leave" else f"dkron raft {ns.raft_command}"
+    if ns.command == "leave":
+        command = "dkron leave"
+    elif ns.command == "keyring":
+        command = f"dkron keyring {ns.keyring_command}"
+    else:
+        command = f"dkron raft {ns.raft_command}"
+    token = getattr(ns, "token", None) or os.environ.get("DKRON_TOKEN") or None
+    ca_cert = getattr(ns, "ca_cert", None) or os.environ.get("DKRON_CA_CERT") or None
+    reset = _CREDENTIALS.set((token, ca_cert))
     try:
         base = _base_url(ns, parser)
         if ns.command == "leave":
             _leave(base, out)
+        elif ns.command == "keyring":
+            _keyring(base, ns.keyring_command, getattr(ns, "key", None), out)
         elif ns.raft_command == "list-peers":
             _list_peers(base, out)
         else:
@@ -326,4 +415,6 @@ def main(
     except HttpClientError as exc:
         print(f"{command}: error: {exc}", file=err)
         return 1
+    finally:
+        _CREDENTIALS.reset(reset)
     return 0

@@ -25,7 +25,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -47,6 +47,7 @@ __all__ = [
     "load_config",
     "option_names",
     "parse_tags",
+    "read_token_file",
     "to_argv",
 ]
 
@@ -60,6 +61,7 @@ DEFAULT_SEARCH_PATHS = ("/etc/dkron", "$HOME/.dkron", "./config")
 #: Tags every node publishes itself (gossip); a user tag of that name is overwritten.
 _RESERVED_TAGS = frozenset(
     {"role", "dc", "region", "version", "server", "bootstrap", "expect", "rpc_addr", "port"}
+    | {"keyring"}
 )
 _TEMPLATE = re.compile(r"\{\{.*?\}\}")
 _DECIMAL = re.compile(r"[+-]?[0-9]+\Z")
@@ -157,6 +159,16 @@ class AgentConfig:
     enable_prometheus: bool = False
     otel_endpoint: str = ""
     disable_usage_stats: bool = False
+    https_cert: str = ""
+    https_key: str = ""
+    rpc_tls_ca: str = ""
+    rpc_tls_cert: str = ""
+    rpc_tls_key: str = ""
+    api_token: tuple[str, ...] = field(default=(), repr=False)
+    api_token_file: str = ""
+    api_read_token: tuple[str, ...] = field(default=(), repr=False)
+    api_read_token_file: str = ""
+    basic_auth: tuple[str, ...] = field(default=(), repr=False)
     # config-file-only keys
     bootstrap: bool = False
     devmode: bool = False
@@ -165,7 +177,7 @@ class AgentConfig:
     config_file: str | None = field(default=None, compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)
     #: what ``load_config`` read, so that SIGHUP can read the same sources again
-    argv: tuple[str, ...] | None = field(default=None, compare=False)
+    argv: tuple[str, ...] | None = field(default=None, compare=False, repr=False)  # secrets
     cwd: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -243,6 +255,16 @@ _OPTIONS: tuple[_Option, ...] = (
     _o("enable-prometheus", _B, "serve Prometheus metrics at /metrics"),
     _o("otel-endpoint", _S, "OpenTelemetry trace endpoint"),
     _o("disable-usage-stats", _B, "accepted for compatibility; usage is never reported"),
+    _o("https-cert", _S, "PEM certificate (chain) of the HTTPS API; needs --https-key"),
+    _o("https-key", _S, "PEM private key of --https-cert"),
+    _o("rpc-tls-ca", _S, "PEM CA that signs every node's RPC certificate (mutual TLS)"),
+    _o("rpc-tls-cert", _S, "PEM RPC certificate of this node, naming --node-name (SAN DNS)"),
+    _o("rpc-tls-key", _S, "PEM private key of --rpc-tls-cert"),
+    _o("api-token", _L, "API token with full access (Bearer or X-Dkron-Token); repeatable"),
+    _o("api-token-file", _S, "file of full-access API tokens, one a line, # comments"),
+    _o("api-read-token", _L, "API token that may only read (GET, websockets); repeatable"),
+    _o("api-read-token-file", _S, "file of read-only API tokens, one a line, # comments"),
+    _o("basic-auth", _L, "USER:PASSWORD accepted as HTTP basic auth (full access); repeatable"),
     _o("bootstrap", _B, "bootstrap Raft with this server alone", flag=False),
     _o("devmode", _B, "development mode", flag=False),
     _o(
@@ -327,6 +349,61 @@ def _validate(c: AgentConfig) -> None:
         for header in getattr(c, _BY_KEY[key].attr):
             if not _HEADER.match(header):
                 fail(key, f"has an invalid header {header!r} (expected 'Name: value')")
+    _validate_security(c, fail)
+
+
+_TOKEN_TEXT = re.compile(r"[\x21-\x7e]+\Z")
+
+
+def _validate_security(c: AgentConfig, fail: Callable[[str, str], NoReturn]) -> None:
+    if bool(c.https_cert) != bool(c.https_key):
+        missing = "https-key" if c.https_cert else "https-cert"
+        fail(missing, "is required too: --https-cert and --https-key go together")
+    rpc = {"rpc-tls-ca": c.rpc_tls_ca, "rpc-tls-cert": c.rpc_tls_cert, "rpc-tls-key": c.rpc_tls_key}
+    if any(rpc.values()) and not all(rpc.values()):
+        missing = next(k for k, v in rpc.items() if not v)
+        fail(missing, "is required too: --rpc-tls-ca, --rpc-tls-cert and --rpc-tls-key go together")
+    for key in ("https-cert", "https-key", *rpc):
+        path = getattr(c, _BY_KEY[key].attr)
+        if path and not os.path.isfile(path):
+            fail(key, f"is not a readable file: {path!r}")
+    for key in ("api-token", "api-read-token"):
+        for token in getattr(c, _BY_KEY[key].attr):
+            if not _TOKEN_TEXT.match(token):
+                fail(key, "has a token that is not printable ASCII without spaces")
+    for key in ("api-token-file", "api-read-token-file"):
+        path = getattr(c, _BY_KEY[key].attr)
+        if path:
+            try:
+                read_token_file(path)
+            except ConfigError as exc:
+                fail(key, str(exc))
+    for pair in c.basic_auth:
+        user, sep, _ = pair.partition(":")
+        if not sep or not user:
+            fail("basic-auth", "must be USER:PASSWORD with a non-empty user")
+
+
+def read_token_file(path: str) -> tuple[str, ...]:
+    """Tokens of a token file: one a line, blank lines and ``# comments`` skipped.
+
+    Problems are a :class:`ConfigError` that never quotes a token.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path!r} is not UTF-8 text") from None
+    tokens: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        if not _TOKEN_TEXT.match(token):
+            raise ConfigError(f"{path!r} line {number}: a token is printable ASCII without spaces")
+        tokens.append(token)
+    return tuple(tokens)
 
 
 def _addr_problem(text: str) -> str | None:

@@ -25,6 +25,7 @@ import enum
 import json
 import os
 import pathlib
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -33,6 +34,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import trio
+import trio_websocket
 import yaml
 
 from dkron import __version__
@@ -68,7 +71,7 @@ __all__ = [
     "run_command",
 ]
 
-COMMANDS = frozenset({"jobs", "executions", "members", "schedule"})
+COMMANDS = frozenset({"jobs", "executions", "members", "schedule", "logs"})
 """Top-level commands this module owns (``dkron.cli`` dispatches them here)."""
 
 JOB_FILE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -163,11 +166,24 @@ class Client:
     """
 
     def __init__(
-        self, base_url: str, *, token: str | None = None, timeout: float = _HTTP_TIMEOUT
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = _HTTP_TIMEOUT,
+        ca_cert: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token or None
         self.timeout = timeout
+        self.ca_cert = ca_cert or None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The system's trust store, or only ``--ca-cert`` for a private CA."""
+        try:
+            return ssl.create_default_context(cafile=self.ca_cert)
+        except (OSError, ssl.SSLError) as exc:
+            raise ApiError(f"--ca-cert {self.ca_cert!r}: {exc}") from None
 
     def headers(self, *, with_body: bool) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": f"dkron-cli/{__version__}"}
@@ -198,7 +214,8 @@ class Client:
             url, data=data, method=method, headers=self.headers(with_body=body is not None)
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            context = self.ssl_context() if url.startswith("https:") else None
+            with urllib.request.urlopen(req, timeout=self.timeout, context=context) as resp:
                 return Response(
                     status=int(resp.status),
                     body=bytes(resp.read()),
@@ -953,6 +970,96 @@ def _executions_list(ns: argparse.Namespace, client: Client, out: TextIO) -> int
     return 0
 
 
+def _latest_execution(client: Client, job: str) -> dict[str, Any]:
+    execs = _as_list_of_dicts(
+        client.call("GET", _job_path(job, "/executions"), not_found=f"job {job!r} not found"),
+        "executions",
+    )
+    if not execs:
+        raise ApiError(f"job {job!r} has no executions")
+    return max(execs, key=lambda e: (str(e.get("started_at", "")), str(e.get("id", ""))))
+
+
+def _logs(ns: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    """The output of one execution; with ``-f`` a running one is followed over the websocket.
+
+    Exit status 0 when the execution succeeded, 1 when it failed.
+    """
+    job = str(ns.job)
+    if ns.execution:
+        execution = _as_dict(
+            client.call(
+                "GET",
+                _job_path(job, f"/executions/{_quote(str(ns.execution))}"),
+                not_found=f"execution {ns.execution!r} of job {job!r} not found",
+            ),
+            "execution",
+        )
+    else:
+        execution = _latest_execution(client, job)
+    running = str(execution.get("finished_at", "")).startswith("0001-")
+    if running and ns.follow:
+        final = follow_output(client, job, str(execution["id"]), out)
+        if final is None:
+            raise ApiError("the stream ended before the execution's result")
+        execution = final
+    else:
+        out.write(str(execution.get("output", "")))
+        out.flush()
+        if running:
+            print(f"(execution {execution.get('id')} is still running; -f follows it)", file=err)
+            return 0
+    print(f"-- {_result(execution)}", file=err)
+    return 0 if execution.get("success") else 1
+
+
+def follow_output(
+    client: Client, job: str, execution_id: str, out: TextIO
+) -> dict[str, Any] | None:
+    """Print live chunks as they come; the final execution object, or None if cut short."""
+
+    parts = urllib.parse.urlsplit(client.base_url)
+    host = parts.hostname or "localhost"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    resource = _job_path(job, f"/executions/{_quote(execution_id)}/stream")
+    headers = [(k.encode(), v.encode()) for k, v in client.headers(with_body=False).items()]
+
+    async def follow() -> dict[str, Any] | None:
+        # The stream is ours to close: the websocket client leaves it open when
+        # the server ends the connection first, as servers should.
+        try:
+            tcp = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise ApiError(f"cannot reach {client.base_url}: {exc}") from None
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
+        try:
+            if parts.scheme == "https":
+                stream = trio.SSLStream(tcp, client.ssl_context(), server_hostname=host)
+            async with trio.open_nursery() as nursery:
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery, stream, host, resource, extra_headers=headers
+                )
+                try:
+                    while True:
+                        message = json.loads(await ws.get_message())
+                        if message.get("type") == "output":
+                            out.write(str(message.get("data", "")))
+                            out.flush()
+                        elif message.get("type") == "result":
+                            return _as_dict(message.get("execution"), "execution")
+                except trio_websocket.ConnectionClosed:
+                    return None
+                finally:
+                    await ws.aclose()
+        except (trio_websocket.HandshakeError, trio.BrokenResourceError, OSError) as exc:
+            raise ApiError(f"cannot follow {resource}: {exc}") from None
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    result: dict[str, Any] | None = trio.run(follow)
+    return result
+
+
 def _members(ns: argparse.Namespace, client: Client, out: TextIO) -> int:
     members = _as_list_of_dicts(client.call("GET", "/v1/members"), "members")
     if ns.json:
@@ -1146,6 +1253,24 @@ def add_commands(sub: Any, *, client_flags: Callable[[argparse.ArgumentParser], 
         client_flags,
     )
 
+    p = _common(
+        sub.add_parser(
+            "logs", help="print an execution's output; -f follows it live", allow_abbrev=False
+        ),
+        client_flags,
+        json_flag=False,
+    )
+    p.add_argument("job", metavar="JOB")
+    p.add_argument(
+        "execution", metavar="EXECUTION", nargs="?", help="execution id (default: the latest)"
+    )
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="stream the output of a running execution until it ends",
+    )
+
     schedule = sub.add_parser("schedule", help="schedule tools (local)", allow_abbrev=False)
     sched_sub = _sub(schedule, "schedule_command")
     p = sched_sub.add_parser("preview", help="the next fire times of a schedule spec")
@@ -1198,11 +1323,14 @@ def run_command(
             return _schedule_preview(ns, out)
         if base_url is None:
             raise ValueError(f"{command} needs a server address")
-        client = Client(base_url, token=token)
+        ca_cert = getattr(ns, "ca_cert", None) or env.get("DKRON_CA_CERT") or None
+        client = Client(base_url, token=token, ca_cert=ca_cert)
         if ns.command == "members":
             return _members(ns, client, out)
         if ns.command == "executions":
             return _executions_list(ns, client, out)
+        if ns.command == "logs":
+            return _logs(ns, client, out, err)
         handlers: dict[str, Callable[[], int]] = {
             "list": lambda: _jobs_list(ns, client, out),
             "get": lambda: _jobs_get(ns, client, out),

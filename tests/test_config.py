@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from dkron.config import (
     load_config,
     option_names,
     parse_tags,
+    read_token_file,
     to_argv,
 )
 
@@ -549,3 +551,72 @@ def test_every_option_is_documented() -> None:
         assert f"`{flag}`" in doc or f"`--{flag}`" in doc, key
         env = "DKRON_TAG" if key == "tags" else "DKRON_" + key.upper().replace("-", "_")
         assert f"`{env}`" in doc, env
+
+
+# -- security options ---------------------------------------------------------------
+
+
+def test_security_options_are_off_by_default() -> None:
+    c = AgentConfig(node_name="n")
+    assert (c.https_cert, c.https_key, c.rpc_tls_ca, c.rpc_tls_cert, c.rpc_tls_key) == ("",) * 5
+    assert (c.api_token, c.api_read_token, c.basic_auth) == ((), (), ())
+    assert (c.api_token_file, c.api_read_token_file) == ("", "")
+
+
+def test_security_flags_env_and_file(tmp_path: Path) -> None:
+    pem = tmp_path / "x.pem"
+    pem.write_text("pem")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# full access\n\n  tok-a  \ntok-b\n")
+    c = load(
+        [
+            f"--https-cert={pem}",
+            f"--https-key={pem}",
+            "--api-token=t1",
+            "--api-token=t2",
+            f"--api-read-token-file={tokens}",
+            "--basic-auth=ops:pw:with:colons",
+        ],
+        env={"DKRON_API_READ_TOKEN": "r1,r2", "DKRON_RPC_TLS_CA": str(pem)},
+        cwd=tmp_path,
+        files={"dkron.yml": f"rpc-tls-cert: {pem}\nrpc-tls-key: {pem}\n"},
+        search=["."],
+    )
+    assert c.https_cert == c.https_key == str(pem)
+    assert c.rpc_tls_ca == c.rpc_tls_cert == c.rpc_tls_key == str(pem)
+    assert c.api_token == ("t1", "t2") and c.api_read_token == ("r1", "r2")
+    assert c.basic_auth == ("ops:pw:with:colons",)
+    assert read_token_file(str(tokens)) == ("tok-a", "tok-b")
+    assert "t1" not in repr(c) and "pw:with" not in repr(c)
+    assert load(to_argv(c), cwd=tmp_path) == dataclasses.replace(c, argv=None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "fragment"),
+    [
+        (["--https-cert=PEM"], "--https-key", "go together"),
+        (["--https-key=PEM"], "--https-cert", "go together"),
+        (["--rpc-tls-ca=PEM", "--rpc-tls-cert=PEM"], "--rpc-tls-key", "go together"),
+        (["--rpc-tls-key=PEM"], "--rpc-tls-ca", "go together"),
+        (["--https-cert=/nope.pem", "--https-key=PEM"], "--https-cert", "not a readable file"),
+        (["--api-token=has space"], "--api-token", "printable ASCII"),
+        (["--api-read-token=caf\u00e9"], "--api-read-token", "printable ASCII"),
+        (["--api-token-file=/nope"], "--api-token-file", "cannot read"),
+        (["--api-read-token-file=BAD"], "--api-read-token-file", "line 2"),
+        (["--basic-auth=nocolon"], "--basic-auth", "USER:PASSWORD"),
+        (["--basic-auth=:pw"], "--basic-auth", "USER:PASSWORD"),
+    ],
+)
+def test_security_errors_name_the_flag(
+    tmp_path: Path, argv: list[str], flag: str, fragment: str
+) -> None:
+    pem = tmp_path / "x.pem"
+    pem.write_text("pem")
+    bad = tmp_path / "bad"
+    bad.write_text("ok-token\nnot ok\n")
+    args = [a.replace("PEM", str(pem)).replace("BAD", str(bad)) for a in argv]
+    with pytest.raises(ConfigError) as info:
+        load(args, cwd=tmp_path)
+    assert info.value.flag == flag
+    assert fragment in str(info.value)
+    assert "not ok" not in str(info.value)  # a token file's content is never quoted

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trio
 
+from dkron import jobcli
 from dkron.cli import main
 from dkron.io_trio.agent import Agent
 from dkron.io_trio.live import Options, call, wait_leader
@@ -635,3 +636,34 @@ def test_plan_compares_only_user_set_fields_and_orders_writes() -> None:
 def test_format_table_aligns_and_flattens() -> None:
     text = format_table(["A", "LONGER"], [["xxxx", "1"], ["y", "two\nlines"]])
     assert text == "A     LONGER\nxxxx  1\ny     two lines\n"
+
+
+async def test_logs_follows_a_running_execution_live(server: str) -> None:
+    job = {
+        "name": "steps",
+        "schedule": "@manually",
+        "executor": "shell",
+        "executor_config": {
+            "command": "for i in 1 2 3; do echo step$i; sleep 0.4; done",
+            "shell": "true",
+        },
+    }
+    client = jobcli.Client(server)
+    await trio.to_thread.run_sync(lambda: client.call("POST", "/v1/jobs", body=job, ok=(201,)))
+    await ok("jobs", "run", "steps", "--address", server)
+    with trio.fail_after(20):
+        while True:  # wait until the run has started, then follow it
+            execs = await trio.to_thread.run_sync(
+                lambda: client.call("GET", "/v1/jobs/steps/executions")
+            )
+            if execs:
+                break
+            await trio.sleep(0.05)
+        code, out, err = await cli("logs", "-f", "steps", "--address", server)
+    assert code == 0, err
+    assert out == "step1\nstep2\nstep3\n"
+    assert "success" in err.lower()
+    # Once finished, plain ``logs`` prints the stored output of the latest run.
+    assert await ok("logs", "steps", "--address", server) == "step1\nstep2\nstep3\n"
+    code, _, err = await cli("logs", "steps", "nope", "--address", server)
+    assert code == 1 and "not found" in err

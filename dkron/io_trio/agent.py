@@ -24,6 +24,7 @@ to Raft and removes the ones that left (``dkron.proto_sansio.servers``).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import json
@@ -33,6 +34,7 @@ import os
 import pathlib
 import random
 import signal
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -43,12 +45,15 @@ import cbor2
 import trio
 
 from dkron import __version__
-from dkron.config import AgentConfig
+from dkron.config import AgentConfig, ConfigError, read_token_file
 from dkron.io_trio.executors import get_executor
 from dkron.io_trio.executors.base import EXECUTOR_NOT_PRESENT, RunContext, final_output
 from dkron.io_trio.forward import FORWARD_CODEC, Op, Reply, Request
 from dkron.io_trio.http_api import (
+    ApiAuth,
     HttpApi,
+    KeyringError,
+    KeyringOp,
     MemberInfo,
     MemberStatus,
     NotLeaderError,
@@ -132,9 +137,10 @@ from dkron.proto_sansio.swim import (
     SwimAction,
     SwimConfig,
     SwimNode,
+    UserEvent,
 )
 from dkron.proto_sansio.swim import MemberStatus as SwimStatus
-from dkron.proto_sansio.swim_wire import Keyring
+from dkron.proto_sansio.swim_wire import Keyring, key_fingerprint
 from dkron.schedule import fire_times
 from dkron.state import (
     ApplyResult,
@@ -159,12 +165,28 @@ log = logging.getLogger("dkron.agent")
 
 SNAPSHOT_EVERY = 10_000
 RECONCILE_INTERVAL = 1.0
+LEAVE_ANSWER_GRACE = 1.0
 FORWARD_TIMEOUT = 30.0
 RECENT_RESULTS = 4096
 #: Tags the agent owns; a user tag of one of these names is dropped (Dkron overwrites them).
 RESERVED_TAGS = frozenset(
-    {"role", "dc", "region", "version", "server", "bootstrap", "expect", "rpc_addr", "port"}
+    {
+        "role",
+        "dc",
+        "region",
+        "version",
+        "server",
+        "bootstrap",
+        "expect",
+        "rpc_addr",
+        "port",
+        "keyring",
+    }
 )
+#: The user event that carries a keyring operation to every member.
+KEYRING_EVENT = "dkron:keyring"
+KEYRING_FILE = "keyring.json"
+_KEYRING_OPS = {KeyringOp.INSTALL: 1, KeyringOp.USE: 2, KeyringOp.REMOVE: 3}
 PROFILES: Mapping[str, SwimConfig] = {"lan": LAN, "wan": WAN, "local": LOCAL}
 
 
@@ -221,6 +243,26 @@ class AgentOptions(Protocol):
     def enable_prometheus(self) -> bool: ...
     @property
     def ui(self) -> bool: ...
+    @property
+    def https_cert(self) -> str: ...
+    @property
+    def https_key(self) -> str: ...
+    @property
+    def rpc_tls_ca(self) -> str: ...
+    @property
+    def rpc_tls_cert(self) -> str: ...
+    @property
+    def rpc_tls_key(self) -> str: ...
+    @property
+    def api_token(self) -> tuple[str, ...]: ...
+    @property
+    def api_token_file(self) -> str: ...
+    @property
+    def api_read_token(self) -> tuple[str, ...]: ...
+    @property
+    def api_read_token_file(self) -> str: ...
+    @property
+    def basic_auth(self) -> tuple[str, ...]: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -257,6 +299,104 @@ def http_listen_addr(value: str) -> tuple[str | None, int]:
 
 def _format_addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _load_pem(context: ssl.SSLContext, flags: tuple[str, str], cert: str, key: str) -> None:
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise AgentError(
+            f"{flags[0]}/{flags[1]}: cannot load {cert!r} and {key!r}: {exc}"
+        ) from None
+
+
+def https_context(opts: AgentOptions) -> ssl.SSLContext | None:
+    """The API's TLS context from ``--https-cert``/``--https-key``, or None for plain HTTP."""
+    if not opts.https_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_pem(context, ("--https-cert", "--https-key"), opts.https_cert, opts.https_key)
+    return context
+
+
+def rpc_tls_contexts(opts: AgentOptions) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
+    """Mutual TLS on the RPC port: (server, client) contexts that both demand a CA-signed
+    certificate; the client also checks that the server's names the peer dialled."""
+    if not opts.rpc_tls_ca:
+        return None
+    flags = ("--rpc-tls-cert", "--rpc-tls-key")
+    contexts = []
+    for purpose in (ssl.PROTOCOL_TLS_SERVER, ssl.PROTOCOL_TLS_CLIENT):
+        context = ssl.SSLContext(purpose)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.verify_mode = ssl.CERT_REQUIRED
+        try:
+            context.load_verify_locations(cafile=opts.rpc_tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise AgentError(f"--rpc-tls-ca: cannot load {opts.rpc_tls_ca!r}: {exc}") from None
+        _load_pem(context, flags, opts.rpc_tls_cert, opts.rpc_tls_key)
+        contexts.append(context)
+    return contexts[0], contexts[1]
+
+
+def api_auth(opts: AgentOptions) -> ApiAuth | None:
+    """The API's credentials from the flags and token files (read now: they may change)."""
+    try:
+        tokens = opts.api_token
+        if opts.api_token_file:
+            tokens += read_token_file(opts.api_token_file)
+        read_tokens = opts.api_read_token
+        if opts.api_read_token_file:
+            read_tokens += read_token_file(opts.api_read_token_file)
+    except ConfigError as exc:
+        raise AgentError(f"API token file: {exc}") from None
+    try:
+        auth = ApiAuth(tokens=tokens, read_tokens=read_tokens, basic=opts.basic_auth)
+    except ValueError as exc:
+        raise AgentError(f"--api-token/--basic-auth: {exc}") from None
+    return auth if auth.enabled else None
+
+
+def load_keyring(path: pathlib.Path, encrypt: str) -> Keyring | None:
+    """The persisted keyring, else one seeded from ``--encrypt`` (Serf's keyring file).
+
+    Once a keyring file exists it wins over ``--encrypt``: after a rotation
+    the flag names a retired key.
+    """
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return Keyring.from_base64(encrypt) if encrypt else None
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"{path}: cannot read the gossip keyring: {exc}") from None
+    if not isinstance(raw, list) or not raw or not all(isinstance(k, str) for k in raw):
+        raise AgentError(f"{path}: expected a non-empty JSON list of base64 keys")
+    try:
+        keyring = Keyring.from_base64(raw[0], raw[1:])
+    except (ValueError, LocalProtocolError) as exc:
+        raise AgentError(f"{path}: invalid gossip key: {exc}") from None
+    if encrypt and Keyring.from_base64(encrypt).primary not in keyring.keys:
+        log.warning("--encrypt ignored: %s holds the gossip keys (rotated since)", path)
+    return keyring
+
+
+def save_keyring(path: pathlib.Path, keyring: Keyring) -> None:
+    """Write the keyring durably: a private temp file, fsync, rename, fsync the directory."""
+    text = json.dumps([base64.b64encode(k).decode("ascii") for k in keyring.keys])
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def recover_peers(
@@ -329,6 +469,8 @@ class Agent:
         self.swim: SwimNode | None = None
         self.gossip: GossipEndpoint | None = None
         self.rpc: RpcEndpoint | None = None
+        self.keyring: Keyring | None = None
+        self._keyring_lock = trio.Lock()
         self.journal = RunJournal(pathlib.Path(opts.data_dir) / "runs")
         self.paused = False
         self.http_port: int | None = None
@@ -376,6 +518,8 @@ class Agent:
             rpc_addr=_format_addr(*self.rpc_addr),
             port=str(self.rpc_addr[1]),
         )
+        if self.keyring is not None:
+            tags["keyring"] = ",".join(self.keyring.fingerprints())
         if self.opts.server:
             tags["server"] = "true"
             if self.opts.bootstrap or self.opts.bootstrap_expect == 1:
@@ -449,6 +593,10 @@ class Agent:
                 wall_ns=to_ns(_wall()),
                 interrupted=interrupted,
             )
+            keyring_path = data / KEYRING_FILE
+            self.keyring = await trio.to_thread.run_sync(load_keyring, keyring_path, opts.encrypt)
+            if self.keyring is not None and not await trio.to_thread.run_sync(keyring_path.exists):
+                await trio.to_thread.run_sync(save_keyring, keyring_path, self.keyring)
             self.gossip = await GossipEndpoint.open(bind)
             try:
                 await self._serve(bind, peers_from_file, task_status)
@@ -471,7 +619,15 @@ class Agent:
         # Port 0 binds a free port: advertise the one the socket got.
         adv = advertise_addr((bind[0], gossip.addr[1]), opts.advertise_addr or None)
         self.gossip_addr = adv
-        self.rpc = RpcEndpoint(self.name, rng=random.Random(self.rng.getrandbits(64)))
+        tls = await trio.to_thread.run_sync(rpc_tls_contexts, opts)
+        https = await trio.to_thread.run_sync(https_context, opts)
+        auth = await trio.to_thread.run_sync(api_auth, opts)
+        self.rpc = RpcEndpoint(
+            self.name,
+            rng=random.Random(self.rng.getrandbits(64)),
+            server_ssl=None if tls is None else tls[0],
+            client_ssl=None if tls is None else tls[1],
+        )
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             listen = await nursery.start(self.rpc.run, (bind[0], opts.rpc_port))
@@ -488,7 +644,7 @@ class Agent:
                 addr=adv[0],
                 port=adv[1],
                 tags=self.tags,
-                keyring=Keyring.from_base64(opts.encrypt) if opts.encrypt else None,
+                keyring=self.keyring,
                 incarnation=time.time_ns() // 1_000_000,
             )
             await nursery.start(functools.partial(gossip.run, self.swim, on_event=self._on_swim))
@@ -497,8 +653,12 @@ class Agent:
             await nursery.start(self._core_loop)
             if opts.server:
                 host, http_port = http_listen_addr(opts.http_addr)
-                api = HttpApi(_Backend(self), metrics=self.metrics, ui=self.opts.ui)
-                listeners = await nursery.start(api.serve, host or None, http_port)
+                backend = _Backend(self)
+                api = HttpApi(
+                    backend, metrics=self.metrics, ui=self.opts.ui, auth=auth, keyring=backend
+                )
+                serve_api = functools.partial(api.serve, ssl_context=https)
+                listeners = await nursery.start(serve_api, host or None, http_port)
                 self.http_port = listeners[0].socket.getsockname()[1]
                 log.info("node %s serving the API on port %s", self.name, self.http_port)
             await self._join(opts.join, retry=False)
@@ -587,6 +747,9 @@ class Agent:
             self._joined.set()
         elif isinstance(action, LeaveComplete):
             self._left.set()
+        elif isinstance(action, UserEvent) and action.name == KEYRING_EVENT:
+            if self._nursery is not None:
+                self._nursery.start_soon(self._keyring_event, action.payload)
         elif isinstance(action, MemberEvent):
             if action.kind in (EventKind.JOIN, EventKind.UPDATE):
                 self._set_rpc_peer(action.member)
@@ -605,6 +768,84 @@ class Agent:
                 self._on_request(item)
             else:
                 await self._send_in.send(("in", item))
+
+    # -- the gossip keyring -----------------------------------------------------------
+
+    def keyring_status(self) -> dict[str, object]:
+        """Each local key with how many alive members hold it and use it as primary.
+
+        Members publish their keys' fingerprints in the ``keyring`` tag (primary
+        first); keys only others hold are counted under ``other_keys`` by fingerprint.
+        """
+        alive = [m for m in self.members() if m.status is SwimStatus.ALIVE]
+        keyring = self.keyring
+        if keyring is None:
+            return {"encrypted": False, "num_nodes": len(alive), "keys": {}, "primary_keys": {}}
+        names = {key_fingerprint(k): base64.b64encode(k).decode("ascii") for k in keyring.keys}
+        keys = dict.fromkeys(names.values(), 0)
+        primary = dict.fromkeys(names.values(), 0)
+        other: dict[str, int] = {}
+        for member in alive:
+            held = [f for f in member.tags.get("keyring", "").split(",") if f]
+            for i, fp in enumerate(held):
+                if fp not in names:
+                    other[fp] = other.get(fp, 0) + 1
+                    continue
+                keys[names[fp]] += 1
+                if i == 0:
+                    primary[names[fp]] += 1
+        status: dict[str, object] = {
+            "encrypted": True,
+            "num_nodes": len(alive),
+            "keys": keys,
+            "primary_keys": {k: n for k, n in primary.items() if n},
+        }
+        if other:
+            status["other_keys"] = other
+        return status
+
+    async def keyring_op(self, op: KeyringOp, key: bytes) -> int:
+        """Apply here, then announce to every member as a user event (sealed with the
+        current keyring, so only members holding a key can read it)."""
+        keyring, swim, gossip = self.keyring, self.swim, self.gossip
+        if keyring is None or swim is None or gossip is None:
+            raise KeyringError("gossip encryption is not enabled (start the agents with --encrypt)")
+        if op is KeyringOp.REMOVE and key == keyring.primary:
+            raise KeyringError("cannot remove the primary key: use another key first")
+        if op is KeyringOp.USE and key not in keyring.keys:
+            raise KeyringError("the key is not installed: install it first")
+        payload = bytes((_KEYRING_OPS[op],)) + key
+        try:
+            swim.send_user_event(KEYRING_EVENT, payload, trio.current_time())
+        except LocalProtocolError as exc:
+            raise KeyringError(f"cannot announce the operation: {exc}") from None
+        gossip.poke()
+        await self._keyring_event(payload)
+        return sum(1 for m in swim.members() if m.status is SwimStatus.ALIVE)
+
+    async def _keyring_event(self, payload: bytes) -> None:
+        """Apply one announced keyring operation (idempotent), persist it, publish it."""
+        keyring = self.keyring
+        codes = {v: k for k, v in _KEYRING_OPS.items()}
+        if keyring is None or not payload or payload[0] not in codes:
+            return
+        op, key = codes[payload[0]], payload[1:]
+        try:
+            if op is KeyringOp.INSTALL:
+                keyring.add_key(key)
+            elif op is KeyringOp.USE:
+                keyring.add_key(key)  # the event may overtake its install
+                keyring.use_key(key)
+            else:
+                keyring.remove_key(key)
+        except LocalProtocolError as exc:
+            log.warning("gossip keyring %s of %s refused: %s", op.value, key_fingerprint(key), exc)
+            return
+        async with self._keyring_lock:
+            path = pathlib.Path(self.opts.data_dir) / KEYRING_FILE
+            await trio.to_thread.run_sync(save_keyring, path, keyring)
+        self.reload_tags(self.user_tags)
+        log.info("gossip keyring: %s %s", op.value, key_fingerprint(key))
 
     async def leave(self) -> None:
         """Graceful leave (SIGTERM, ``dkron leave``): announce it, let local runs finish."""
@@ -1487,10 +1728,12 @@ class _Backend:
         return await self.agent.cancel(RunKey(job, ex.group, ex.node_name, ex.attempt))
 
     async def leave(self) -> dict[str, object]:
+        """Leave first (as Dkron's handler does), answer, and only then stop the node."""
         agent = self.agent
         peers: dict[str, object] = {m.name: m.addr for m in agent.members()}
+        await agent.leave()
         if agent._nursery is not None:
-            agent._nursery.start_soon(_leave_and_stop, agent)
+            agent._nursery.start_soon(_stop_after_answering, agent)
         return peers
 
     def raft_peers(self) -> list[dict[str, object]]:
@@ -1516,6 +1759,12 @@ class _Backend:
     async def remove_peer(self, peer_id: str) -> bool:
         return await self.agent.remove_peer(peer_id)
 
+    def keyring_status(self) -> dict[str, object]:
+        return self.agent.keyring_status()
+
+    async def keyring_op(self, op: KeyringOp, key: bytes) -> int:
+        return await self.agent.keyring_op(op, key)
+
     @property
     def events(self) -> EventHub:
         return self.agent.events
@@ -1524,6 +1773,14 @@ class _Backend:
         self, job: str, execution_id: str, seq: int, wait: float
     ) -> tuple[list[tuple[int, bytes]], Execution | None]:
         return await _output_after(self.agent, job, execution_id, seq, wait)
+
+
+async def _stop_after_answering(agent: Agent) -> None:
+    """The answer to ``POST /v1/leave`` is on its way once the handler returned; give
+    the connection a moment to carry it before the node's sockets close."""
+    await trio.sleep(LEAVE_ANSWER_GRACE)
+    if agent._nursery is not None:
+        agent._nursery.cancel_scope.cancel()
 
 
 async def _leave_and_stop(agent: Agent) -> None:

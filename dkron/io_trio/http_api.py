@@ -14,14 +14,19 @@ dispatcher and, later, the OpenAPI document are generated from one table.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import collections
 import dataclasses
 import datetime as _dt
 import enum
 import heapq
+import hmac
 import importlib.resources
 import json
 import logging
 import re
+import ssl
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -69,9 +74,14 @@ from dkron.state import (
 __all__ = [
     "ROUTES",
     "UI_ROUTES",
+    "Access",
+    "ApiAuth",
     "ApiBackend",
     "BackendError",
     "HttpApi",
+    "KeyringControl",
+    "KeyringError",
+    "KeyringOp",
     "MemberInfo",
     "MemberStatus",
     "NotLeaderError",
@@ -231,6 +241,133 @@ class ApiBackend(Protocol):
         self, job: str, execution_id: str, seq: int, wait: float
     ) -> tuple[list[tuple[int, bytes]], Execution | None]:
         """Live output chunks after ``seq`` and, once committed, the final execution."""
+
+
+# ---------------------------------------------------------------------------
+# Gossip keyring control
+# ---------------------------------------------------------------------------
+
+
+class KeyringOp(enum.Enum):
+    """Serf's keyring operations, applied on every member."""
+
+    INSTALL = "install"
+    USE = "use"
+    REMOVE = "remove"
+
+
+class KeyringError(Exception):
+    """A keyring operation refused as a whole (no encryption, primary key...)."""
+
+
+class KeyringControl(Protocol):
+    """The cluster-wide gossip keyring, as ``/v1/keyring`` drives it."""
+
+    def keyring_status(self) -> dict[str, object]:
+        """``encrypted``, ``num_nodes`` and, per base64 key, how many members hold it
+        (``keys``) and use it as their primary (``primary_keys``)."""
+
+    async def keyring_op(self, op: KeyringOp, key: bytes) -> int:
+        """Apply ``op`` here and announce it to every member; how many are alive.
+
+        Raises :class:`KeyringError` when the operation cannot apply at all.
+        """
+
+
+# ---------------------------------------------------------------------------
+# Authentication
+# ---------------------------------------------------------------------------
+
+
+class Access(enum.IntEnum):
+    """What a request's credentials allow; ordered, so the best of several wins."""
+
+    NONE = 0
+    READ = 1
+    WRITE = 2
+
+
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Load balancers probe /health, and the UI must load before it can ask for a token.
+_OPEN_ROUTES = frozenset({"health", "root", "uiIndex", "uiIndexSlash", "uiFile"})
+_TOKEN_TEXT = re.compile(r"[\x21-\x7e]+\Z")
+
+
+def _any_equal(candidate: bytes, secrets: Sequence[str]) -> bool:
+    """Compared with every secret, each in constant time: no early exit to time."""
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(candidate, secret.encode("utf-8"))
+    return found
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiAuth:
+    """The API's credentials: full-access and read-only tokens, and basic-auth pairs.
+
+    Secrets never appear in ``repr`` (and so in no log line or traceback).
+    """
+
+    tokens: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    read_tokens: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    basic: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # "user:password"
+    realm: str = "dkron"
+
+    def __post_init__(self) -> None:
+        for token in (*self.tokens, *self.read_tokens):
+            if not _TOKEN_TEXT.match(token):
+                raise ValueError("an API token must be printable ASCII without spaces")
+        for pair in self.basic:
+            user, sep, _ = pair.partition(":")
+            if not sep or not user:
+                raise ValueError("basic auth credentials must be USER:PASSWORD")
+        if not _TOKEN_TEXT.match(self.realm) or '"' in self.realm:
+            raise ValueError("the realm must be printable ASCII without spaces or quotes")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens or self.read_tokens or self.basic)
+
+    def challenge(self) -> tuple[tuple[str, str], ...]:
+        headers = [("www-authenticate", f'Bearer realm="{self.realm}"')]
+        if self.basic:
+            headers.append(("www-authenticate", f'Basic realm="{self.realm}", charset="UTF-8"'))
+        return tuple(headers)
+
+    def access(self, request: Request, *, allow_query: bool = False) -> tuple[Access, bool]:
+        """The best access any presented credential grants, and whether any was presented.
+
+        ``allow_query`` accepts ``?access_token=``: browsers cannot set headers
+        on a websocket, so the two websocket routes take the token there.
+        """
+        tokens: list[bytes] = []
+        basics: list[bytes] = []
+        for name, value in request.headers:
+            if name == "authorization":
+                scheme, _, credential = value.strip().partition(" ")
+                if scheme.lower() == "bearer":
+                    tokens.append(credential.strip().encode("utf-8", "replace"))
+                elif scheme.lower() == "basic":
+                    try:
+                        basics.append(base64.b64decode(credential.strip(), validate=True))
+                    except (binascii.Error, ValueError):
+                        basics.append(b"")
+            elif name == "x-dkron-token":
+                tokens.append(value.strip().encode("utf-8", "replace"))
+        if allow_query:
+            tokens += [
+                v.encode("utf-8", "replace") for k, v in request.query if k == "access_token"
+            ]
+        best = Access.NONE
+        for token in tokens:
+            if _any_equal(token, self.tokens):
+                best = Access.WRITE
+            elif _any_equal(token, self.read_tokens):
+                best = max(best, Access.READ)
+        for pair in basics:
+            if _any_equal(pair, self.basic):
+                best = Access.WRITE
+        return best, bool(tokens or basics)
 
 
 # ---------------------------------------------------------------------------
@@ -420,6 +557,67 @@ async def _remove_peer(call: Call) -> Response:
     if not removed:
         return _error(404, f'id "{peer}" was not found in the Raft configuration')
     return _json(200, {"removed": peer}, call)
+
+
+async def _keyring_list(call: Call) -> Response:
+    control = call.api.keyring
+    if control is None:
+        members = [m for m in call.backend.members() if m.status is MemberStatus.ALIVE]
+        status: dict[str, object] = {
+            "encrypted": False,
+            "num_nodes": len(members),
+            "keys": {},
+            "primary_keys": {},
+        }
+    else:
+        status = control.keyring_status()
+    return _json(200, status, call)
+
+
+def _key_from_body(body: bytes) -> bytes | str:
+    """The decoded key of ``{"key": "<base64>"}``, or what is wrong with the body."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return 'expected a JSON object {"key": "<base64>"}'
+    text = data.get("key") if isinstance(data, dict) else None
+    if not isinstance(text, str):
+        return 'expected a JSON object {"key": "<base64>"}'
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return "key is not valid base64"
+    if len(key) not in (16, 24, 32):
+        return f"key must be 16, 24 or 32 bytes, not {len(key)}"
+    return key
+
+
+async def _keyring_op(call: Call, op: KeyringOp) -> Response:
+    key = _key_from_body(call.request.body)
+    if isinstance(key, str):
+        return _error(400, key)
+    control = call.api.keyring
+    if control is None:
+        return _error(409, "gossip encryption is not enabled (start the agents with --encrypt)")
+    try:
+        nodes = await control.keyring_op(op, key)
+    except KeyringError as exc:
+        return _error(409, str(exc))
+    except BackendError as exc:
+        return _error(503, str(exc))
+    return _json(200, {"op": op.value, "num_nodes": nodes}, call)
+
+
+async def _keyring_install(call: Call) -> Response:
+    return await _keyring_op(call, KeyringOp.INSTALL)
+
+
+async def _keyring_use(call: Call) -> Response:
+    return await _keyring_op(call, KeyringOp.USE)
+
+
+async def _keyring_remove(call: Call) -> Response:
+    return await _keyring_op(call, KeyringOp.REMOVE)
 
 
 async def _busy(call: Call) -> Response:
@@ -895,6 +1093,14 @@ ROUTES: tuple[Route, ...] = (
     Route(method="POST", pattern="/v1/restore", handler=_restore, name="restore",
           body_limit=MAX_UPLOAD_BYTES,
           summary="Create or update the jobs of a backup (multipart field 'file')."),
+    Route(method="GET", pattern="/v1/keyring", handler=_keyring_list, name="listKeyring",
+          summary="Gossip keys and how many members hold (and use) each."),
+    Route(method="POST", pattern="/v1/keyring/install", handler=_keyring_install,
+          name="installKey", summary="Install a gossip key on every member (decrypt only)."),
+    Route(method="POST", pattern="/v1/keyring/use", handler=_keyring_use, name="useKey",
+          summary="Make an installed gossip key the primary on every member."),
+    Route(method="POST", pattern="/v1/keyring/remove", handler=_keyring_remove,
+          name="removeKey", summary="Remove a gossip key from every member (not the primary)."),
     Route(method="GET", pattern="/v1/busy", handler=_busy, name="listBusy",
           summary="Executions running now."),
     Route(method="GET", pattern="/v1/pause", handler=_pause_status, name="pauseStatus",
@@ -1017,12 +1223,18 @@ class HttpApi:
         limits: ServerLimits | None = None,
         metrics: Metrics | None = None,
         ui: bool = True,
+        auth: ApiAuth | None = None,
+        keyring: KeyringControl | None = None,
     ) -> None:
         self.backend = backend
         self.routes = tuple(routes) + (UI_ROUTES if ui else ())
         self.ui_files: Mapping[str, StaticFile] = load_ui_files() if ui else {}
         self.limits = limits or ServerLimits()
         self.metrics = metrics
+        self.auth = auth if auth is not None and auth.enabled else None
+        self.keyring = keyring
+        #: ``tls_handshake_failed``, ``connections_refused``, ``auth_refused``...
+        self.counters: collections.Counter[str] = collections.Counter()
         self._background: trio.Nursery | None = None
 
     # -- App protocol -------------------------------------------------------------
@@ -1045,7 +1257,7 @@ class HttpApi:
         stream = len(parts) == 6 and parts[3::2] == ["executions", "stream"]
         if parts != ["v1", "events"] and not (stream and parts[:2] == ["v1", "jobs"]):
             return None
-        refusal = _handshake_refusal(request)
+        refusal = _handshake_refusal(request) or self._authorize(request, websocket=True)
         if refusal is not None:
             return self._decorate(refusal, origin=None, meta=True)
         if parts == ["v1", "events"]:
@@ -1065,7 +1277,10 @@ class HttpApi:
     async def handle(self, request: Request) -> Response:
         origin = request.header("origin")
         started = trio.current_time()
-        if request.method == "GET" and request.path == "/metrics":
+        denied = self._authorize(request, websocket=False)
+        if denied is not None:
+            response, meta = denied, True
+        elif request.method == "GET" and request.path == "/metrics":
             response, meta = self._metrics(), False
         else:
             try:
@@ -1090,6 +1305,34 @@ class HttpApi:
         )
 
     # -- internals ----------------------------------------------------------------
+
+    def _authorize(self, request: Request, *, websocket: bool) -> Response | None:
+        """None when the request may proceed; else its 401 or 403.
+
+        Nothing about the credentials is logged: a mistyped token is often
+        a real one for another cluster.
+        """
+        auth = self.auth
+        if auth is None:
+            return None
+        if not websocket:
+            if request.method == "OPTIONS" and request.header("origin") is not None:
+                return None  # CORS preflight: browsers never send credentials with it
+            found = self._find(request.method, request.path)
+            if found is not None and found[0].name in _OPEN_ROUTES:
+                return None
+        access, presented = auth.access(request, allow_query=websocket)
+        needed = Access.READ if websocket or request.method in _READ_METHODS else Access.WRITE
+        if access >= needed:
+            return None
+        self.counters["auth_refused"] += 1
+        if access is Access.NONE:
+            log.debug("refused %s %s: no valid credentials", request.method, request.raw_path)
+            message = "invalid credentials" if presented else "authentication required"
+            refusal = _error(401, message)
+            return dataclasses.replace(refusal, headers=(*refusal.headers, *auth.challenge()))
+        log.debug("refused %s %s: read-only token", request.method, request.raw_path)
+        return _error(403, "this token may only read")
 
     def _decorate(self, response: Response, *, origin: str | None, meta: bool) -> Response:
         if not meta:
@@ -1152,12 +1395,21 @@ class HttpApi:
         host: str | None,
         port: int,
         *,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve the API on ``host:port`` until cancelled."""
+        """Serve the API on ``host:port`` until cancelled (HTTPS with ``ssl_context``)."""
         async with trio.open_nursery() as nursery:
             self._background = nursery
             try:
-                await serve(self, host, port, limits=self.limits, task_status=task_status)
+                await serve(
+                    self,
+                    host,
+                    port,
+                    limits=self.limits,
+                    ssl_context=ssl_context,
+                    counters=self.counters,
+                    task_status=task_status,
+                )
             finally:
                 self._background = None

@@ -5,14 +5,22 @@ this module only moves bytes and enforces the limits that keep a hostile or
 broken client from holding memory or a task forever: a bounded header block
 (h11's ``max_incomplete_event_size``), a bounded body chosen per route before
 any of it is read, a deadline for receiving each request once it has begun,
-an idle deadline between keep-alive requests and a deadline for sending.
+an idle deadline between keep-alive requests and a deadline for sending,
+and a cap on concurrent connections (over it, a connection gets a 503 and is
+closed, so the server degrades instead of running out of file descriptors).
+
+With an ``ssl.SSLContext`` the accepted streams are wrapped in
+:class:`trio.SSLStream`; the handshake has the request deadline, and a failed
+one is counted and closed without touching the application.
 """
 
 from __future__ import annotations
 
+import collections
 import email.utils
 import logging
 import math
+import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +41,8 @@ __all__ = [
     "serve_connection",
 ]
 
+Counters = collections.Counter[str]
+
 log = logging.getLogger("dkron.http")
 
 _RECEIVE_SIZE = 64 * 1024
@@ -49,9 +59,11 @@ class ServerLimits:
     idle_timeout: float = 60.0
     send_timeout: float = 30.0
     linger_timeout: float = 1.0
+    max_connections: int = 1024
 
     def __post_init__(self) -> None:
-        if min(self.max_header_bytes, self.max_body_bytes, self.max_query_fields) < 1:
+        sizes = (self.max_header_bytes, self.max_body_bytes, self.max_query_fields)
+        if min(*sizes, self.max_connections) < 1:
             raise ValueError("size limits must be positive")
         timeouts = (self.request_timeout, self.idle_timeout, self.send_timeout)
         if min(timeouts) <= 0 or self.linger_timeout < 0:
@@ -357,23 +369,88 @@ async def serve_connection(stream: trio.abc.Stream, app: App, limits: ServerLimi
         await trio.aclose_forcefully(stream)
 
 
+async def _start_tls(
+    stream: trio.SocketStream, context: ssl.SSLContext, limits: ServerLimits, counters: Counters
+) -> trio.SSLStream[trio.SocketStream] | None:
+    """The TLS stream once its handshake succeeded within the request deadline, else None."""
+    tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+    try:
+        with trio.fail_after(limits.request_timeout):
+            await tls.do_handshake()
+    except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        counters["tls_handshake_failed"] += 1
+        await trio.aclose_forcefully(tls)
+        return None
+    return tls
+
+
+def _raw_response(response: Response) -> bytes:
+    """A whole response without an h11 connection: the request was never read."""
+    reason = HTTPStatus(response.status).phrase
+    lines = [f"HTTP/1.1 {response.status} {reason}"]
+    lines += [f"{k}: {v}" for k, v in response.headers]
+    lines += [f"content-length: {len(response.body)}", "connection: close", "retry-after: 1"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
+
+
+async def _refuse(stream: trio.abc.Stream, app: App, limits: ServerLimits) -> None:
+    """Answer 503 without reading the request, then linger so the client reads it."""
+    try:
+        with trio.fail_after(limits.send_timeout):
+            await stream.send_all(_raw_response(app.error(503, "too many connections")))
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        with trio.move_on_after(limits.linger_timeout):
+            while await stream.receive_some(_RECEIVE_SIZE):
+                continue
+    except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
 async def serve(
     app: App,
     host: str | None,
     port: int,
     *,
     limits: ServerLimits | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    counters: Counters | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (port 0 picks one) until cancelled.
 
     ``task_status.started`` receives the listeners, whose sockets tell the
-    bound addresses.
+    bound addresses.  ``ssl_context`` makes it HTTPS; ``counters`` receives
+    ``tls_handshake_failed`` and ``connections_refused``.
     """
     lim = limits or ServerLimits()
+    stats: Counters = collections.Counter() if counters is None else counters
     listeners = await trio.open_tcp_listeners(port, host=host)
+    active = 0
 
-    async def handler(stream: trio.SocketStream) -> None:
-        await serve_connection(stream, app, lim)
+    async def handler(tcp: trio.SocketStream) -> None:
+        nonlocal active
+        if active >= lim.max_connections:
+            # Counted before the TLS handshake too: a flood of handshakes is
+            # exactly what the cap is for.  Refusals are short-lived (each is
+            # bounded by the send, handshake and linger deadlines).
+            stats["connections_refused"] += 1
+            refused: trio.abc.Stream | None = tcp
+            if ssl_context is not None:
+                refused = await _start_tls(tcp, ssl_context, lim, stats)
+            if refused is not None:
+                await _refuse(refused, app, lim)
+            return
+        active += 1
+        try:
+            stream: trio.abc.Stream | None = tcp
+            if ssl_context is not None:
+                stream = await _start_tls(tcp, ssl_context, lim, stats)
+            if stream is not None:
+                await serve_connection(stream, app, lim)
+        finally:
+            active -= 1
 
     await trio.serve_listeners(handler, listeners, task_status=task_status)

@@ -48,6 +48,16 @@ class Options:
     encrypt: str = ""
     profile: str = "local"
     serf_reconnect_timeout: float = 86400.0
+    https_cert: str = ""
+    https_key: str = ""
+    rpc_tls_ca: str = ""
+    rpc_tls_cert: str = ""
+    rpc_tls_key: str = ""
+    api_token: tuple[str, ...] = ()
+    api_token_file: str = ""
+    api_read_token: tuple[str, ...] = ()
+    api_read_token_file: str = ""
+    basic_auth: tuple[str, ...] = ()
 
 
 def _call(port: int, method: str, path: str, body: object | None) -> tuple[int, Any]:

@@ -29,6 +29,7 @@ from dkron.io_trio.http_api import MAX_NEXT_COUNT, ROUTES, Route
 __all__ = [
     "METRICS_ROUTE",
     "OPERATIONS",
+    "SECURITY_SCHEMES",
     "WEBSOCKET_ROUTES",
     "Operation",
     "PseudoRoute",
@@ -325,7 +326,33 @@ def _event(kind: str, props: Mapping[str, Json]) -> Json:
     return _object(body)
 
 
+_COUNTS: Json = {"type": "object", "additionalProperties": _INT}
+SECURITY_SCHEMES: Mapping[str, Json] = {
+    "bearerToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "--api-token (full access) or --api-read-token (GET only).",
+    },
+    "dkronToken": {"type": "apiKey", "in": "header", "name": "X-Dkron-Token"},
+    "basicAuth": {"type": "http", "scheme": "basic", "description": "--basic-auth USER:PASSWORD"},
+    "queryToken": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "access_token",
+        "description": "Only on the two websocket routes (browsers cannot set their headers).",
+    },
+}
 SCHEMAS: Mapping[str, Json] = {
+    "Keyring": _object(
+        {
+            "encrypted": _BOOL,
+            "num_nodes": _INT,
+            "keys": _COUNTS,
+            "primary_keys": _COUNTS,
+            "other_keys": _COUNTS,
+        },
+        required=["encrypted", "num_nodes", "keys", "primary_keys"],
+    ),
     "Error": _object({"error": _STRING}),
     "Health": _object({"status": {"const": "healthy"}}),
     "Status": _object(
@@ -450,6 +477,31 @@ _RUN = Operation(
         "503": _UNAVAILABLE,
     },
 )
+_KEYRING_OP = Operation(
+    tags=("keyring",),
+    description="Applied here at once and announced to every member with an encrypted "
+    "gossip user event; each member applies it and stores its keyring.",
+    body={
+        "required": True,
+        "content": {
+            _JSON: {
+                "schema": _object({"key": {"type": "string", "contentEncoding": "base64"}}),
+                "example": {"key": "cg8StVXbQJ0gPvMd9o7yrg=="},
+            }
+        },
+    },
+    responses={
+        "200": _json(
+            "Announced; num_nodes members were alive.",
+            _object({"op": {"enum": ["install", "use", "remove"]}, "num_nodes": _INT}),
+        ),
+        "400": _error('The body is not {"key": base64 of 16, 24 or 32 bytes}.'),
+        "409": _error(
+            "Gossip is not encrypted, the key is the primary (remove) or not installed (use)."
+        ),
+        "503": _UNAVAILABLE,
+    },
+)
 _UI_NOT_FOUND = _text("404 page not found (the UI files are not installed).")
 _UI_TYPES = (
     "text/html",
@@ -540,6 +592,15 @@ OPERATIONS: Mapping[str, Operation] = {
             "503": _UNAVAILABLE,
         },
     ),
+    "listKeyring": Operation(
+        tags=("keyring",),
+        description="Counts come from the fingerprints members publish in their "
+        "'keyring' tag; keys only other members hold appear under other_keys.",
+        responses={"200": _json("The gossip keyring across the cluster.", _ref("Keyring"))},
+    ),
+    "installKey": _KEYRING_OP,
+    "useKey": _KEYRING_OP,
+    "removeKey": _KEYRING_OP,
     "listBusy": Operation(
         tags=("executions",),
         responses={
@@ -899,7 +960,10 @@ _DESCRIPTION = (
     "answering node's replica; writes are forwarded to the Raft leader. Errors Dkron "
     'never produced are JSON {"error": "..."}; Dkron\'s own empty and plain-text error '
     "bodies are kept where it produced them. An unknown route is 404 '404 page not found'. "
-    "See docs/api.md."
+    "See docs/api.md. Authentication is off unless the agent has --api-token, "
+    "--api-read-token or --basic-auth; then every route except /health, CORS preflights "
+    "and the UI's files answers 401 (with WWW-Authenticate) without credentials and 403 "
+    "to a read-only token on a write. See docs/security.md."
 )
 
 
@@ -990,5 +1054,9 @@ def build_openapi(
         },
         "tags": [{"name": t} for t in tags],
         "paths": paths,
-        "components": {"schemas": copy.deepcopy(dict(SCHEMAS))},
+        "security": [{}, *({name: []} for name in SECURITY_SCHEMES)],
+        "components": {
+            "schemas": copy.deepcopy(dict(SCHEMAS)),
+            "securitySchemes": copy.deepcopy(dict(SECURITY_SCHEMES)),
+        },
     }

@@ -118,6 +118,22 @@ class RpcConfig:
             raise ValueError("need backoff_max >= backoff_base and 0 <= backoff_jitter < 1")
 
 
+def _cert_names(stream: trio.SSLStream[trio.abc.Stream], node: str) -> bool:
+    """Whether the peer's verified certificate names ``node`` (SAN DNS, or the CN without SANs).
+
+    The same comparison as the client's hostname check: exact, case-insensitive.
+    """
+    cert = stream.getpeercert()
+    if not cert:
+        return False
+    wanted = node.lower()
+    dns = [str(v).lower() for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+    if dns:
+        return wanted in dns
+    subject = cert.get("subject", ())
+    return any(k == "commonName" and str(v).lower() == wanted for rdn in subject for k, v in rdn)
+
+
 async def _read_hello(stream: trio.abc.ReceiveStream) -> bytes:
     """Read exactly the hello frame, with a small limit: the peer is not known yet."""
     buf = b""
@@ -453,6 +469,11 @@ class RpcEndpoint:
                 reader = FrameReader(stream, cfg.max_frame + 1)
             if not isinstance(hello, Hello) or hello.version != PROTOCOL_VERSION:
                 raise RemoteProtocolError(f"unsupported hello {hello!r}")
+            if isinstance(stream, trio.SSLStream) and not _cert_names(stream, hello.node):
+                # A certificate from the CA proves membership, not identity: a
+                # node may only speak as the name its certificate carries.
+                self.counters["tls_name_mismatch"] += 1
+                return
             name = hello.node
             with trio.CancelScope() as scope:
                 old = self._incoming.get(name)

@@ -23,6 +23,7 @@ import base64
 import binascii
 import dataclasses
 import enum
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -60,6 +61,7 @@ __all__ = [
     "encode_push_pull_layout",
     "encode_push_pull_state",
     "frame_body",
+    "key_fingerprint",
     "pack_ack",
     "pack_message",
     "pack_ping",
@@ -751,6 +753,10 @@ class Keyring:
             del self._keys[i]
             del self._ciphers[i]
 
+    def fingerprints(self) -> tuple[str, ...]:
+        """:func:`key_fingerprint` of every key, the primary first."""
+        return tuple(key_fingerprint(k) for k in self._keys)
+
     def encrypt(self, plaintext: bytes, nonce: bytes) -> bytes:
         if len(nonce) != NONCE_SIZE:
             raise LocalProtocolError("nonce must be 12 bytes")
@@ -772,6 +778,16 @@ class Keyring:
             except InvalidTag:
                 continue
         raise RemoteProtocolError("no installed key decrypts the payload")
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short, one-way name for a key, safe to publish (in gossip tags, the API).
+
+    Keys are uniformly random and at least 128 bits, so a truncated hash
+    reveals nothing usable about them; the prefix keeps the digest specific
+    to this use.
+    """
+    return hashlib.sha256(b"dkron-gossip-key:" + key).hexdigest()[:16]
 
 
 def _b64key(text: str) -> bytes:

@@ -81,9 +81,14 @@ export async function api(method, path, { body, params } = {}) {
   return { status: response.status, total: total === null ? null : Number(total), data };
 }
 
+// Browsers cannot set headers on a websocket, so the token rides in the
+// query string (the agent accepts ?access_token= on its two websocket routes only).
 function wsUrl(path) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}${path}`;
+  const token = getToken();
+  const sep = path.includes("?") ? "&" : "?";
+  const auth = token ? `${sep}access_token=${encodeURIComponent(token)}` : "";
+  return `${scheme}//${location.host}${path}${auth}`;
 }
 
 function backoff(attempt) {
