@@ -1027,10 +1027,12 @@ class StateMachine:
                 if ex.running:
                     continue  # still live: its result must still land and be counted
                 act.evict(key)
-        job = dataclasses.replace(
-            job, success_count=0, error_count=0, last_success=None, last_error=None
-        )
-        self._jobs[name] = job
+        cleared = (job.success_count, job.error_count, job.last_success, job.last_error)
+        if cleared != (0, 0, None, None):  # rebuilding (and re-validating) a Job is not free
+            job = dataclasses.replace(
+                job, success_count=0, error_count=0, last_success=None, last_error=None
+            )
+            self._jobs[name] = job
         return ApplyResult(index=index, ok=True, job=job)
 
     # -- queries ------------------------------------------------------------------

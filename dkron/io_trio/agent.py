@@ -896,8 +896,14 @@ class Agent:
                 except trio.WouldBlock:
                     break
             now = trio.current_time()
+            proposals: list[tuple[Command, _Waiter]] = []
             for it in items:
-                self._handle(it, now)
+                if it[0] == "propose":
+                    proposals.append(it[1])
+                else:
+                    self._handle(it, now)
+            if proposals:
+                self._propose_many(proposals, now)
             self._tick(now)
             await self._flush()
             self._idle.set()
@@ -923,17 +929,6 @@ class Agent:
             self._receive(payload, now)
         elif kind == "member":
             self._on_member(payload, now)
-        elif kind == "propose":
-            cmd, waiter = payload
-            if node is None:
-                waiter.event.set()
-                return
-            try:
-                index = node.propose(encode_command(cmd), now)
-            except LocalProtocolError:
-                waiter.event.set()
-                return
-            self._waiters[index] = waiter
         elif kind == "exec":
             self._deliver_exec(self.name, payload, now)
         elif kind == "output":
@@ -960,6 +955,21 @@ class Agent:
             flag.event.set()
         elif kind == "bootstrap":
             self._bootstrap(payload, now)
+
+    def _propose_many(self, proposals: list[tuple[Command, _Waiter]], now: float) -> None:
+        """Every write queued since the last turn becomes one batch of log entries."""
+        node = self.node
+        try:
+            if node is None:
+                raise LocalProtocolError("not a server")
+            last = node.propose_batch([encode_command(cmd) for cmd, _ in proposals], now)
+        except LocalProtocolError:
+            for _, waiter in proposals:
+                waiter.event.set()
+            return
+        first = last - len(proposals) + 1
+        for index, (_, waiter) in enumerate(proposals, first):
+            self._waiters[index] = waiter
 
     def _receive(self, item: Incoming, now: float) -> None:
         try:
@@ -1260,14 +1270,14 @@ class Agent:
         for single, part in each_applied(cmd, result):
             if not part.ok or part.reason == "duplicate":
                 continue
-            if isinstance(single, ExecutionStarted):
+            if isinstance(single, ExecutionStarted) and notifier.wants_pre:
                 ex = single.execution
                 job = self.state.get_job(ex.job_name)
                 if job is not None:
                     nursery.start_soon(
                         functools.partial(notifier.pre, job, ex, reporting_node=self.name)
                     )
-            elif isinstance(single, ExecutionFinished):
+            elif isinstance(single, ExecutionFinished) and notifier.wants_post:
                 ex = single.execution
                 job = self.state.get_job(ex.job_name)
                 if job is None or any(isinstance(e, RetryScheduled) for e in part.events):

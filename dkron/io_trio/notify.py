@@ -401,6 +401,22 @@ class Notifier:
         """The notifier for an agent's configuration (``AgentConfig`` or any look-alike)."""
         return cls(cfg, timeouts=timeouts, http_tls=http_tls, mail_tls=mail_tls, stats=stats)
 
+    @property
+    def wants_pre(self) -> bool:
+        """Whether any start notification is configured (the agent skips the task if not)."""
+        s = self.settings
+        return bool(s.cronitor_endpoint or (s.pre_webhook_endpoint and s.pre_webhook_payload))
+
+    @property
+    def wants_post(self) -> bool:
+        """Whether any finish notification may be configured (mail also needs owner_email)."""
+        s = self.settings
+        return bool(
+            s.cronitor_endpoint
+            or (s.mail_host and s.mail_port)
+            or (s.webhook_endpoint and s.webhook_payload)
+        )
+
     async def pre(self, job: Job, execution: Execution, *, reporting_node: str) -> None:
         """At the start of an execution: Cronitor ``run`` and the pre-webhook."""
         s = self.settings
