@@ -46,12 +46,13 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
+
+from dkron.testing.procs import free_port
 
 
 def script(sched_var: str, out: str) -> str:
@@ -60,13 +61,6 @@ def script(sched_var: str, out: str) -> str:
 
 
 SETTLE = 3.0  # seconds to wait after the window for runs that are still late
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def parse_sched(text: str) -> float:

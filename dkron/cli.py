@@ -336,14 +336,37 @@ _LEVELS = {
 }
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers: time, level, node, logger, message."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "node": self.node,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def _configure_logging(config: AgentConfig, err: TextIO) -> None:
-    """Text logs on stderr at ``--log-level``, every line naming the node."""
+    """Logs on stderr at ``--log-level``, every line naming the node (``--log-format``)."""
     handler = logging.StreamHandler(err)
-    handler.setFormatter(
-        logging.Formatter(
-            f"%(asctime)s %(levelname)s node={config.node_name} %(name)s: %(message)s"
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter(config.node_name))
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s %(levelname)s node={config.node_name} %(name)s: %(message)s"
+            )
         )
-    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS.get(config.log_level, logging.INFO))

@@ -131,6 +131,7 @@ class AgentConfig:
     tags: Mapping[str, str] = field(default_factory=dict)
     encrypt: str = ""
     log_level: str = "info"
+    log_format: str = "text"
     rpc_port: int = 6868
     advertise_rpc_port: int = 0
     bootstrap_expect: int = 0
@@ -227,6 +228,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _o("tags", _Kind.TAGS, "node tag key=value; repeatable; replaces the file's tags"),
     _o("encrypt", _S, "base64 gossip encryption key of 16, 24 or 32 bytes (see keygen)"),
     _o("log-level", _S, "debug, info, warn, error, fatal or panic"),
+    _o("log-format", _S, "text (default) or json: one JSON object per log line"),
     _o("rpc-port", _I, "RPC and Raft port, bound on the bind address's IP"),
     _o("advertise-rpc-port", _I, "RPC port advertised to the cluster, 0 for --rpc-port"),
     _o("bootstrap-expect", _I, "number of servers to wait for before bootstrapping Raft"),
@@ -325,6 +327,8 @@ def _validate(c: AgentConfig) -> None:
             fail(key, f"must be a positive duration, not {seconds}s")
     if c.log_level not in LOG_LEVELS:
         fail("log-level", f"must be one of {', '.join(LOG_LEVELS)}, not {c.log_level!r}")
+    if c.log_format not in ("text", "json"):
+        fail("log-format", f"must be text or json, not {c.log_format!r}")
     for tag_key, tag_value in c.tags.items():
         if not tag_key:
             fail("tags", f"has an empty key (value {tag_value!r})")

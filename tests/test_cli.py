@@ -301,3 +301,18 @@ def test_remove_peer(api: tuple[_Api, str]) -> None:
     state.responses[("DELETE", "/v1/raft/peers/me")] = (400, b"cannot remove the leader")
     code, _, err = run(["raft", "remove-peer", "--address", url, "--peer-id", "me"])
     assert code == 1 and "HTTP 400: cannot remove the leader" in err
+
+
+def test_json_log_lines_name_the_node() -> None:
+    import json
+    import logging
+
+    from dkron.cli import JsonFormatter
+
+    record = logging.LogRecord(
+        "dkron.agent", logging.WARNING, __file__, 1, "lost %s", ("w1",), None
+    )
+    line = json.loads(JsonFormatter("n1").format(record))
+    assert line["node"] == "n1" and line["level"] == "warning"
+    assert line["logger"] == "dkron.agent" and line["msg"] == "lost w1"
+    assert line["time"][:2] == "20" and "T" in line["time"]

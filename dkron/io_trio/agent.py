@@ -1414,8 +1414,17 @@ class Agent:
 
     # -- requests between servers -------------------------------------------------------
 
-    async def _call(self, peer: str, op: Op, body: bytes, *, wait: float) -> Reply | None:
-        """One request to ``peer`` on the RPC port; None when it did not answer in time."""
+    async def _call(
+        self,
+        peer: str,
+        op: Op,
+        body: bytes,
+        *,
+        wait: float,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> Reply | None:
+        """One request to ``peer`` on the RPC port; None when it did not answer in time,
+        or as soon as ``still_wanted`` says the answer no longer matters."""
         rpc = self.rpc
         if rpc is None:
             return None
@@ -1429,7 +1438,11 @@ class Agent:
             ):
                 return None
             with trio.move_on_after(wait):
-                await call.event.wait()
+                while not call.event.is_set():
+                    with trio.move_on_after(0.25):
+                        await call.event.wait()
+                    if still_wanted is not None and not still_wanted():
+                        break
             return call.reply
         finally:
             del self._calls[call_id]
@@ -1510,7 +1523,15 @@ class Agent:
         leader = self._leader_or_raise()
         if leader == self.name:
             raise NotLeaderError("leadership is being established", leader=leader)
-        reply = await self._call(leader, op, body, wait=FORWARD_TIMEOUT)
+        node = self.node
+        reply = await self._call(
+            leader,
+            op,
+            body,
+            wait=FORWARD_TIMEOUT,
+            # A leader that lost its role (or crashed) will not answer: stop waiting.
+            still_wanted=lambda: node is not None and node.leader_id == leader,
+        )
         if reply is None:
             raise Unavailable(f"the leader {leader} did not answer")
         if not reply.ok:

@@ -7,6 +7,7 @@ they assert outcomes with generous deadlines, never timings.
 from __future__ import annotations
 
 import pathlib
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -68,3 +69,32 @@ def test_bad_requests_get_4xx_with_a_message(cluster: ProcCluster) -> None:
     status, body = node.call("POST", "/v1/jobs", {"name": "x", "schedule": "* * *"})
     assert status == 400 and "can't parse job schedule" in body
     assert node.call("GET", "/v1/jobs/missing")[0] == 404
+
+
+def test_sighup_rereads_the_config_file_and_publishes_the_new_tags(
+    cluster: ProcCluster, tmp_path: pathlib.Path
+) -> None:
+    config = tmp_path / "dkron.yml"
+    config.write_text("tags:\n  zone: a\n  server: 'false'\n")
+    node = cluster.add("node1", args=("--config", str(config)))
+    wait_for(lambda: node.leader_name() == "node1", timeout=30, what="the agent to lead")
+
+    def tags() -> dict[str, str]:
+        members = node.call("GET", "/v1/members")[1]
+        found: dict[str, str] = members[0]["Tags"]
+        return found
+
+    assert tags()["zone"] == "a"
+    config.write_text("tags:\n  zone: b\n  rack: r7\n")
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGHUP)
+
+    def updated() -> dict[str, str] | None:
+        t = tags()
+        return t if t.get("zone") == "b" else None
+
+    now = wait_for(updated, timeout=30, what="the new tags")
+    assert now["rack"] == "r7"
+    # Reserved tags are the agent's own, whatever the file says.
+    assert now["server"] == "true" and now["role"] == "dkron"
+    node.ensure_running()

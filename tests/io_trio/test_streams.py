@@ -174,3 +174,52 @@ async def test_a_client_that_goes_away_releases_its_subscription_at_once(
             # No event is published meanwhile: the server notices the close by itself.
             await eventually(lambda: agent.events.subscribers == 0, "the release")
             nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_survives_a_leader_crash_mid_run(tmp_path: pathlib.Path) -> None:
+    """The follower serving the stream asks the new leader for what follows its last seq."""
+    with trio.fail_after(120):
+        async with cluster(tmp_path) as c:
+            for i in (1, 2, 3):
+                await c.start(f"s{i}", bootstrap_expect=3)
+            leader = await eventually(c.leader, "a leader")
+            follower = next(n for n in c.live() if n is not leader)
+            job = {
+                "name": "long",
+                "schedule": "@manually",
+                "tags": {"node": f"{follower.agent.name}:1"},
+                "executor": "shell",
+                "executor_config": {
+                    "command": "for i in 1 2 3 4 5 6; do echo tick$i; sleep 0.5; done",
+                    "shell": "true",
+                },
+            }
+            follower.agent.reload_tags({"node": follower.agent.name})
+            await eventually(
+                lambda: any(
+                    m.name == follower.agent.name and m.tags.get("node") == follower.agent.name
+                    for m in leader.agent.members()
+                ),
+                "the follower's tag at the leader",
+            )
+            assert (await call(follower.port, "POST", "/v1/jobs", job))[0] == 201
+            async with websocket(follower.port, "/v1/events") as events:
+                assert (await call(follower.port, "POST", "/v1/jobs/long/run"))[0] == 200
+                started = await first_started(events, "long")
+            path = f"/v1/jobs/long/executions/{started['id']}/stream"
+            messages: list[dict[str, Any]] = []
+            async with websocket(follower.port, path) as ws:
+                while len(messages) < 2:
+                    messages.append(json.loads(await ws.get_message()))
+                await c.crash(leader.agent.name)  # mid-run: the leader is gone
+                try:
+                    while True:
+                        messages.append(json.loads(await ws.get_message()))
+                except trio_websocket.ConnectionClosed as closed:
+                    assert closed.reason is not None and closed.reason.code == 1000
+            outputs = [m for m in messages if m["type"] == "output"]
+            seqs = [m["seq"] for m in outputs]
+            assert seqs == sorted(set(seqs)), "no chunk twice, none out of order"
+            assert messages[-1]["type"] == "result"
+            assert messages[-1]["execution"]["success"] is True
+            assert messages[-1]["execution"]["output"] == "".join(f"tick{i}\n" for i in range(1, 7))
