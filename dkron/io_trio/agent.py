@@ -1158,6 +1158,10 @@ class Agent:
                 for entry in ready.committed:
                     self._apply(entry.index, entry.kind, entry.data)
                 self._follow_leadership()
+                # Wake whoever waits for an applied index or for leadership to settle
+                # (the planner appears only after the barrier, a no-op, is applied).
+                self._applied.set()
+                self._applied = trio.Event()
                 if node.leader_id != self._last_leader:
                     self._last_leader = node.leader_id
                     if self.metrics is not None:
@@ -1205,8 +1209,6 @@ class Agent:
         self._recent[index] = result
         while len(self._recent) > RECENT_RESULTS:
             self._recent.popitem(last=False)
-        self._applied.set()
-        self._applied = trio.Event()
         if waiter is not None:
             waiter.result = result
             waiter.event.set()

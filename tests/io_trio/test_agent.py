@@ -10,6 +10,7 @@ import pathlib
 from typing import Any
 
 import trio
+import trio.lowlevel
 
 from dkron.io_trio.agent import Agent, http_listen_addr
 from dkron.io_trio.live import Options, call, wait_leader
@@ -88,3 +89,26 @@ def test_http_addr_forms() -> None:
     assert http_listen_addr(":8080") == (None, 8080)
     assert http_listen_addr("") == (None, 8080)
     assert http_listen_addr("127.0.0.1:9000") == ("127.0.0.1", 9000)
+
+
+async def test_a_write_made_the_moment_leadership_starts_waits_for_the_barrier(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Elected but not yet caught up (its no-op not applied): the write must wait, not hang."""
+    from dkron.model import job_from_json
+    from dkron.state import UpsertJob
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            agent = Agent(Options(data_dir=str(tmp_path)))
+            nursery.start_soon(agent.run)
+            while agent.node is None or agent.node.leader_id != agent.name:
+                await (
+                    trio.lowlevel.checkpoint()
+                )  # catch the first moment the node calls itself leader
+            assert agent.planner is None, "the barrier was applied before we could write"
+            job = job_from_json({"name": "early", "schedule": "@manually", "executor": "shell"})
+            with trio.fail_after(5):
+                result = await agent.propose(UpsertJob(job))
+            assert result.ok and agent.state.get_job("early") is not None
+            nursery.cancel_scope.cancel()
