@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,19 +37,18 @@ import threading
 import time
 from typing import Any
 
+from dkron.testing.procs import free_port
+
 WINDOW = 1000
 LATENCY_OPS = 300
 JOB = "j" * 90  # DeleteExecutions(name) encodes to ~100 bytes
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
 
 
 # -- ours --------------------------------------------------------------------------

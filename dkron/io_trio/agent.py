@@ -1601,6 +1601,35 @@ class Agent:
         reply = await self._forward(Op.CANCEL, body)
         return bool(cbor2.loads(reply.body))
 
+    async def output_after(
+        self, job: str, execution_id: str, seq: int, wait: float
+    ) -> tuple[list[tuple[int, bytes]], Execution | None]:
+        """For the output websocket: chunks after ``seq`` (here when leading, else from
+        the leader) and, once committed here, the final execution."""
+        ex = self.state.get_execution(job, execution_id)
+        if ex is None:
+            return [], None
+        if ex.finished_at is not None:
+            return [], ex
+        key = RunKey(job, ex.group, ex.node_name, ex.attempt)
+        try:
+            if self.is_leader():
+                chunks = await self.live_output_local(key, seq, wait)
+            else:
+                body = cbor2.dumps([job, ex.group, ex.node_name, ex.attempt, seq, wait])
+                reply = await self._forward(Op.LIVE_OUTPUT, body)
+                chunks = [(int(n), bytes(d)) for n, d in cbor2.loads(reply.body)]
+        except (NotLeaderError, Unavailable) as exc:
+            log.debug("live output of %s not available now: %s", execution_id, exc)
+            await trio.sleep(0.5)  # a leader change: ask again shortly
+            chunks = []
+        final = self.state.get_execution(job, execution_id)
+        if final is None or final.finished_at is None:
+            final = None
+            if not chunks:  # ended at the leader, result not applied here yet
+                await trio.sleep(0.05)
+        return chunks, final
+
     async def live_output_local(
         self, key: RunKey, seq: int, wait: float
     ) -> list[tuple[int, bytes]]:
@@ -1611,7 +1640,7 @@ class Agent:
                 if lead is None:
                     raise NotLeaderError("this node is not the leader")
                 chunks = [c for c in lead.live_output(key) if c[0] > seq]
-                if chunks or key not in lead.running():
+                if chunks or not lead.is_running(key):
                     return chunks
                 await self._output_changed.wait()
         return []
@@ -1623,36 +1652,6 @@ class Agent:
         await self._send_in.send(("cancel", (key, flag)))
         await flag.event.wait()
         return flag.result
-
-
-async def _output_after(
-    agent: Agent, job: str, execution_id: str, seq: int, wait: float
-) -> tuple[list[tuple[int, bytes]], Execution | None]:
-    """For the output websocket: chunks after ``seq`` here or at the leader, and the result."""
-    ex = agent.state.get_execution(job, execution_id)
-    if ex is None:
-        return [], None
-    if ex.finished_at is not None:
-        return [], ex
-    body = cbor2.dumps([job, ex.group, ex.node_name, ex.attempt, seq, wait])
-    try:
-        if agent.is_leader():
-            chunks = await agent.live_output_local(
-                RunKey(job, ex.group, ex.node_name, ex.attempt), seq, wait
-            )
-        else:
-            reply = await agent._forward(Op.LIVE_OUTPUT, body)
-            chunks = [(int(n), bytes(d)) for n, d in cbor2.loads(reply.body)]
-    except (NotLeaderError, Unavailable) as exc:
-        log.debug("live output of %s not available now: %s", execution_id, exc)
-        await trio.sleep(0.5)  # a leader change: ask again shortly
-        chunks = []
-    final = agent.state.get_execution(job, execution_id)
-    if final is None or final.finished_at is None:
-        final = None
-        if not chunks:  # ended at the leader, result not applied here yet
-            await trio.sleep(0.05)
-    return chunks, final
 
 
 async def _resolve(text: str) -> list[tuple[str, int]]:
@@ -1805,7 +1804,7 @@ class _Backend:
     async def output_after(
         self, job: str, execution_id: str, seq: int, wait: float
     ) -> tuple[list[tuple[int, bytes]], Execution | None]:
-        return await _output_after(self.agent, job, execution_id, seq, wait)
+        return await self.agent.output_after(job, execution_id, seq, wait)
 
 
 async def _stop_after_answering(agent: Agent) -> None:

@@ -502,6 +502,10 @@ class ExecutionLeader:
             key=lambda k: (k.job, k.group, k.node, k.attempt),
         )
 
+    def is_running(self, key: RunKey) -> bool:
+        run = self._runs.get(key)
+        return run is not None and run.phase is _Phase.RUNNING
+
     # -- internals ------------------------------------------------------------------
 
     def _track_claim(self, job: Job, claim: InFlight, state: StateMachine) -> None:
