@@ -14,8 +14,13 @@ later).  Every run executes on one agent for 1 s.  Prints one JSON object:
 * ``cpu_s`` — CPU for the whole run (target < 60).
 
 Every execution message crosses the network encoded by ``EXECUTION_CODEC``
-(``exec_wire=True``), and every log entry is decoded and applied on each
-server.
+(``exec_wire=True``): the messages one node sends another in one delivery
+travel as one CBOR array of their codec arrays (as one TCP write carries many
+frames), each strictly decoded on arrival.  Every log entry is applied on
+each of the three servers; its bytes are decoded once per run, not once per
+server (``ClusterSim.decode_entry``: commands are immutable, so the servers
+share the decoded command, as ``swim_sim`` shares ``decode_cache``), and a
+server that replays an entry after a restart decodes it again.
 
     python bench/cluster_sim.py [--jobs 1000] [--minutes 60] [--agents 10] [--gc-threshold N]
 """

@@ -29,10 +29,17 @@ JSON object per N: ``n``, ``expected``, ``ours_completed``, ``ours_p50_ms``,
 ``ours_p99_ms``, ``apscheduler_completed``, ``apscheduler_p50_ms``,
 ``apscheduler_p99_ms``, and ``spawn_floor_p50_ms``/``spawn_floor_p99_ms``: the
 same N processes started at one instant by a bare loop with no scheduler at all,
-which is what this machine allows any scheduler.  Targets: at N = 100 ours_p99 <= 1/10 of
+which is what this machine allows any scheduler.  ``ours_agent_cpu_ms_per_run``
+is the agent process's whole CPU time (user + system, from ``/proc/<pid>/stat``
+just before it is stopped: start-up, job creation, warm-up and window) divided
+by every run it started; it does not move with the machine's other load as
+lateness does.  ``ours_window_cpu_ms_per_run`` is the same over the measured
+window alone.  ``ours_min_ms`` must not be negative: slots are claimed a little
+ahead, but no run may start before its slot.  Targets: at N = 100 ours_p99 <= 1/10 of
 APScheduler's; at N = 500 every run completed and ours_p99 <= 100 ms.
 
     python bench/schedule_latency.py [--n 100 500] [--seconds 30] [--warmup 5]
+        [--profile DIR]   # py-spy the agent over the window: DIR/agent-N.txt (raw)
 
 Needs ``apscheduler<4`` installed for the peer (``--skip-apscheduler`` runs
 ours alone).
@@ -99,6 +106,25 @@ def quantile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 2)
 
 
+def runs_since(path: str, since: float) -> int:
+    """How many runs of the file started at or after ``since`` (Unix seconds)."""
+    try:
+        with open(path) as fh:
+            return sum(1 for line in fh if len(p := line.split()) == 2 and float(p[1]) >= since)
+    except FileNotFoundError:
+        return 0
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (its own threads, not its reaped children)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def wait_until(t: float) -> None:
     while (left := t - time.time()) > 0:
         time.sleep(min(left, 0.5))
@@ -125,7 +151,10 @@ def request(conn: http.client.HTTPConnection, method: str, path: str, body: str 
     raise AssertionError("unreachable")
 
 
-def run_ours(n: int, seconds: int, warmup: float, workdir: str) -> list[float]:
+def run_ours(
+    n: int, seconds: int, warmup: float, workdir: str, profile: str | None = None
+) -> tuple[list[float], float, float]:
+    """Lateness of the window's runs, and the agent's CPU ms per run (whole life, window)."""
     port = free_port()
     data = os.path.join(workdir, "agent-data")
     out = os.path.join(workdir, "ours.txt")
@@ -162,10 +191,27 @@ def run_ours(n: int, seconds: int, warmup: float, workdir: str) -> list[float]:
                 raise SystemExit(f"create failed: {status}")
         conn.close()
         start = math.ceil(time.time() + warmup)
+        wait_until(start)
+        cpu_start = cpu_seconds(proc.pid)
+        spy = None
+        if profile:
+            record = os.path.join(profile, f"agent-{n}.txt")
+            spy = subprocess.Popen(
+                ["py-spy", "record", "--format", "raw", "-o", record, "--pid", str(proc.pid),
+                 "--duration", str(seconds), "--rate", "100"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         wait_until(start + seconds + SETTLE)
+        if spy is not None:
+            spy.wait()
         if os.environ.get("BENCH_PYSPY_DUMP"):
             subprocess.run(["py-spy", "dump", "--pid", str(proc.pid)], check=False)
-        return lateness(out, start, seconds)
+        cpu_end = cpu_seconds(proc.pid)
+        total_runs = runs_since(out, 0.0)
+        window_runs = runs_since(out, start)
+        per_run = 1000 * cpu_end / max(1, total_runs)
+        window_per_run = 1000 * (cpu_end - cpu_start) / max(1, window_runs)
+        return lateness(out, start, seconds), per_run, window_per_run
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -244,6 +290,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--skip-apscheduler", action="store_true")
+    parser.add_argument("--profile", help="py-spy (raw) the agent over the window into DIR")
     parser.add_argument("--apscheduler-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -254,7 +301,9 @@ def main() -> None:
         expected = n * args.seconds
         with tempfile.TemporaryDirectory() as workdir:
             floor = spawn_floor(n, workdir)
-            ours = run_ours(n, args.seconds, args.warmup, workdir)
+            ours, cpu_per_run, window_cpu = run_ours(
+                n, args.seconds, args.warmup, workdir, args.profile
+            )
             peer = (
                 []
                 if args.skip_apscheduler
@@ -267,6 +316,9 @@ def main() -> None:
             "ours_completed": len(ours),
             "ours_p50_ms": quantile(ours, 0.5),
             "ours_p99_ms": quantile(ours, 0.99),
+            "ours_min_ms": round(min(ours), 2) if ours else None,
+            "ours_agent_cpu_ms_per_run": round(cpu_per_run, 3),
+            "ours_window_cpu_ms_per_run": round(window_cpu, 3),
             "spawn_floor_p50_ms": quantile(floor, 0.5),
             "spawn_floor_p99_ms": quantile(floor, 0.99),
         }

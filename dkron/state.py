@@ -373,10 +373,10 @@ def each_applied(cmd: Command, result: ApplyResult) -> Iterator[tuple[SingleComm
         yield from zip(cmd.claims, result.parts, strict=True)
     elif isinstance(cmd, ExecutionsStarted):
         for ex, part in zip(cmd.executions, result.parts, strict=True):
-            yield ExecutionStarted(ex), part
+            yield _one_started(ex), part
     elif isinstance(cmd, ExecutionsFinished):
         for ex, part in zip(cmd.executions, result.parts, strict=True):
-            yield ExecutionFinished(ex), part
+            yield _one_finished(ex), part
     else:
         yield cmd, result
 
@@ -663,7 +663,8 @@ class StateMachine:
 
     ``job_validator`` must raise ``ValueError`` (normally
     :class:`dkron.model.ValidationError`) for a job Dkron would refuse; it
-    must be the same on every replica.
+    must be the same on every replica.  ``decoder`` turns entry bytes into a
+    command and raises :class:`RemoteProtocolError` for anything else.
     """
 
     def __init__(
@@ -671,9 +672,13 @@ class StateMachine:
         config: StateConfig | None = None,
         *,
         job_validator: Callable[[Job], None] = _default_validator,
+        decoder: Callable[[bytes], Command] = decode_command,
     ) -> None:
         self.config = config or StateConfig()
         self._validate = job_validator
+        # How entry bytes become a command.  Commands are immutable, so replicas
+        # in one process (the simulator) may share one decoding of each entry.
+        self.decoder = decoder
         self._jobs: dict[str, Job] = {}
         self._names: list[str] = []  # sorted: cheap pages without copying every job
         self._cursor: dict[str, int] = {}
@@ -697,7 +702,7 @@ class StateMachine:
             return None, stale
         self._applied = index
         try:
-            cmd = decode_command(data)
+            cmd = self.decoder(data)
         except RemoteProtocolError as exc:
             return None, ApplyResult(index=index, ok=False, reason="bad_command", error=str(exc))
         return cmd, self.apply_command(index, cmd)
@@ -845,30 +850,29 @@ class StateMachine:
         job = self._jobs.get(c.job)
         if job is None:
             return self._not_found(index, c.job)
-        cron = c.trigger in _CRON_TRIGGERS
+        trigger = c.trigger
+        group = c.execution_group
+        cron = trigger in _CRON_TRIGGERS
         if cron:
             cursor = self._cursor.get(c.job)
             if cursor is not None and c.scheduled_time_ns <= cursor:
                 return self._refuse(index, "duplicate", "slot already decided", job=job)
         act = self._activity.get(c.job)
-        retry_key = (c.execution_group, c.targets[0])
-        if c.trigger == "retry":
-            pending = act.retries.get(retry_key) if act is not None else None
+        if trigger == "retry":
+            pending = act.retries.get((group, c.targets[0])) if act is not None else None
             if pending is None or pending.attempt != c.attempt:
                 return self._refuse(index, "no_retry", "no such pending retry", job=job)
         else:
-            if c.trigger == "dependent":
+            if trigger == "dependent":
                 # A dependent run exists only as the debt of a parent's success;
                 # claiming it (run or refused) settles the debt exactly once.
-                if act is None or c.execution_group not in act.triggered:
+                if act is None or group not in act.triggered:
                     return self._refuse(index, "no_trigger", "no parent run owes this", job=job)
-                act.triggered.remove(c.execution_group)
-            if act is not None and (
-                c.execution_group in act.inflight or c.execution_group in act.recent
-            ):
+                act.triggered.remove(group)
+            if act is not None and (group in act.inflight or group in act.recent):
                 return self._refuse(index, "duplicate", "execution group already claimed", job=job)
             refusal = ""
-            if job.disabled and c.trigger != "manual":
+            if job.disabled and trigger != "manual":
                 refusal = "disabled"
             elif cron and job.expires_at is not None and c.scheduled_time_ns > job.expires_at:
                 refusal = "expired"
@@ -878,23 +882,24 @@ class StateMachine:
                 if cron:
                     return self._skip(index, c, refusal)
                 return self._refuse(index, refusal, f"run refused: {refusal}", job=job)
-        act = self._act(c.job)
+        if act is None:
+            act = self._activity[c.job] = _Activity()
         if cron:
             self._cursor[c.job] = c.scheduled_time_ns
-        elif c.trigger != "retry":
-            act.recent.append(c.execution_group)
+        elif trigger != "retry":
+            act.recent.append(group)
             if len(act.recent) > self.config.recent_groups_window:
                 del act.recent[0]
-        existing = act.inflight.get(c.execution_group)
+        existing = act.inflight.get(group)
         if existing is not None:  # a retry while other targets of the group still run
             outstanding = {**existing.outstanding, c.targets[0]: c.attempt}
-            entry = InFlight(claim=existing.claim, outstanding=outstanding)
+            entry = _inflight(existing.claim, outstanding)
         else:
-            entry = InFlight(claim=c, outstanding=dict.fromkeys(c.targets, c.attempt))
-        act.inflight[c.execution_group] = entry
-        if c.trigger == "retry":
-            del act.retries[retry_key]
-        return ApplyResult(index=index, ok=True, job=job, claim=entry)
+            entry = _inflight(c, dict.fromkeys(c.targets, c.attempt))
+        act.inflight[group] = entry
+        if trigger == "retry":
+            del act.retries[(group, c.targets[0])]
+        return _result(index, True, "", "", job, None, entry, (), ())
 
     def _missed(self, index: int, c: RecordMissed) -> ApplyResult:
         job = self._jobs.get(c.job)
@@ -925,97 +930,114 @@ class StateMachine:
             return self._not_found(index, ex.job_name)
         act = self._activity.get(ex.job_name)
         key = ex.id
-        if (act is not None and key in act.executions) or not self._expected(act, ex):
-            return ApplyResult(index=index, ok=True, reason="duplicate", execution=ex)
-        act = self._act(ex.job_name)
+        if act is None or key in act.executions or not self._expected(act, ex):
+            return _result(index, True, "duplicate", "", None, ex, None, (), ())
         stored = self._capped(ex)
         act.store(key, stored)
         act.prune(self.config.max_executions_per_job)
-        return ApplyResult(index=index, ok=True, execution=stored)
+        return _result(index, True, "", "", None, stored, None, (), ())
 
     def _capped(self, ex: Execution) -> Execution:
         """The execution with its output capped; the same object when it fits."""
-        output = truncate_output(ex.output, self.config.max_output_bytes)
+        limit = self.config.max_output_bytes
+        if len(ex.output) * 4 <= limit:  # no character takes more than 4 UTF-8 bytes
+            return ex
+        output = truncate_output(ex.output, limit)
         return ex if output is ex.output else dataclasses.replace(ex, output=output)
 
     def _finished(self, index: int, ex: Execution) -> ApplyResult:
-        job = self._jobs.get(ex.job_name)
+        name = ex.job_name
+        job = self._jobs.get(name)
         if job is None:
             return self._refuse(index, "not_found", ERR_DONE_FOR_DELETED)
-        act = self._activity.get(ex.job_name)
+        act = self._activity.get(name)
+        if act is None:
+            return _result(index, True, "duplicate", "", None, ex, None, (), ())
         key = ex.id
-        existing = act.executions.get(key) if act is not None else None
-        if existing is not None and not existing.running:
-            return ApplyResult(index=index, ok=True, reason="duplicate", execution=existing)
-        if existing is None and not self._expected(act, ex):
-            return ApplyResult(index=index, ok=True, reason="duplicate", execution=ex)
-        act = self._act(ex.job_name)
+        existing = act.executions.get(key)
+        if existing is not None:
+            if existing.finished_at is not None:
+                return _result(index, True, "duplicate", "", None, existing, None, (), ())
+        elif not self._expected(act, ex):
+            return _result(index, True, "duplicate", "", None, ex, None, (), ())
         stored = self._capped(ex)
         act.store(key, stored)
         act.prune(self.config.max_executions_per_job)
-        assert ex.finished_at is not None  # guaranteed by ExecutionFinished
-        entry = act.inflight.get(ex.group)
-        if entry is not None and ex.node_name in entry.outstanding:
-            rest = {n: a for n, a in entry.outstanding.items() if n != ex.node_name}
-            if rest:
-                act.inflight[ex.group] = InFlight(claim=entry.claim, outstanding=rest)
+        finished_at = ex.finished_at
+        assert finished_at is not None  # guaranteed by ExecutionFinished
+        group = ex.group
+        node = ex.node_name
+        inflight = act.inflight
+        still = inflight.get(group)
+        if still is not None and node in still.outstanding:
+            if len(still.outstanding) == 1:
+                del inflight[group]
+                still = None
             else:
-                del act.inflight[ex.group]
-        still = act.inflight.get(ex.group)
-        group_execs = act.group(ex.group)
-        status = compute_group_status(
-            group_execs, tuple(sorted(still.outstanding)) if still is not None else ()
-        )
-        if ex.success:
-            job = _job_with(
-                job,
-                success_count=job.success_count + 1,
-                last_success=_later(job.last_success, ex.finished_at),
-                status=status,
-            )
+                rest = {n: a for n, a in still.outstanding.items() if n != node}
+                still = inflight[group] = _inflight(still.claim, rest)
+        ids = act.groups.get(group)
+        if still is None and ids is not None and len(ids) == 1 and ids[0] == key:
+            # The group's one record, finished, nobody else to hear from:
+            # what compute_group_status says of it, without building its inputs.
+            status = "success" if stored.success else "failed"
         else:
-            job = _job_with(
-                job,
-                error_count=job.error_count + 1,
-                last_error=_later(job.last_error, ex.finished_at),
-                status=status,
+            status = compute_group_status(
+                act.group(group), tuple(sorted(still.outstanding)) if still is not None else ()
             )
-        self._jobs[job.name] = job
-        events: list[StateEvent] = []
-        if not ex.success and ex.status != "cancelled" and 1 <= ex.attempt < job.retries + 1:
+        success = ex.success
+        if success:
+            count = job.success_count + 1
+            last = job.last_success
+            if last is None or finished_at > last:
+                last = finished_at
+            if count < _COUNTER_MAX:
+                job = _with_success(job, status, count, last)
+            else:  # let the constructor refuse it
+                job = dataclasses.replace(
+                    job, status=status, success_count=count, last_success=last
+                )
+        else:
+            count = job.error_count + 1
+            last = job.last_error
+            if last is None or finished_at > last:
+                last = finished_at
+            if count < _COUNTER_MAX:
+                job = _with_error(job, status, count, last)
+            else:
+                job = dataclasses.replace(job, status=status, error_count=count, last_error=last)
+        self._jobs[name] = job
+        retries = act.retries
+        retried: tuple[StateEvent, ...] = ()
+        if not success and ex.status != "cancelled" and 1 <= ex.attempt < job.retries + 1:
             attempt = ex.attempt + 1
             retry = PendingRetry(
-                job=job.name,
-                execution_group=ex.group,
-                node_name=ex.node_name,
+                job=name,
+                execution_group=group,
+                node_name=node,
                 attempt=attempt,
-                due_ns=ex.finished_at + retry_backoff_ns(ex.finished_at - ex.started_at, attempt),
+                due_ns=finished_at + retry_backoff_ns(finished_at - ex.started_at, attempt),
                 scheduled_time_ns=ex.scheduled_time,
             )
-            act.retries[(ex.group, ex.node_name)] = retry
-            events.append(RetryScheduled(retry=retry))
-        group_pending = ex.group in act.inflight or any(g == ex.group for g, _ in act.retries)
-        if not group_pending:
-            success = status == "success"
-            events.append(
-                GroupCompleted(
-                    job=job.name,
-                    execution_group=ex.group,
-                    status=status,
-                    dependents=job.dependent_jobs if success else (),
-                )
-            )
-            if success:
-                for child in job.dependent_jobs:
-                    if child in self._jobs:
-                        owed = self._act(child).triggered
-                        owed.append(ex.group)
-                        if len(owed) > self.config.recent_groups_window:
-                            del owed[0]
-            if success and job.ephemeral and not job.dependent_jobs:
-                self._drop(job)
-                events.append(JobDeleted(name=job.name, ephemeral=True))
-        return ApplyResult(index=index, ok=True, job=job, execution=stored, events=tuple(events))
+            retries[(group, node)] = retry
+            retried = (RetryScheduled(retry=retry),)
+        if group in inflight or (retries and any(g == group for g, _ in retries)):
+            return _result(index, True, "", "", job, stored, None, retried, ())
+        # The whole group has reported and owes no retry: it is complete.
+        ok = status == "success"
+        dependents = job.dependent_jobs
+        events = (*retried, _completed(name, group, status, dependents if ok else ()))
+        if ok and dependents:
+            for child in dependents:
+                if child in self._jobs:
+                    owed = self._act(child).triggered
+                    owed.append(group)
+                    if len(owed) > self.config.recent_groups_window:
+                        del owed[0]
+        elif ok and job.ephemeral:
+            self._drop(job)
+            events = (*events, JobDeleted(name=name, ephemeral=True))
+        return _result(index, True, "", "", job, stored, None, events, ())
 
     def _delete_executions(self, index: int, name: str) -> ApplyResult:
         job = self._jobs.get(name)
@@ -1082,6 +1104,16 @@ class StateMachine:
             acts = [] if one is None else [one]
         out = [a.executions[i] for a in acts for i in a.running]
         return sorted(out, key=lambda e: (e.started_at, e.node_name))
+
+    def group_executions(self, name: str, group: int) -> list[Execution]:
+        """The stored records of one execution group, oldest first (started_at, node)."""
+        act = self._activity.get(name)
+        if act is None:
+            return []
+        out = act.group(group)
+        if len(out) > 1:
+            out.sort(key=lambda e: (e.started_at, e.node_name))
+        return out
 
     def in_flight(self, name: str) -> list[InFlight]:
         """Claimed runs of a job with targets that have not reported, by group."""
@@ -1180,9 +1212,61 @@ class StateMachine:
         self._applied = snap.applied_index
 
 
-_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
 _COUNTER_MAX = 1 << 63
-_set = object.__setattr__
+
+
+def _copier(cls: type, changed: tuple[str, ...]) -> Callable[..., Any]:
+    """``f(obj, *values)``: a copy of a frozen slots dataclass with ``changed``
+    fields replaced, built slot by slot without running ``__init__``.
+
+    Only for copies of an already validated object whose new values the
+    caller has validated itself: nothing is checked.  Generated once, it is
+    a straight line of slot stores (a loop over names with ``getattr`` costs
+    several times more, and a result is applied on every replica).
+    """
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    lines = [f"def copy(o, {', '.join(changed)}):", "    n = _new(_cls)"]
+    for i, f in enumerate(dataclasses.fields(cls)):
+        env[f"_s{i}"] = getattr(cls, f.name).__set__
+        value = f.name if f.name in changed else f"o.{f.name}"
+        lines.append(f"    _s{i}(n, {value})")
+    lines.append("    return n")
+    exec("\n".join(lines), env)  # source built here from field names only
+    fn: Callable[..., Any] = env["copy"]
+    return fn
+
+
+def _maker(cls: type, *, validated: bool = False) -> Callable[..., Any]:
+    """``f(*values)``: a new instance of a frozen slots dataclass, its fields given
+    positionally; exactly what its ``__init__`` would build.
+
+    A class with ``__post_init__`` checks is only built this way from values
+    that already passed the same checks (``validated``).
+    """
+    assert validated or not hasattr(cls, "__post_init__")
+    names = [f.name for f in dataclasses.fields(cls)]
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    lines = [f"def make({', '.join(names)}):", "    n = _new(_cls)"]
+    for i, name in enumerate(names):
+        env[f"_s{i}"] = getattr(cls, name).__set__
+        lines.append(f"    _s{i}(n, {name})")
+    lines.append("    return n")
+    exec("\n".join(lines), env)  # source built here from field names only
+    fn: Callable[..., Any] = env["make"]
+    return fn
+
+
+_with_success = _copier(Job, ("status", "success_count", "last_success"))
+_with_error = _copier(Job, ("status", "error_count", "last_error"))
+# (index, ok, reason, error, job, execution, claim, events, parts)
+_result: Callable[..., ApplyResult] = _maker(ApplyResult)
+# (job, execution_group, status, dependents)
+_completed: Callable[[str, int, str, tuple[str, ...]], GroupCompleted] = _maker(GroupCompleted)
+# (claim, outstanding)
+_inflight: Callable[[ClaimSlot, dict[str, int]], InFlight] = _maker(InFlight)
+# Elements of a batch, which checked them all when it was built.
+_one_started: Callable[[Execution], ExecutionStarted] = _maker(ExecutionStarted, validated=True)
+_one_finished: Callable[[Execution], ExecutionFinished] = _maker(ExecutionFinished, validated=True)
 
 
 def _job_with(
@@ -1209,16 +1293,10 @@ def _job_with(
         else:
             changes |= {"error_count": error_count, "last_error": last_error}
         return dataclasses.replace(job, **changes)
-    new = object.__new__(Job)
-    for name in _JOB_FIELDS:
-        _set(new, name, getattr(job, name))
-    _set(new, "status", status)
     if success_count is not None:
-        _set(new, "success_count", success_count)
-        _set(new, "last_success", last_success)
+        new: Job = _with_success(job, status, success_count, last_success)
     else:
-        _set(new, "error_count", error_count)
-        _set(new, "last_error", last_error)
+        new = _with_error(job, status, error_count, last_error)
     return new
 
 

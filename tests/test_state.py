@@ -673,3 +673,91 @@ def test_the_cap_evicts_the_oldest_finished_records_never_running_ones() -> None
     restored = StateMachine(StateConfig(max_executions_per_job=2))
     restored.restore(d.sm.snapshot())
     assert restored.snapshot() == d.sm.snapshot()
+
+
+# -- the apply fast paths say what the plain rules say ---------------------------------
+
+_run_step = st.tuples(
+    st.sampled_from(["claim", "start", "finish"]),
+    st.integers(0, 2),  # slot
+    st.sampled_from([("n1",), ("n2",), ("n1", "n2")]),
+    st.booleans(),  # success
+    st.sampled_from(["schedule", "manual", "retry"]),
+    st.sampled_from(["", "cancelled"]),
+)
+
+
+@given(st.lists(_run_step, min_size=1, max_size=40))
+@example(
+    [
+        ("claim", 0, ("n1", "n2"), True, "manual", ""),
+        ("start", 0, ("n1",), True, "manual", ""),
+        ("finish", 0, ("n1",), True, "manual", ""),
+        ("finish", 0, ("n2",), False, "manual", ""),
+    ]
+)
+def test_results_match_the_plain_rules(
+    steps: list[tuple[str, int, tuple[str, ...], bool, str, str]],
+) -> None:
+    """Every committed result: a valid job (as a full constructor would build it)
+    whose status is compute_group_status over the group, counted once."""
+    d = Driver(StateConfig(max_executions_per_job=4))
+    d.job("job1", retries=1)
+    counted = 0
+    for kind, slot, targets, success, trigger, status in steps:
+        at = T0 + slot * S
+        if kind == "claim":
+            retry = trigger == "retry"
+            d(ClaimSlot("job1", at, 1, trigger, at, targets[:1] if retry else targets, 1 + retry))
+            continue
+        for node in targets:
+            pending = {f.claim.execution_group: f for f in d.sm.in_flight("job1")}.get(at)
+            attempt = pending.outstanding.get(node, 1) if pending is not None else 1
+            ex = Execution("job1", at + attempt, node, group=at, attempt=attempt)
+            if kind == "start":
+                d(ExecutionStarted(ex))
+                continue
+            done = dataclasses.replace(
+                ex, finished_at=at + S, success=success and not status, status=status
+            )
+            result = d(ExecutionFinished(done))
+            if not result.ok or result.reason == "duplicate":
+                continue
+            counted += 1
+            job = result.job
+            assert job is not None
+            assert job == dataclasses.replace(job)  # re-validated: the same job
+            assert job == d.sm.get_job("job1")
+            still = {f.claim.execution_group: f for f in d.sm.in_flight("job1")}.get(at)
+            group = d.sm.group_executions("job1", at)
+            expected = compute_group_status(
+                group, tuple(sorted(still.outstanding)) if still is not None else ()
+            )
+            assert job.status == expected
+            assert job.success_count + job.error_count == counted
+            assert group == sorted(group, key=lambda e: (e.started_at, e.node_name))
+
+
+def test_entries_decode_through_the_configured_decoder() -> None:
+    seen: list[bytes] = []
+
+    def decoder(data: bytes) -> Command:
+        seen.append(data)
+        return decode_command(data)
+
+    sm = StateMachine(decoder=decoder)
+    body = encode_command(UpsertJob(Job("job1", schedule="@every 10s", executor="shell")))
+    assert sm.apply(1, body).ok
+    assert sm.apply(2, b"\xff").reason == "bad_command"
+    assert seen == [body, b"\xff"]
+
+
+def test_batch_elements_are_the_single_commands() -> None:
+    ex = Execution("job1", T0, "n1", group=T0, attempt=1)
+    done = dataclasses.replace(ex, finished_at=T0 + S, success=True)
+    started = ExecutionsStarted((ex, ex))
+    finished = ExecutionsFinished((done,))
+    result = ApplyResult(index=1, ok=True, parts=(ApplyResult(index=1, ok=True),) * 2)
+    assert [c for c, _ in each_applied(started, result)] == [ExecutionStarted(ex)] * 2
+    one = ApplyResult(index=1, ok=True, parts=(ApplyResult(index=1, ok=True),))
+    assert [c for c, _ in each_applied(finished, one)] == [ExecutionFinished(done)]

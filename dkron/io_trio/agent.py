@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import heapq
 import json
 import logging
 import math
@@ -116,6 +117,7 @@ from dkron.proto_sansio.raft import (
     Snapshot,
     encode_membership,
 )
+from dkron.proto_sansio.scheduler import SchedulerConfig
 from dkron.proto_sansio.servers import (
     BootstrapDecision,
     ChangeKind,
@@ -168,6 +170,14 @@ RECONCILE_INTERVAL = 1.0
 LEAVE_ANSWER_GRACE = 1.0
 FORWARD_TIMEOUT = 30.0
 RECENT_RESULTS = 4096
+#: The leader claims a slot this long before it is due, so that the Raft
+#: commit (an fsync) and the dispatch are done when the slot comes: at the
+#: due instant only the run journal's fsync and the spawn remain.
+CLAIM_LOOKAHEAD = timedelta(milliseconds=100)
+#: A worker holds a dispatch that arrives before its slot at most its own
+#: lookahead plus this long (a bound against clock skew between the leader
+#: and the worker).
+EARLY_HOLD_SLACK = timedelta(seconds=1)
 #: Tags the agent owns; a user tag of one of these names is dropped (Dkron overwrites them).
 RESERVED_TAGS = frozenset(
     {
@@ -281,6 +291,9 @@ class _Flag:
 class _Call:
     event: trio.Event
     reply: Reply | None = None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _wall() -> datetime:
@@ -489,6 +502,12 @@ class Agent:
         self.events = EventHub()
         self._last_leader: str | None = None
         self._runs: dict[RunKey, trio.CancelScope] = {}
+        #: dispatches that arrived before their slot: (release wall ns, seq, src, msg)
+        self._early: list[tuple[int, int, str, Dispatch]] = []
+        self._early_seq = 0
+        self.claim_lookahead = CLAIM_LOOKAHEAD
+        self._turn = 0  # the core loop's turns, for what is read once per turn
+        self._views: tuple[int, list[MemberView]] = (-1, [])
         self._calls: dict[int, _Call] = {}
         self._call_ids = 0
         self._next_reconcile = 0.0
@@ -896,6 +915,7 @@ class Agent:
                 except trio.WouldBlock:
                     break
             now = trio.current_time()
+            self._turn += 1
             proposals: list[tuple[Command, _Waiter]] = []
             for it in items:
                 if it[0] == "propose":
@@ -918,6 +938,9 @@ class Agent:
             times.append(t)
         if self.planner is not None and (w := self.planner.next_deadline()) is not None:
             times.append(trio.current_time() + max(0.0, (w - _wall()).total_seconds()))
+        if self._early:
+            wait_ns = self._early[0][0] - to_ns(_wall())
+            times.append(trio.current_time() + max(0, wait_ns) / 1e9)
         return min(times) if times else math.inf
 
     def _handle(self, item: tuple[str, Any], now: float) -> None:
@@ -987,6 +1010,23 @@ class Agent:
     def _deliver_exec(self, src: str, msg: ExecMessage, now: float) -> None:
         assert self.worker is not None
         wall_ns = to_ns(_wall())
+        if isinstance(msg, Dispatch) and (msg.scheduled_time or 0) > wall_ns:
+            # Claimed ahead (CLAIM_LOOKAHEAD): the run starts at its slot, not
+            # before.  Until then the worker has not seen it — nothing is in the
+            # run journal — so a crash meanwhile leaves a claimed, never-started
+            # slot that the next leader dispatches again, as without lookahead.
+            assert msg.scheduled_time is not None
+            bound = to_ns(_EPOCH + self.claim_lookahead + EARLY_HOLD_SLACK)
+            release = min(msg.scheduled_time, wall_ns + bound)
+            self._early_seq += 1
+            heapq.heappush(self._early, (release, self._early_seq, src, msg))
+            return
+        if isinstance(msg, Cancel) and self._early:
+            # A cancel must not be overtaken by the dispatch it follows.
+            held = [e for e in self._early if e[3].key != msg.key]
+            if len(held) != len(self._early):
+                heapq.heapify(held)
+                self._early = held
         if isinstance(msg, Dispatch | ResultAck | Cancel):
             self.worker.receive(msg, src=src, now=now, wall_ns=wall_ns)
         elif self.exec_leader is not None:
@@ -1020,6 +1060,8 @@ class Agent:
         if node is not None:
             node.handle_timer(now)
         self._follow_leader(now)
+        if self._early:
+            self._release_early(now)
         self.worker.handle_timer(now)
         if self.exec_leader is not None:
             self.exec_leader.handle_timer(now, to_ns(_wall()))
@@ -1030,6 +1072,17 @@ class Agent:
             self._next_reconcile = now + RECONCILE_INTERVAL
             self._reconcile(now)
             self._maybe_bootstrap()
+
+    def _release_early(self, now: float) -> None:
+        """Hand the dispatches whose slot has come to the worker (all due ones at once:
+        their starts share one journal write)."""
+        worker = self.worker
+        assert worker is not None
+        wall_ns = to_ns(_wall())
+        early = self._early
+        while early and early[0][0] <= wall_ns:
+            _, _, src, msg = heapq.heappop(early)
+            worker.receive(msg, src=src, now=now, wall_ns=wall_ns)
 
     def _follow_leader(self, now: float) -> None:
         """Where the worker reports: the Raft leader, else any live server (it forwards)."""
@@ -1301,7 +1354,11 @@ class Agent:
         if self.planner is None and node.applied_index >= self._barrier:
             now = trio.current_time()
             self.planner = Planner(
-                self.state, term=node.term, wall=_wall(), select_targets=self._select
+                self.state,
+                term=node.term,
+                wall=_wall(),
+                select_targets=self._select,
+                config=SchedulerConfig(lookahead=self.claim_lookahead),
             )
             self.exec_leader = ExecutionLeader(self.name, node.term, self.exec_config, now=now)
             self.exec_leader.load(self.state, now)
@@ -1361,11 +1418,15 @@ class Agent:
         self._output_changed = trio.Event()
 
     def _select(self, job: Job) -> tuple[str, ...]:
-        views = [
-            MemberView(name=m.name, alive=m.status is SwimStatus.ALIVE, tags=m.tags)
-            for m in self.members()
-        ]
-        return select_targets(job.tags, views, region=self.opts.region, rng=self.rng)
+        # The planner asks once per claim, hundreds of times in one turn when
+        # many jobs share a second: the members are read once per turn.
+        if self._views[0] != self._turn:
+            views = [
+                MemberView(name=m.name, alive=m.status is SwimStatus.ALIVE, tags=m.tags)
+                for m in self.members()
+            ]
+            self._views = (self._turn, views)
+        return select_targets(job.tags, self._views[1], region=self.opts.region, rng=self.rng)
 
     # -- executors ---------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import os
 import pathlib
 import struct
@@ -72,8 +73,12 @@ def _frame(item: list[Any]) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+#: Execution's fields in order (all plain values: no deep copy as ``astuple`` makes).
+_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Execution)))
+
+
 def _add_record(ex: Execution) -> bytes:
-    return _frame([_ADD, list(dataclasses.astuple(ex))])
+    return _frame([_ADD, list(_FIELDS(ex))])
 
 
 def _forget_record(key: RunKey) -> bytes:

@@ -50,13 +50,14 @@ from dkron.proto_sansio.wire import Codec
 from dkron.state import (
     ApplyResult,
     ClaimSlot,
+    ClaimSlots,
     Command,
     ExecutionFinished,
+    ExecutionsFinished,
     ExecutionStarted,
     InFlight,
     StateMachine,
     batch_commands,
-    each_applied,
 )
 
 __all__ = [
@@ -80,6 +81,8 @@ __all__ = [
     "StartRun",
     "Started",
     "StopRun",
+    "choose_targets",
+    "qualifying_targets",
     "select_targets",
 ]
 
@@ -131,17 +134,44 @@ def select_targets(
     qualify; with a count, a uniformly random subset of that size is chosen.
     No tags means every alive member of the region.
     """
+    qualifying, cardinality = qualifying_targets(job_tags, members, region=region)
+    return choose_targets(qualifying, cardinality, rng=rng)
+
+
+def qualifying_targets(
+    job_tags: Mapping[str, str] | None, members: Iterable[MemberView], *, region: str
+) -> tuple[tuple[str, ...], int | None]:
+    """The first half of :func:`select_targets`: every qualifying member, sorted,
+    and the count to pick from them (``None``: all).
+
+    It depends only on the tags and the membership, so a caller that places
+    many jobs with the same tags against one view of the members may reuse it.
+    """
     wanted, cardinality = _clean_tags(job_tags or {})
-    qualifying = sorted(
-        m.name
-        for m in members
-        if m.alive
-        and m.tags.get("region", "global") == region
-        and all(m.tags.get(k) == v for k, v in wanted.items())
-    )
+    pairs = tuple(wanted.items())
+    qualifying: list[str] = []
+    for m in members:  # runs for every claim: plain loops, no generator per member
+        if not m.alive:
+            continue
+        tags = m.tags
+        if tags.get("region", "global") != region:
+            continue
+        for k, v in pairs:
+            if tags.get(k) != v:
+                break
+        else:
+            qualifying.append(m.name)
+    qualifying.sort()
+    return tuple(qualifying), cardinality
+
+
+def choose_targets(
+    qualifying: tuple[str, ...], cardinality: int | None, *, rng: random.Random
+) -> tuple[str, ...]:
+    """The second half of :func:`select_targets`: a uniform subset of the count's size."""
     if cardinality is not None and len(qualifying) > cardinality:
-        qualifying = sorted(rng.sample(qualifying, max(cardinality, 0)))
-    return tuple(qualifying)
+        return tuple(sorted(rng.sample(qualifying, max(cardinality, 0))))
+    return qualifying
 
 
 # -- wire messages --------------------------------------------------------------------
@@ -376,28 +406,32 @@ class ExecutionLeader:
         followed element by element.
         """
         self._now = now
-        if result.parts:
-            for one, part in each_applied(cmd, result):
-                self._observe(one, part, state)
-            return
-        self._observe(cmd, result, state)
+        # Batches are walked here without building each element's single command
+        # (what each_applied does): this runs for every result a leader commits.
+        if isinstance(cmd, ClaimSlots):
+            for claim, part in zip(cmd.claims, result.parts, strict=True):
+                self._observe_claim(claim, part, state)
+        elif isinstance(cmd, ExecutionsFinished):
+            for ex in cmd.executions:
+                self._observe_finished(ex)
+        elif isinstance(cmd, ClaimSlot):
+            self._observe_claim(cmd, result, state)
+        elif isinstance(cmd, ExecutionFinished):
+            self._observe_finished(cmd.execution)
+        # A started record needs nothing here: the leader proposed it itself.
 
-    def _observe(self, cmd: Command, result: ApplyResult, state: StateMachine) -> None:
-        if isinstance(cmd, ClaimSlot):
-            job = state.get_job(cmd.job)
-            if result.claim is not None and job is not None:
-                self._track_claim(job, result.claim, state)
-            return
-        if not isinstance(cmd, ExecutionStarted | ExecutionFinished):
-            return
-        ex = cmd.execution
+    def _observe_claim(self, cmd: ClaimSlot, result: ApplyResult, state: StateMachine) -> None:
+        job = state.get_job(cmd.job)
+        if result.claim is not None and job is not None:
+            self._track_claim(job, result.claim, state)
+
+    def _observe_finished(self, ex: Execution) -> None:
         key = RunKey(ex.job_name, ex.group, ex.node_name, ex.attempt)
-        if isinstance(cmd, ExecutionFinished):
-            run = self._runs.pop(key, None)
-            # Acknowledge even a duplicate: the worker must stop re-sending.
-            self._send(ex.node_name, ResultAck(key))
-            if run is not None and run.live:
-                run.live.clear()
+        run = self._runs.pop(key, None)
+        # Acknowledge even a duplicate: the worker must stop re-sending.
+        self._send(ex.node_name, ResultAck(key))
+        if run is not None and run.live:
+            run.live.clear()
 
     def receive(self, msg: ExecMessage, *, src: str, now: float, wall_ns: int) -> None:
         self._now = now
@@ -513,8 +547,8 @@ class ExecutionLeader:
         group = claim.claim.execution_group
         running = {
             (e.node_name, e.attempt): e
-            for e in state.running_executions(job.name)
-            if e.group == group
+            for e in state.group_executions(job.name, group)
+            if e.finished_at is None
         }
         for node, attempt in sorted(claim.outstanding.items()):
             key = RunKey(job.name, group, node, attempt)
@@ -724,13 +758,19 @@ class ExecutionWorker:
         run = self._runs.get(key)
         if run is None or run.result is not None:
             return
-        status = "cancelled" if run.cancelled else ""
-        run.result = dataclasses.replace(
-            run.execution,
-            finished_at=max(wall_ns, run.execution.started_at),
-            success=success and not run.cancelled,
-            output=output,
-            status=status,
+        ex = run.execution
+        run.result = Execution(  # every field spelled out: dataclasses.replace is slow
+            ex.job_name,
+            ex.started_at,
+            ex.node_name,
+            max(wall_ns, ex.started_at),
+            success and not run.cancelled,
+            output,
+            ex.group,
+            ex.attempt,
+            ex.scheduled_time,
+            ex.trigger,
+            "cancelled" if run.cancelled else "",
         )
         run.unsent.clear()
         run.buffered = 0

@@ -45,11 +45,13 @@ from dkron.proto_sansio.errors import LocalProtocolError, RemoteProtocolError
 from dkron.proto_sansio.swim_wire import (
     ENCRYPTION_OVERHEAD,
     NONCE_SIZE,
+    PUSH_PULL_PREFIX,
     Ack,
     Alive,
     Dead,
     IndirectPing,
     Keyring,
+    KnownLayout,
     LeaveIntent,
     Nack,
     Ping,
@@ -421,6 +423,9 @@ _LEAVING = operator.attrgetter("leaving")
 
 _WIRE_ALIVE = int(WireState.ALIVE)
 _WIRE_LEFT = int(WireState.LEFT)
+_WIRE_SUSPECT = int(WireState.SUSPECT)
+# CBOR array headers of 0..23 items: a packet's first byte (``encode_packet``).
+_PACKET_HEADERS = tuple(bytes((0x80 + n,)) for n in range(24))
 
 _STATUS = {
     MemberHealth.NONE: MemberStatus.NONE,
@@ -555,17 +560,6 @@ _QUEUE_ORDER = operator.attrgetter("base", "order")
 _DATA = operator.attrgetter("data")
 
 
-def _shuffled(names: list[str], rng: random.Random) -> list[str]:
-    """A uniformly random permutation, ordered by one random key per name.
-
-    Equivalent in distribution to ``rng.shuffle`` but sorted at C speed:
-    a thousand-member round is reshuffled by every member.
-    """
-    rand = rng.random
-    keys = [rand() for _ in names]
-    return list(map(names.__getitem__, sorted(range(len(names)), key=keys.__getitem__)))
-
-
 class _StreamKind(enum.Enum):
     PUSH_PULL = "push-pull"
     JOIN = "join"
@@ -660,7 +654,7 @@ class SwimNode:
         # Bumped whenever a member is added or removed or changes address or
         # tags: the push-pull columns that only such changes touch.
         self._layout = 0
-        self._layout_cache: tuple[int, bytes, list[_Node]] | None = None
+        self._layout_cache: tuple[int, KnownLayout, list[_Node]] | None = None
         self._bcast_order = 0
         self._timers: list[_Entry] = []
         self._timer_seq = 0
@@ -731,15 +725,51 @@ class SwimNode:
         except RemoteProtocolError:
             self._count("dropped_malformed")
             return
+        members = self._members
+        me = self._me
         for raw, msg in items:
-            self._raw, self._raw_msg = raw, msg
-            # The gossip kinds first: a storm is mostly suspicions and alives.
+            # The gossip kinds first: a storm is mostly suspicions and alives,
+            # and most of those repeat what we already know.  The repeats are
+            # settled here with exactly the tests that open their handlers
+            # (which stay the authority), saving a call per message.
             t = type(msg)
             if t is Suspect:
+                node = members.get(msg.node)  # type: ignore[attr-defined]
+                if node is None:
+                    continue
+                if node is not me:
+                    if msg.incarnation < node.incarnation:  # type: ignore[attr-defined]
+                        self._count("stale_messages")
+                        continue
+                    state = node.state
+                    if state is NodeState.SUSPECT:
+                        susp = self._suspicions.get(node.name)
+                        if (
+                            susp is None
+                            or len(susp.confirmers) > susp.k
+                            or msg.sender in susp.confirmers  # type: ignore[attr-defined]
+                        ):
+                            continue
+                    elif state is not NodeState.ALIVE:
+                        continue
+                self._raw, self._raw_msg = raw, msg
                 self._on_suspect(msg, now)  # type: ignore[arg-type]
             elif t is Alive:
+                node = members.get(msg.node)  # type: ignore[attr-defined]
+                if node is not None and node is not me:
+                    inc = msg.incarnation  # type: ignore[attr-defined]
+                    if (
+                        inc <= node.incarnation
+                        and msg.port == node.port  # type: ignore[attr-defined]
+                        and msg.addr == node.addr  # type: ignore[attr-defined]
+                    ):
+                        if inc < node.incarnation:
+                            self._count("stale_messages")
+                        continue
+                self._raw, self._raw_msg = raw, msg
                 self._on_alive(msg, now)  # type: ignore[arg-type]
             else:
+                self._raw, self._raw_msg = raw, msg
                 self._dispatch(msg, src_addr, now)
         self._raw_msg = None
 
@@ -815,7 +845,12 @@ class SwimNode:
         if self._stopped:
             return None
         timers = self._timers
-        while timers and not self._valid(timers[0]):
+        while timers:
+            head = timers[0]
+            kind = head[2]
+            # Probe and gossip ticks are always valid: no call for the usual head.
+            if kind is _T.PROBE or kind is _T.GOSSIP or self._valid(head):
+                break
             heapq.heappop(timers)
         at = timers[0][0] if timers else None
         probe = self._probe
@@ -934,7 +969,7 @@ class SwimNode:
         self._pp_token = object()
         interval = push_pull_interval(self.config, len(members))
         self._at(now + self._rng.uniform(0, 1.0) * interval, _T.PUSH_PULL, None, self._pp_token)
-        self._probe_list = _shuffled([n for n in others if members[n].state in _LIVE], self._rng)
+        self._probe_list = [n for n in others if members[n].state in _LIVE]
         self._probe_pos = 0
 
     # -- queries ------------------------------------------------------------------
@@ -1115,7 +1150,15 @@ class SwimNode:
             return
         if node.state is NodeState.SUSPECT:
             susp = self._suspicions.get(node.name)
-            if susp is not None and msg.sender not in susp.confirmers:
+            # memberlist's cap: past k independent confirmations the timeout
+            # is already at its minimum, so further ones are neither counted
+            # nor re-gossiped (without it every member re-broadcasts every
+            # other member's suspicion: N^2 messages per suspect).
+            if (
+                susp is not None
+                and len(susp.confirmers) <= susp.k
+                and msg.sender not in susp.confirmers
+            ):
                 susp.confirmers.add(msg.sender)
                 at = susp.deadline()
                 if at < susp.armed:
@@ -1353,34 +1396,54 @@ class SwimNode:
 
     def _tick_probe(self, now: float) -> None:
         self._finish_probe(now)
-        self._at(now + self._scaled(self.config.probe_interval), _T.PROBE)
+        cfg = self.config
+        scale = self._awareness + 1  # Lifeguard's local health multiplier (``_scaled``)
+        self._timer_seq += 1
+        heapq.heappush(
+            self._timers, (now + cfg.probe_interval * scale, self._timer_seq, _T.PROBE, None, None)
+        )
         target = self._next_probe_target()
         if target is None:
             return
-        seq = self._next_seq()
+        self._seq += 1
+        seq = self._seq
         probe = _Probe(seq, target.name, target.incarnation)
         self._probe = probe
         self._acks[seq] = probe
         parts = [pack_ping(seq, target.name, self.name)]
-        if target.state is NodeState.SUSPECT and self.config.lifeguard:
+        if target.state is NodeState.SUSPECT and cfg.lifeguard:
             parts.append(pack_message(Suspect(target.incarnation, target.name, self.name)))
-        self._send(target.address, parts)
+        self._send((target.addr, target.port), parts)
         # The direct-probe timeout lives outside the heap: it is armed every
         # period and almost always cancelled by the ack.
-        self._probe_deadline = now + self._scaled(self.config.probe_timeout)
+        self._probe_deadline = now + cfg.probe_timeout * scale
 
     def _next_probe_target(self) -> _Node | None:
+        """memberlist's randomized round robin, shuffled as it goes.
+
+        ``_probe_list[:_probe_pos]`` is this round's visited prefix; the next
+        target is drawn uniformly from the rest and swapped to the front of
+        it (an incremental Fisher-Yates shuffle: the same distribution as
+        shuffling the round up front, without a thousand draws and a sort per
+        member per round, most of which a short run never reaches).
+        """
         members = self._members
+        rand = self._rng.random
         for _ in range(2):
             plist = self._probe_list
-            while self._probe_pos < len(plist):
-                node = members.get(plist[self._probe_pos])
-                self._probe_pos += 1
+            end = len(plist)
+            pos = self._probe_pos
+            while pos < end:
+                j = pos + int(rand() * (end - pos))
+                name = plist[j]
+                plist[j] = plist[pos]
+                plist[pos] = name
+                pos += 1
+                node = members.get(name)
                 if node is not None and node.state in _LIVE:
+                    self._probe_pos = pos
                     return node
-            self._probe_list = _shuffled(
-                [n for n in self._others if members[n].state in _LIVE], self._rng
-            )
+            self._probe_list = [n for n in self._others if members[n].state in _LIVE]
             self._probe_pos = 0
         return None
 
@@ -1418,7 +1481,7 @@ class SwimNode:
             return
         probe.acked = True
         self._acks.pop(probe.seq, None)
-        if direct:
+        if direct and self._awareness:
             self._adjust_awareness(-1)
 
     def _finish_probe(self, now: float) -> None:
@@ -1598,7 +1661,9 @@ class SwimNode:
         self._emit_packet(addr, parts)
 
     def _emit_packet(self, addr: Address, parts: list[bytes]) -> None:
-        data = encode_packet(parts)
+        n = len(parts)
+        # ``encode_packet`` inlined for the usual short packet (same bytes).
+        data = _PACKET_HEADERS[n] + b"".join(parts) if 0 < n < 24 else encode_packet(parts)
         if self._keyring is not None:
             data = self._keyring.encrypt(data, self._rng.randbytes(NONCE_SIZE))
         if len(data) > self.config.max_packet_size:
@@ -1627,11 +1692,31 @@ class SwimNode:
             except RemoteProtocolError:
                 self._count("dropped_undecryptable")
                 return None
+        # Only a push-pull can reuse our layout; we need it for the reply anyway.
+        known = self._current_layout()[1] if data.startswith(PUSH_PULL_PREFIX) else None
         try:
-            return decode_stream(data)
+            return decode_stream(data, known)
         except RemoteProtocolError:
             self._count("dropped_malformed")
             return None
+
+    def _current_layout(self) -> tuple[int, KnownLayout, list[_Node]]:
+        """Our push-pull layout, re-encoded only when members, addresses or tags changed.
+
+        Members are listed in name order, so that peers with the same
+        member table encode the same bytes (see :class:`KnownLayout`).
+        """
+        layout = self._layout_cache
+        if layout is None or layout[0] != self._layout:
+            nodes = sorted(self._members.values(), key=_NAME)
+            names = tuple(map(_NAME, nodes))
+            addrs = tuple(map(_ADDR, nodes))
+            ports = tuple(map(_PORT, nodes))
+            tags = tuple(map(_TAGS, nodes))
+            encoded = encode_push_pull_layout(names, addrs, ports, tags)
+            known = KnownLayout(encoded, names, addrs, ports, tags)
+            layout = self._layout_cache = (self._layout, known, nodes)
+        return layout
 
     def _local_state(self, *, join: bool) -> bytes:
         """Our encoded full state; unchanged state is not re-encoded.
@@ -1645,16 +1730,7 @@ class SwimNode:
         version = (self._version, self._member_ltime, self._event_ltime)
         if not join and cached is not None and cached[0] == version:
             return cached[1]
-        layout = self._layout_cache
-        if layout is None or layout[0] != self._layout:
-            nodes = list(self._members.values())
-            encoded = encode_push_pull_layout(
-                list(map(_NAME, nodes)),
-                list(map(_ADDR, nodes)),
-                list(map(_PORT, nodes)),
-                list(map(_TAGS, nodes)),
-            )
-            layout = self._layout_cache = (self._layout, encoded, nodes)
+        layout = self._current_layout()
         nodes = layout[2]
         events: list[UserEventMessage] = []
         if not join:
@@ -1662,7 +1738,7 @@ class SwimNode:
                 events.extend(UserEventMessage(ltime, name, payload) for name, payload in items)
         data = encode_push_pull_state(
             join,
-            layout[1],
+            layout[1].encoded,
             incarnations=list(map(_INC, nodes)),
             states=list(map(_WIRE, nodes)),
             leaving=list(map(_LEAVING, nodes)),
@@ -1676,6 +1752,11 @@ class SwimNode:
 
     def _merge(self, msg: PushPull, now: float) -> None:
         self._member_ltime = max(self._member_ltime, msg.member_ltime)
+        if self._same_as_ours(msg):
+            # Every row matches our record: the per-row test below would skip
+            # them all (no suspicion to confirm, our own row unchanged).
+            self._merge_events(msg, now)
+            return
         members = self._members
         me = self._me
         for name, addr, port, tags, inc, st, leaving in zip(
@@ -1710,11 +1791,31 @@ class SwimNode:
                 self._on_suspect(Suspect(inc, name, self.name), now)
             if leaving and st != _WIRE_LEFT:
                 self._on_intent(LeaveIntent(msg.member_ltime, name, inc), now)
+        self._merge_events(msg, now)
+
+    def _merge_events(self, msg: PushPull, now: float) -> None:
         if not msg.join:
             for ev in msg.events:
                 self._on_user_event(ev, now)
         elif msg.event_ltime > self._event_ltime:
             self._event_ltime = msg.event_ltime
+
+    def _same_as_ours(self, msg: PushPull) -> bool:
+        """Whether ``msg`` lists exactly our members in exactly the states we hold.
+
+        Only a push-pull decoded against our current layout can (its name
+        column is then our very tuple); the rest is three column compares.
+        """
+        cached = self._layout_cache
+        if cached is None or cached[0] != self._layout or msg.names is not cached[1].names:
+            return False
+        nodes = cached[2]
+        return (
+            _WIRE_SUSPECT not in msg.states
+            and list(msg.incarnations) == list(map(_INC, nodes))
+            and list(msg.states) == list(map(_WIRE, nodes))
+            and list(msg.leaving) == list(map(_LEAVING, nodes))
+        )
 
     def _join_done(self, sid: int, ok: bool) -> None:
         if sid not in self._join_pending:

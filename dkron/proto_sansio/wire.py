@@ -14,12 +14,21 @@ the CBOR parser itself are all reported the same way.
 Supported field types: ``int``, ``float``, ``bool``, ``str``, ``bytes``,
 ``X | None``, ``tuple[X, ...]``, ``frozenset[X]``, ``dict[K, V]``, enums whose
 values are ints or strings, and nested dataclasses.
+
+The per-class encoders and decoders are generated as Python source once, when
+the codec is built (as :mod:`dataclasses` generates ``__init__``): one function
+per class that reads or checks every field inline, with no per-call dispatch
+on type hints and no ``getattr`` by name.  Every log entry is decoded on every
+server and every execution message once per hop, so this is the hottest code
+of a busy cluster; the generated functions accept and produce exactly what a
+field-by-field interpretation of the hints would.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -39,49 +48,65 @@ def _bad(what: str) -> RemoteProtocolError:
     return RemoteProtocolError(what)
 
 
-def _dec_int(v: Any) -> int:
-    if type(v) is not int:
-        raise _bad(f"expected int, got {type(v).__name__}")
-    return v
+# Types whose wire form is the value itself and whose check is a bare type test.
+_CHECKED = {int: "int", bool: "bool", str: "str", bytes: "bytes"}
 
 
-def _dec_float(v: Any) -> float:
-    if type(v) is float:
-        return v
-    if type(v) is int:
-        return float(v)
-    raise _bad(f"expected float, got {type(v).__name__}")
+def _optional_of(tp: Any) -> Any | None:
+    """``X`` for ``X | None`` (``None`` for anything else); other unions are refused."""
+    if typing.get_origin(tp) not in (types.UnionType, typing.Union):
+        return None
+    args = typing.get_args(tp)
+    rest = [a for a in args if a is not type(None)]
+    if len(rest) != 1 or len(args) != 2:
+        raise TypeError(f"only X | None unions are supported, not {tp!r}")
+    return rest[0]
 
 
-def _dec_bool(v: Any) -> bool:
-    if type(v) is not bool:
-        raise _bad(f"expected bool, got {type(v).__name__}")
-    return v
+def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
+    """Per-field slot setters when building ``cls`` field by field is exactly its ``__init__``.
+
+    That holds for a dataclass whose ``__init__`` is the generated one (its
+    code comes from ``exec``, not from a source file), every field of which
+    is an ``__init__`` parameter stored in a slot, and whose ``__setattr__``
+    is either the frozen guard (which the generated ``__init__`` bypasses) or
+    ``object``'s.  Anything else is built by calling the class.
+    """
+    params = getattr(cls, "__dataclass_params__", None)
+    code = getattr(vars(cls).get("__init__"), "__code__", None)
+    if params is None or code is None or code.co_filename != "<string>":
+        return None
+    if not params.frozen and any("__setattr__" in vars(k) for k in cls.__mro__[:-1]):
+        return None
+    setters = []
+    for f in dataclasses.fields(cls):
+        slot = getattr(cls, f.name, None)
+        if not f.init or type(slot) is not types.MemberDescriptorType:
+            return None
+        setters.append(slot.__set__)
+    return setters
 
 
-def _dec_str(v: Any) -> str:
-    if type(v) is not str:
-        raise _bad(f"expected str, got {type(v).__name__}")
-    return v
+class _Source:
+    """Generated functions and the objects they refer to by name."""
 
+    def __init__(self) -> None:
+        self.env: dict[str, Any] = {"_bad": _bad}
+        self._names = itertools.count()
 
-def _dec_bytes(v: Any) -> bytes:
-    if type(v) is not bytes:
-        raise _bad(f"expected bytes, got {type(v).__name__}")
-    return v
+    def ref(self, obj: Any) -> str:
+        name = f"_r{next(self._names)}"
+        self.env[name] = obj
+        return name
 
+    def var(self) -> str:
+        return f"_v{next(self._names)}"
 
-def _identity(v: Any) -> Any:
-    return v
-
-
-_SCALARS: dict[Any, tuple[_Enc, _Dec]] = {
-    int: (_identity, _dec_int),
-    float: (_identity, _dec_float),
-    bool: (_identity, _dec_bool),
-    str: (_identity, _dec_str),
-    bytes: (_identity, _dec_bytes),
-}
+    def build(self, name: str, lines: list[str]) -> Callable[[Any], Any]:
+        env = dict(self.env)
+        exec("\n".join(lines), env)  # source built here from type hints only
+        fn: Callable[[Any], Any] = env[name]
+        return fn
 
 
 class Codec:
@@ -93,15 +118,22 @@ class Codec:
     """
 
     def __init__(self, kinds: Mapping[int, type]) -> None:
-        self._by_kind: dict[int, tuple[type, tuple[_Dec, ...]]] = {}
-        self._by_class: dict[type, tuple[int, tuple[str, ...], tuple[_Enc, ...]]] = {}
+        self._src = _Source()
         self._structs: dict[type, tuple[_Enc, _Dec]] = {}
+        self._compiling: set[type] = set()
+        self._by_kind: dict[int, _Dec] = {}
+        self._by_class: dict[type, _Enc] = {}
+        self._kinds = dict(kinds)
         for kind, cls in kinds.items():
-            names, encs, decs = self._compile_fields(cls)
-            self._by_kind[kind] = (cls, decs)
-            self._by_class[cls] = (kind, names, encs)
+            self._by_kind[kind] = self._struct_decoder(cls, top=True)
+            self._by_class[cls] = self._struct_encoder(cls, kind)
 
     # -- public API ---------------------------------------------------------
+
+    @property
+    def kinds(self) -> Mapping[int, type]:
+        """The message classes of this codec by wire kind."""
+        return types.MappingProxyType(self._kinds)
 
     def encode(self, msg: object) -> bytes:
         """Serialise a registered message; misuse is the caller's bug."""
@@ -109,15 +141,10 @@ class Codec:
 
     def to_wire(self, msg: object) -> list[Any]:
         """The CBOR-ready array of a message, for embedding in a larger frame."""
-        try:
-            kind, names, encs = self._by_class[type(msg)]
-        except KeyError:
-            raise LocalProtocolError(
-                f"{type(msg).__name__} is not a message of this codec"
-            ) from None
-        out: list[Any] = [kind]
-        for name, enc in zip(names, encs, strict=True):
-            out.append(enc(getattr(msg, name)))
+        enc = self._by_class.get(type(msg))
+        if enc is None:
+            raise LocalProtocolError(f"{type(msg).__name__} is not a message of this codec")
+        out: list[Any] = enc(msg)
         return out
 
     def decode(self, body: bytes) -> object:
@@ -135,137 +162,225 @@ class Codec:
         kind = raw[0]
         if type(kind) is not int:
             raise _bad("message kind must be an int")
-        entry = self._by_kind.get(kind)
-        if entry is None:
+        dec = self._by_kind.get(kind)
+        if dec is None:
             raise _bad(f"unknown message kind {kind}")
-        cls, decs = entry
-        return self._build(cls, decs, raw, 1)
+        return dec(raw)
 
     # -- compilation ----------------------------------------------------------
 
-    def _build(self, cls: type, decs: tuple[_Dec, ...], raw: list[Any], start: int) -> object:
-        if len(raw) - start != len(decs):
-            raise _bad(f"{cls.__name__}: expected {len(decs)} fields, got {len(raw) - start}")
-        values = [dec(raw[start + i]) for i, dec in enumerate(decs)]
-        try:
-            return cls(*values)
-        except (TypeError, ValueError) as exc:  # dataclass validation in __post_init__
-            raise _bad(f"{cls.__name__}: {exc}") from None
-
-    def _compile_fields(
-        self, cls: type
-    ) -> tuple[tuple[str, ...], tuple[_Enc, ...], tuple[_Dec, ...]]:
-        if not dataclasses.is_dataclass(cls):
-            raise TypeError(f"{cls!r} is not a dataclass")
-        hints = typing.get_type_hints(cls)
-        fields = [f for f in dataclasses.fields(cls) if f.init]
+    @staticmethod
+    def _fields(tp: type) -> list[tuple[str, Any]]:
+        if not dataclasses.is_dataclass(tp):
+            raise TypeError(f"{tp!r} is not a dataclass")
+        hints = typing.get_type_hints(tp)
+        fields = [f for f in dataclasses.fields(tp) if f.init]
         if any(f.kw_only for f in fields):
-            raise TypeError(f"{cls.__name__}: wire messages take positional fields")
-        names = tuple(f.name for f in fields)
-        pairs = [self._compile(hints[f.name]) for f in fields]
-        return names, tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+            raise TypeError(f"{tp.__name__}: wire messages take positional fields")
+        return [(f.name, hints[f.name]) for f in fields]
 
-    def _compile(self, tp: Any) -> tuple[_Enc, _Dec]:
-        if tp in _SCALARS:
-            return _SCALARS[tp]
+    def _struct(self, tp: type) -> tuple[_Enc, _Dec]:
+        done = self._structs.get(tp)
+        if done is not None:
+            return done
+        if tp in self._compiling:
+            # A struct that contains itself: resolve through the table once built.
+            structs = self._structs
+
+            def enc_late(v: Any) -> Any:
+                return structs[tp][0](v)
+
+            def dec_late(v: Any) -> Any:
+                return structs[tp][1](v)
+
+            return enc_late, dec_late
+        self._compiling.add(tp)
+        try:
+            pair = (self._struct_encoder(tp, None), self._struct_decoder(tp, top=False))
+        finally:
+            self._compiling.discard(tp)
+        self._structs[tp] = pair
+        return pair
+
+    def _struct_encoder(self, cls: type, kind: int | None) -> _Enc:
+        items = [] if kind is None else [str(kind)]
+        for name, tp in self._fields(cls):
+            items.append(self._enc_expr(tp, f"v.{name}"))
+        lines = ["def enc(v):", f"    return [{', '.join(items)}]"]
+        return self._src.build("enc", lines)
+
+    def _struct_decoder(self, cls: type, *, top: bool) -> _Dec:
+        src = self._src
+        fields = self._fields(cls)
+        n = len(fields)
+        name = src.ref(cls.__name__)
+        cls_ref = src.ref(cls)
+        offset = 1 if top else 0
+        lines = ["def dec(v):"]
+        if not top:
+            lines.append(f"    if type(v) is not list: raise _bad({name} + ': expected array')")
+        lines.append(f"    if len(v) != {n + offset}:")
+        lines.append(
+            f"        raise _bad(f'{{{name}}}: expected {n} fields, got {{len(v) - {offset}}}')"
+        )
+        args = [f"a{i}" for i in range(n)]
+        targets = (["_"] if top else []) + args
+        if targets:
+            lines.append(f"    {', '.join(targets)}, = v")
+        for arg, (_, tp) in zip(args, fields, strict=True):
+            lines.extend(self._check_lines(tp, arg, "    "))
+        lines.append("    try:")
+        setters = _slot_setters(cls)
+        if setters is None:
+            lines.append(f"        return {cls_ref}({', '.join(args)})")
+        else:
+            # What the generated __init__ does, minus its per-field name lookups.
+            lines.append(f"        o = {src.ref(object.__new__)}({cls_ref})")
+            for arg, setter in zip(args, setters, strict=True):
+                lines.append(f"        {src.ref(setter)}(o, {arg})")
+            if hasattr(cls, "__post_init__"):
+                lines.append("        o.__post_init__()")
+            lines.append("        return o")
+        lines.append("    except (TypeError, ValueError) as exc:  # __post_init__ validation")
+        lines.append(f"        raise _bad(f'{{{name}}}: {{exc}}') from None")
+        return src.build("dec", lines)
+
+    # -- decoding ---------------------------------------------------------------
+
+    def _check_lines(self, tp: Any, var: str, pad: str) -> list[str]:
+        """Statements that validate ``var`` in place (converting it where needed)."""
+        checked = _CHECKED.get(tp)
+        if checked is not None:
+            return [
+                f"{pad}if type({var}) is not {checked}:",
+                f"{pad}    raise _bad(f'expected {checked}, got {{type({var}).__name__}}')",
+            ]
+        if tp is float:
+            return [
+                f"{pad}if type({var}) is not float:",
+                f"{pad}    if type({var}) is not int:",
+                f"{pad}        raise _bad(f'expected float, got {{type({var}).__name__}}')",
+                f"{pad}    {var} = float({var})",
+            ]
+        inner = _optional_of(tp)
+        if inner is not None:
+            return [f"{pad}if {var} is not None:", *self._check_lines(inner, var, pad + "    ")]
+        dec = self._src.ref(self._decoder(tp))
+        return [f"{pad}{var} = {dec}({var})"]
+
+    def _pure(self, tp: Any) -> bool:
+        """Is the decoded value the wire value itself (checks, no conversion)?"""
+        if tp in _CHECKED:
+            return True
+        inner = _optional_of(tp)
+        return inner is not None and self._pure(inner)
+
+    def _decoder(self, tp: Any) -> _Dec:
+        """A function decoding one value of ``tp``."""
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
-        if origin in (types.UnionType, typing.Union):
-            rest = [a for a in args if a is not type(None)]
-            if len(rest) != 1 or len(args) != 2:
-                raise TypeError(f"only X | None unions are supported, not {tp!r}")
-            inner_enc, inner_dec = self._compile(rest[0])
-
-            def enc_opt(v: Any) -> Any:
-                return None if v is None else inner_enc(v)
-
-            def dec_opt(v: Any) -> Any:
-                return None if v is None else inner_dec(v)
-
-            return enc_opt, dec_opt
         if origin is tuple:
             if len(args) != 2 or args[1] is not Ellipsis:
                 raise TypeError(f"only tuple[X, ...] is supported, not {tp!r}")
-            return self._sequence(args[0], tuple)
+            return self._sequence_decoder(args[0], tuple)
         if origin is frozenset:
-            return self._sequence(args[0], frozenset)
+            return self._sequence_decoder(args[0], frozenset)
         if origin is dict:
-            return self._mapping(args[0], args[1])
+            return self._mapping_decoder(args[0], args[1])
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
-            return self._enum(tp)
+            return self._enum_decoder(tp)
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            return self._struct(tp)
+            return self._struct(tp)[1]
+        if tp in _CHECKED or tp is float or _optional_of(tp) is not None:
+            lines = ["def dec(x):", *self._check_lines(tp, "x", "    "), "    return x"]
+            return self._src.build("dec", lines)
         raise TypeError(f"unsupported wire type {tp!r}")
 
-    def _sequence(self, item: Any, build: Callable[[Any], Any]) -> tuple[_Enc, _Dec]:
-        item_enc, item_dec = self._compile(item)
-        if item_enc is _identity:
-
-            def enc_seq(v: Any) -> Any:
-                return list(v)
+    def _sequence_decoder(self, item: Any, build: Callable[[Any], Any]) -> _Dec:
+        src = self._src
+        build_ref = src.ref(build)
+        lines = [
+            "def dec(v):",
+            "    if type(v) is not list:",
+            "        raise _bad(f'expected array, got {type(v).__name__}')",
+        ]
+        if self._pure(item):
+            lines.append("    for x in v:")
+            lines.extend(self._check_lines(item, "x", "        "))
+            lines.append(f"    return {build_ref}(v)")
         else:
+            item_ref = src.ref(self._decoder(item))
+            lines.append(f"    return {build_ref}([{item_ref}(x) for x in v])")
+        return src.build("dec", lines)
 
-            def enc_seq(v: Any) -> Any:
-                return [item_enc(x) for x in v]
+    def _mapping_decoder(self, key: Any, value: Any) -> _Dec:
+        src = self._src
+        lines = [
+            "def dec(v):",
+            "    if type(v) is not dict:",
+            "        raise _bad(f'expected map, got {type(v).__name__}')",
+        ]
+        if self._pure(key) and self._pure(value):
+            lines.append("    for k, x in v.items():")
+            lines.extend(self._check_lines(key, "k", "        "))
+            lines.extend(self._check_lines(value, "x", "        "))
+            lines.append("    return dict(v)")
+        else:
+            key_ref = src.ref(self._decoder(key))
+            val_ref = src.ref(self._decoder(value))
+            lines.append(f"    return {{{key_ref}(k): {val_ref}(x) for k, x in v.items()}}")
+        return src.build("dec", lines)
 
-        def dec_seq(v: Any) -> Any:
-            if type(v) is not list:
-                raise _bad(f"expected array, got {type(v).__name__}")
-            return build(item_dec(x) for x in v)
-
-        return enc_seq, dec_seq
-
-    def _mapping(self, key: Any, value: Any) -> tuple[_Enc, _Dec]:
-        key_enc, key_dec = self._compile(key)
-        val_enc, val_dec = self._compile(value)
-
-        def enc_map(v: Any) -> Any:
-            return {key_enc(k): val_enc(x) for k, x in v.items()}
-
-        def dec_map(v: Any) -> Any:
-            if type(v) is not dict:
-                raise _bad(f"expected map, got {type(v).__name__}")
-            return {key_dec(k): val_dec(x) for k, x in v.items()}
-
-        return enc_map, dec_map
-
-    def _enum(self, tp: type[enum.Enum]) -> tuple[_Enc, _Dec]:
-        def enc_enum(v: Any) -> Any:
-            return v.value
+    @staticmethod
+    def _enum_decoder(tp: type[enum.Enum]) -> _Dec:
+        members = {m.value: m for m in tp}
+        name = tp.__name__
 
         def dec_enum(v: Any) -> Any:
-            if type(v) not in (int, str):
-                raise _bad(f"{tp.__name__}: expected int or str")
+            if type(v) is not int and type(v) is not str:
+                raise _bad(f"{name}: expected int or str")
+            member = members.get(v)
+            if member is not None:
+                return member
             try:
                 return tp(v)
             except ValueError:
-                raise _bad(f"{tp.__name__}: invalid value {v!r}") from None
+                raise _bad(f"{name}: invalid value {v!r}") from None
 
-        return enc_enum, dec_enum
+        return dec_enum
 
-    def _struct(self, tp: type) -> tuple[_Enc, _Dec]:
-        cached = self._structs.get(tp)
-        if cached is not None:
-            return cached
-        # Placeholders let recursive structs refer to themselves.
-        slot: list[tuple[_Enc, _Dec]] = []
+    # -- encoding ---------------------------------------------------------------
 
-        def enc_struct(v: Any) -> Any:
-            return slot[0][0](v)
-
-        def dec_struct(v: Any) -> Any:
-            return slot[0][1](v)
-
-        self._structs[tp] = (enc_struct, dec_struct)
-        names, encs, decs = self._compile_fields(tp)
-
-        def enc_real(v: Any) -> Any:
-            return [enc(getattr(v, n)) for n, enc in zip(names, encs, strict=True)]
-
-        def dec_real(v: Any) -> Any:
-            if type(v) is not list:
-                raise _bad(f"{tp.__name__}: expected array")
-            return self._build(tp, decs, v, 0)
-
-        slot.append((enc_real, dec_real))
-        return enc_struct, dec_struct
+    def _enc_expr(self, tp: Any, expr: str) -> str:
+        """An expression for the wire form of ``expr`` (itself when nothing changes)."""
+        if tp in _CHECKED or tp is float:
+            return expr
+        src = self._src
+        inner = _optional_of(tp)
+        if inner is not None:
+            y = src.var()
+            inner_expr = self._enc_expr(inner, y)
+            if inner_expr == y:
+                return expr
+            lines = [f"def enc({y}):", f"    return None if {y} is None else {inner_expr}"]
+            return f"{src.ref(src.build('enc', lines))}({expr})"
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin is tuple or origin is frozenset:
+            if origin is tuple and (len(args) != 2 or args[1] is not Ellipsis):
+                raise TypeError(f"only tuple[X, ...] is supported, not {tp!r}")
+            y = src.var()
+            item = self._enc_expr(args[0], y)
+            return f"list({expr})" if item == y else f"[{item} for {y} in {expr}]"
+        if origin is dict:
+            k, x = src.var(), src.var()
+            key = self._enc_expr(args[0], k)
+            val = self._enc_expr(args[1], x)
+            if key == k and val == x:
+                return f"dict({expr})"
+            return f"{{{key}: {val} for {k}, {x} in {expr}.items()}}"
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            return f"{expr}.value"
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            return f"{src.ref(self._struct(tp)[0])}({expr})"
+        raise TypeError(f"unsupported wire type {tp!r}")

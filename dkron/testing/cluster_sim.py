@@ -32,8 +32,11 @@ from __future__ import annotations
 
 import functools
 import random
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any
+
+import cbor2
 
 from dkron.model import Execution, Job
 from dkron.proto_sansio.errors import LocalProtocolError
@@ -53,7 +56,8 @@ from dkron.proto_sansio.execution import (
     Send,
     StartRun,
     StopRun,
-    select_targets,
+    choose_targets,
+    qualifying_targets,
 )
 from dkron.proto_sansio.planner import to_ns
 from dkron.proto_sansio.raft import PersistedState, RaftConfig
@@ -76,6 +80,8 @@ from dkron.state import (
     ExecutionFinished,
     GroupCompleted,
     SingleCommand,
+    StateMachine,
+    decode_command,
     encode_command,
 )
 from dkron.testing.raft_sim import InvariantViolation, RaftHost
@@ -86,6 +92,10 @@ __all__ = ["AgentNode", "ClusterSim", "ServerNode"]
 
 SWIM_PORT = 8946
 SERVER_CHANNELS = ("raft", "swim", "stream", "reply", "exec")
+_EXEC_MESSAGES = typing.get_args(ExecMessage)
+_TO_WORKER = (Dispatch, ResultAck, Cancel)
+# Log entries whose decoding is kept for servers that have not applied them yet.
+_MEMO_ENTRIES = 4096
 
 
 class _Member:
@@ -104,7 +114,7 @@ class _Member:
         self.journal: dict[RunKey, Execution] = {}  # durable: survives crashes
         self._runs_epoch = 0
         self._next_join = 0.0
-        self._outbox: dict[str, list[ExecMessage | bytes]] = {}
+        self._outbox: dict[str, list[ExecMessage]] = {}
         # Executor events due at one instant share one loop timer and one flush,
         # as one wake-up of the agent's event loop would handle them together.
         self._due: dict[float, list[Callable[[], None]]] = {}
@@ -153,13 +163,18 @@ class _Member:
             sid, data = payload
             self.swim.receive_stream_reply(sid, data, now=now)
         elif channel == "exec":
-            for body in payload:
-                msg = EXECUTION_CODEC.decode(body) if isinstance(body, bytes) else body
-                assert isinstance(msg, ExecMessage)
-                self._on_exec(src, msg)
+            if type(payload) is bytes:
+                from_wire = EXECUTION_CODEC.from_wire
+                for raw in cbor2.loads(payload):
+                    msg = from_wire(raw)
+                    assert isinstance(msg, _EXEC_MESSAGES)
+                    self._on_exec(src, msg)
+            else:
+                for msg in payload:
+                    self._on_exec(src, msg)
 
     def _on_exec(self, src: str, msg: ExecMessage) -> None:
-        if isinstance(msg, Dispatch | ResultAck | Cancel) and self.worker is not None:
+        if isinstance(msg, _TO_WORKER) and self.worker is not None:
             self.worker.receive(msg, src=src, now=self.loop.now, wall_ns=self.sim.wall_ns())
 
     def _member_wake(self) -> None:
@@ -184,13 +199,13 @@ class _Member:
         if alone and seeds:
             swim.join(seeds, now)
 
-    def _member_deadline(self) -> float | None:
-        times = [self._next_join]
-        if self.swim is not None and (t := self.swim.next_deadline()) is not None:
-            times.append(t)
-        if self.worker is not None and (t := self.worker.next_deadline()) is not None:
-            times.append(t)
-        return min(times) if times else None
+    def _member_deadline(self) -> float:
+        at = self._next_join
+        if self.swim is not None and (t := self.swim.next_deadline()) is not None and t < at:
+            at = t
+        if self.worker is not None and (t := self.worker.next_deadline()) is not None and t < at:
+            at = t
+        return at
 
     def _follow_leader(self) -> None:
         """Where results go: the Raft leader if known, else any live server (it forwards)."""
@@ -274,21 +289,28 @@ class _Member:
     def _send_exec(self, dst: str, msg: ExecMessage) -> None:
         """Queue a message; one flush sends each peer everything queued for it in
         one delivery, as a TCP connection carries many frames per write."""
-        body: ExecMessage | bytes = EXECUTION_CODEC.encode(msg) if self.sim.exec_wire else msg
-        self._outbox.setdefault(dst, []).append(body)
+        self._outbox.setdefault(dst, []).append(msg)
 
     def _flush_outbox(self) -> None:
         outbox, self._outbox = self._outbox, {}
-        for dst, bodies in outbox.items():
+        to_wire = EXECUTION_CODEC.to_wire
+        for dst, msgs in outbox.items():
+            payload: list[ExecMessage] | bytes = msgs
+            size = 0
+            if self.sim.exec_wire:
+                # One CBOR array of the messages' codec arrays per delivery: every
+                # message is still encoded, and strictly decoded on arrival, by
+                # EXECUTION_CODEC; only the per-frame CBOR call is shared.
+                payload = cbor2.dumps([to_wire(m) for m in msgs])
+                size = len(payload)
             if dst == self.name:
-                self.loop.call_later(0.0, functools.partial(self._self_deliver, bodies))
+                self.loop.call_later(0.0, functools.partial(self._self_deliver, payload))
             else:
-                size = sum(len(b) for b in bodies if isinstance(b, bytes))
-                self.network.send(self.name, dst, ("exec", bodies), size=size)
+                self.network.send(self.name, dst, ("exec", payload), size=size)
 
-    def _self_deliver(self, bodies: list[ExecMessage | bytes]) -> None:
+    def _self_deliver(self, payload: list[ExecMessage] | bytes) -> None:
         if self.up:
-            self.deliver(self.name, ("exec", bodies))  # type: ignore[attr-defined]
+            self.deliver(self.name, ("exec", payload))  # type: ignore[attr-defined]
             self.poke()  # type: ignore[attr-defined]
 
     # -- the simulated executor ---------------------------------------------------
@@ -377,11 +399,26 @@ class ServerNode(_Member, SchedHost):
     sim: ClusterSim
 
     def __init__(self, node_id: str, cluster: ClusterSim, initial: PersistedState) -> None:
+        self._state: StateMachine | None = None
         SchedHost.__init__(self, node_id, cluster, initial)
         self.sim = cluster
         self.tags = {"server": "true", "role": "dkron", "region": "global"}
         self.exec_leader: ExecutionLeader | None = None
         self._member_init()
+
+    @property
+    def state(self) -> StateMachine:
+        assert self._state is not None
+        return self._state
+
+    @state.setter
+    def state(self, state: StateMachine) -> None:
+        # Every state this server builds (at boot, restore, crash) decodes
+        # entries through the cluster's shared memo; it still applies each one.
+        cluster = self.cluster
+        assert isinstance(cluster, ClusterSim)
+        state.decoder = cluster.decode_entry
+        self._state = state
 
     # -- Host hooks ---------------------------------------------------------------
 
@@ -409,10 +446,12 @@ class ServerNode(_Member, SchedHost):
             self._flush_leader()
 
     def deadline(self) -> float | None:
-        times = [t for t in (super().deadline(), self._member_deadline()) if t is not None]
+        at = self._member_deadline()
+        if (t := super().deadline()) is not None and t < at:
+            at = t
         if self.exec_leader is not None and (t := self.exec_leader.next_deadline()) is not None:
-            times.append(t)
-        return min(times) if times else None
+            at = min(at, t)
+        return at
 
     def flush(self) -> None:
         super().flush()
@@ -460,7 +499,7 @@ class ServerNode(_Member, SchedHost):
         RaftHost.flush(self)
 
     def _on_exec(self, src: str, msg: ExecMessage) -> None:
-        if isinstance(msg, Dispatch | ResultAck | Cancel):
+        if isinstance(msg, _TO_WORKER):
             super()._on_exec(src, msg)
             return
         lead = self.exec_leader
@@ -509,6 +548,10 @@ class ClusterSim(SchedCluster):
         self.claim_to_start: list[float] = []
         self._views: list[MemberView] = []
         self._views_stamp: tuple[str, int, int] | None = None
+        self._qualifying: dict[tuple[tuple[str, str], ...], tuple[tuple[str, ...], int | None]] = {}
+        self._decoded: dict[bytes, tuple[Command, int]] = {}
+        self._wall_ns_at = -1.0
+        self._wall_ns = 0
         super().__init__(self.server_names, seed=seed, config=config, sched_config=sched_config)
         for name in self.agent_names:
             agent = AgentNode(name, self, {"role": "worker", "region": "global"})
@@ -521,7 +564,35 @@ class ClusterSim(SchedCluster):
         return host
 
     def wall_ns(self) -> int:
-        return to_ns(self.wall())
+        now = self.loop.now
+        if now != self._wall_ns_at:  # many messages share one instant of the loop
+            self._wall_ns_at = now
+            self._wall_ns = to_ns(self.wall())
+        return self._wall_ns
+
+    def decode_entry(self, data: bytes) -> Command:
+        """Decode a log entry once per run for all the servers that apply it.
+
+        Commands are immutable, so the servers may share one decoding of the
+        same bytes; each still applies the entry to its own state.  An entry
+        leaves the memo once every server has taken it (or, if a server is
+        down, when it is among the oldest ``_MEMO_ENTRIES``); a server that
+        replays an evicted entry after a restart simply decodes it again.
+        """
+        memo = self._decoded
+        hit = memo.get(data)
+        if hit is None:
+            cmd = decode_command(data)
+            memo[data] = (cmd, 1)
+            if len(memo) > _MEMO_ENTRIES:
+                del memo[next(iter(memo))]
+            return cmd
+        cmd, taken = hit
+        if taken + 1 >= len(self.server_names):
+            del memo[data]
+        else:
+            memo[data] = (cmd, taken + 1)
+        return cmd
 
     @staticmethod
     def encode(cmd: Command) -> bytes:
@@ -545,7 +616,15 @@ class ClusterSim(SchedCluster):
                 MemberView(name=m.name, alive=m.status is MemberStatus.ALIVE, tags=m.tags)
                 for m in leader.swim.members()
             ]
-        return select_targets(job.tags, self._views, region="global", rng=self.rng)
+            self._qualifying = {}
+        # Jobs with the same tags qualify the same members of one view; each
+        # still draws its own random subset.
+        tags_key = tuple(job.tags.items()) if job.tags else ()
+        found = self._qualifying.get(tags_key)
+        if found is None:
+            found = qualifying_targets(job.tags, self._views, region="global")
+            self._qualifying[tags_key] = found
+        return choose_targets(found[0], found[1], rng=self.rng)
 
     # -- raft messages travel on the "raft" channel -----------------------------------
 

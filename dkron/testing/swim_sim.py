@@ -38,6 +38,7 @@ from dkron.proto_sansio.swim import (
     SendPacket,
     SendStream,
     StateChange,
+    SwimAction,
     SwimConfig,
     SwimNode,
     UserEvent,
@@ -219,10 +220,14 @@ class _LeanNetwork(Network):
     def send(self, src: Any, dst: Any, msg: Any, *, size: int = 0) -> None:
         self.sent += 1
         self.bytes_sent += size
-        key = (src, dst)
-        faults = self._links.get(key, self.faults) if self._links else self.faults
         rng = self.rng
-        lost = key in self._blocked or (faults.loss > 0 and rng.random() < faults.loss)
+        if self._links or self._blocked:
+            key = (src, dst)
+            faults = self._links.get(key, self.faults)
+            lost = key in self._blocked or (faults.loss > 0 and rng.random() < faults.loss)
+        else:
+            faults = self.faults
+            lost = faults.loss > 0 and rng.random() < faults.loss
         if self.record:
             self.trace.append(Datagram(self.loop.now, src, dst, size, not lost))
         if lost:
@@ -322,8 +327,10 @@ class SwimHost(Host):
         if core is None:
             return
         actions = core.drain()
-        if not actions:
-            return
+        if actions:
+            self._carry(actions)
+
+    def _carry(self, actions: list[SwimAction]) -> None:
         net = self.network
         src = self.addr
         cluster = self.cluster
@@ -379,7 +386,9 @@ class SwimHost(Host):
         core = self.core
         if core is not None:
             core.handle_timer(self.loop.now)
-        self.flush()
+            actions = core.drain()
+            if actions:
+                self._carry(actions)
         self._arm()
 
     # -- receive-path slowness ----------------------------------------------------------
@@ -395,7 +404,9 @@ class SwimHost(Host):
         core = self.core
         if core is not None:
             core.receive(msg, src_addr=src, now=self.loop.now)
-        self.flush()
+            actions = core.drain()
+            if actions:
+                self._carry(actions)
         self._arm()
 
     def _late(self, gen: int, src: Any, msg: Any) -> None:

@@ -7,6 +7,8 @@ with generous ``fail_after`` deadlines rather than asserting timings.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import trio
@@ -112,3 +114,143 @@ async def test_a_write_made_the_moment_leadership_starts_waits_for_the_barrier(
                 result = await agent.propose(UpsertJob(job))
             assert result.ok and agent.state.get_job("early") is not None
             nursery.cancel_scope.cancel()
+
+
+# -- claims made ahead of their slot -------------------------------------------------
+
+
+async def _upsert(agent: Agent, job: dict[str, Any]) -> None:
+    from dkron.model import job_from_json
+    from dkron.state import UpsertJob
+
+    result = await agent.propose(UpsertJob(job_from_json(job)))
+    assert result.ok, result
+
+
+async def _until(ready: Callable[[], bool]) -> None:
+    """Poll the agent's own state: nothing announces these moments."""
+    while True:
+        if ready():
+            return
+        await trio.sleep(0.01)
+
+
+def _sched_ns(text: str) -> int:
+    from datetime import datetime
+
+    from dkron.proto_sansio.planner import to_ns
+
+    return to_ns(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
+async def test_slots_claimed_ahead_still_start_at_their_slot(tmp_path: pathlib.Path) -> None:
+    """The claim (and its dispatch) comes half a second early; the process must not."""
+    out = tmp_path / "runs.txt"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            agent = Agent(Options(data_dir=str(tmp_path / "data")))
+            agent.claim_lookahead = timedelta(milliseconds=500)
+            nursery.start_soon(agent.run)
+            await _until(agent.is_leader)
+            command = f'echo "$DKRON_SCHEDULED_TIME $(date +%s%N)" >> {out}'
+            job = {
+                "name": "ahead",
+                "schedule": "@every 1s",
+                "executor": "shell",
+                "executor_config": {"command": command, "shell": "true"},
+            }
+            await _upsert(agent, job)
+            held_seen = False
+            lines: list[str] = []
+            while len(lines) < 3:
+                held_seen = held_seen or bool(agent._early)
+                await trio.sleep(0.02)
+                lines = out.read_text().splitlines() if out.exists() else []
+            nursery.cancel_scope.cancel()
+    assert held_seen, "no dispatch arrived ahead of its slot"
+    for line in lines:
+        sched, began = line.split()
+        assert int(began) >= _sched_ns(sched), line
+
+
+async def test_a_crash_while_a_claimed_slot_waits_for_its_time_runs_it_once_later(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Held dispatches are not in the run journal: after a crash the slot is still
+    claimed-but-not-started, and the next leader dispatches it; it runs, once."""
+    from dkron.io_trio.journal import RunJournal
+
+    data = str(tmp_path / "data")
+    lookahead = timedelta(seconds=2)
+    job = {
+        "name": "held",
+        "schedule": "@every 4s",
+        "executor": "shell",
+        "executor_config": {"command": "echo ran", "shell": "true"},
+    }
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            agent = Agent(Options(data_dir=data))
+            agent.claim_lookahead = lookahead
+            nursery.start_soon(agent.run)
+            await _until(agent.is_leader)
+            await _upsert(agent, job)
+            await _until(lambda: bool(agent._early))
+            group = agent._early[0][3].key.group
+            assert [e for e in agent.state.executions("held") if e.group == group] == []
+            nursery.cancel_scope.cancel()  # the crash: nothing more reaches the disk
+
+        assert await trio.to_thread.run_sync(RunJournal(tmp_path / "data" / "runs").load) == []
+
+        async with trio.open_nursery() as nursery:
+            again = Agent(Options(data_dir=data))
+            again.claim_lookahead = lookahead
+            nursery.start_soon(again.run)
+            await _until(again.is_leader)
+            runs: list[Any] = []
+            while not runs or runs[0].finished_at is None:
+                await trio.sleep(0.05)
+                runs = [e for e in again.state.executions("held") if e.group == group]
+            nursery.cancel_scope.cancel()
+    assert len(runs) == 1
+    ex = runs[0]
+    assert ex.success and ex.output == "ran\n" and ex.trigger == "schedule"
+    assert ex.scheduled_time == group and ex.started_at >= group
+
+
+async def test_a_run_cancelled_while_it_waits_for_its_slot_never_starts(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The cancel reaches the worker before the slot: the held dispatch is dropped."""
+    from dkron.proto_sansio.execution import RunKey
+
+    out = tmp_path / "runs.txt"
+    job = {
+        "name": "stopped",
+        "schedule": "@every 2s",
+        "executor": "shell",
+        "executor_config": {"command": f"echo $DKRON_SCHEDULED_TIME >> {out}", "shell": "true"},
+    }
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            agent = Agent(Options(data_dir=str(tmp_path / "data")))
+            agent.claim_lookahead = timedelta(milliseconds=1500)
+            nursery.start_soon(agent.run)
+            await _until(agent.is_leader)
+            await _upsert(agent, job)
+            await _until(lambda: bool(agent._early))
+            key: RunKey = agent._early[0][3].key
+            assert await agent.cancel(key)
+            # The next slot runs: the cancelled one's moment has passed by then.
+            await _until(out.exists)
+            await _until(
+                lambda: any(
+                    e.group != key.group and e.finished_at is not None
+                    for e in agent.state.executions("stopped")
+                )
+            )
+            nursery.cancel_scope.cancel()
+    [cancelled] = [e for e in agent.state.executions("stopped") if e.group == key.group]
+    assert cancelled.status == "cancelled" and not cancelled.success
+    assert [_sched_ns(line) for line in out.read_text().split()] != []
+    assert key.group not in [_sched_ns(line) for line in out.read_text().split()]

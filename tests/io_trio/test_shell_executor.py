@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import os
 import shlex
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from dkron.io_trio.executors import (
     final_output,
     get_executor,
     parse_go_bool,
+    shell,
 )
 from dkron.io_trio.executors.shell import (
     format_go_duration,
@@ -332,6 +334,150 @@ async def test_su_runs_as_another_user() -> None:
     assert res.output == b"65534\n"
     res = await run({"command": "id -G", "su": "nobody:nogroup"})
     assert res.output.split() == [b"65534"]  # supplementary groups dropped too
+
+
+# -- how processes are started: posix_spawn batches, the Popen path -----------
+
+
+@pytest.fixture(params=["posix_spawn", "popen"])
+def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a process starts must give a job the same world."""
+    if request.param == "popen":
+        monkeypatch.setattr(shell, "_LIBC", None)
+    elif shell._LIBC is None:
+        pytest.skip("posix_spawn through ctypes needs glibc")
+    return str(request.param)
+
+
+async def test_both_spawn_paths_give_the_job_the_same_process(spawn_path: str) -> None:
+    probe = (
+        # own session and group; no signal left ignored (Python ignores SIGPIPE);
+        # stdin at EOF without a payload; nothing inherited but 0, 1 and 2
+        "read -r x || echo eof; "
+        "set -- $(cut -d' ' -f5,6 /proc/$$/stat); echo pgrp=$(( $1 == $$ )) sid=$(( $2 == $$ )); "
+        "grep SigIgn /proc/$$/status; ls /proc/$$/fd"  # no pipeline: its pipes would show
+    )
+    res = await run({"command": probe, "shell": "true"})
+    assert res.success, res
+    lines = res.output.decode().splitlines()
+    assert lines[0] == "eof"
+    assert lines[1] == "pgrp=1 sid=1"
+    ignored = int(lines[2].split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1))
+    assert sorted(lines[3:]) == ["0", "1", "2"]
+
+
+async def test_an_inherited_descriptor_does_not_reach_the_job(spawn_path: str) -> None:
+    r, w = os.pipe()
+    os.set_inheritable(w, True)  # as a descriptor the agent inherited from its parent
+    try:
+        res = await ShellExecutor().run({"command": f"test -e /proc/self/fd/{w}"}, CTX, Sink())
+        assert res.error == "exit status 1"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+async def test_start_failures_on_both_paths(spawn_path: str, tmp_path: Path) -> None:
+    res = await run({"command": "no-such-command-xyz arg"})
+    assert res.error == 'exec: "no-such-command-xyz": executable file not found in $PATH'
+    res = await run({"command": "/nonexistent/bin/x"})
+    assert res.error == "fork/exec /nonexistent/bin/x: no such file or directory"
+    plain = tmp_path / "plain"
+    plain.write_text("echo hi\n")
+    res = await run({"command": str(plain)})
+    assert res.error == f"fork/exec {plain}: permission denied"
+    plain.chmod(0o755)
+    plain.write_bytes(b"\x7fELF-not-really")
+    res = await run({"command": str(plain)})
+    assert res.error == f"fork/exec {plain}: exec format error"
+
+
+async def test_payload_and_timeout_on_both_paths(spawn_path: str) -> None:
+    res = await run({"command": "cat", "payload": base64.b64encode(b"in").decode()})
+    assert res == ExecResult(success=True, output=b"in", error="")
+    res = await run({"command": "sleep 30", "timeout": "200ms"})
+    assert res.error == "signal: killed"
+
+
+async def test_many_runs_at_once_each_get_their_own_process() -> None:
+    executor = ShellExecutor(spawn_concurrency=2)
+    out: dict[int, ExecResult] = {}
+
+    async def one(i: int) -> None:
+        ctx = RunContext(
+            job_name=f"job{i}",
+            execution_id=f"{i}-node1",
+            scheduled_time=None,
+            attempt=1,
+            trigger="manual",
+            node_name="node1",
+        )
+        out[i] = await executor.run({"command": "echo $DKRON_JOB_NAME", "shell": "1"}, ctx, Sink())
+
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            for i in range(60):  # more than one batch per spawning thread
+                nursery.start_soon(one, i)
+    assert {i: r.output for i, r in out.items()} == {i: b"job%d\n" % i for i in range(60)}
+
+
+async def test_an_unexpected_spawn_error_fails_that_run_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    libc = shell._LIBC
+    if libc is None:
+        pytest.skip("posix_spawn through ctypes needs glibc")
+
+    def broken(*args: object) -> int:
+        raise TypeError("boom")
+
+    monkeypatch.setattr(libc, "spawn", broken)
+    res = await run({"command": "true"})
+    assert res == ExecResult(success=False, output=b"", error="fork/exec true: spawn failed: boom")
+    assert "spawning 'true' failed" in caplog.text
+    monkeypatch.undo()
+    assert (await run({"command": "true"})).success  # the spawners are still there
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker.encode() in Path(f"/proc/{entry.name}/cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return [pid for pid in found if not gone(pid)]
+
+
+async def test_runs_cancelled_while_waiting_to_spawn_leave_no_process() -> None:
+    """Cancelled before, during or after their batch: whatever was started is killed."""
+    marker = f"30.{os.getpid()}7"
+    executor = ShellExecutor(spawn_concurrency=1)
+    started = trio.Event()
+
+    async def sink(chunk: bytes, /) -> None:
+        started.set()
+
+    async def one() -> None:
+        await executor.run({"command": f"sh -c 'echo up; exec sleep {marker}'"}, CTX, sink)
+
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            for _ in range(40):
+                nursery.start_soon(one)
+            await started.wait()  # some run, some are being spawned, some queue
+            nursery.cancel_scope.cancel()
+    # SIGKILL is immediate, but a process killed while its exec reads the disk
+    # ends only once that read does: allow a loaded machine its time.
+    for _ in range(1000):
+        leftover = _processes_with(marker)
+        if not leftover:
+            break
+        await trio.sleep(0.01)
+    for pid in leftover:
+        kill_leftover(pid)
+    assert leftover == []
 
 
 # -- pure helpers --------------------------------------------------------------

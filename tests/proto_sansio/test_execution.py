@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 from collections.abc import Sequence
 
@@ -33,11 +34,15 @@ from dkron.proto_sansio.execution import (
     Started,
     StartRun,
     StopRun,
+    choose_targets,
+    qualifying_targets,
     select_targets,
 )
 from dkron.state import (
     ClaimSlot,
     ExecutionFinished,
+    ExecutionsFinished,
+    ExecutionsStarted,
     ExecutionStarted,
     StateMachine,
     UpsertJob,
@@ -99,6 +104,7 @@ def test_a_counted_subset_is_uniform() -> None:
 
 
 KEY = RunKey("job", T0, "w1", 1)
+KEY2 = RunKey("job", T0, "w2", 1)
 EX = Execution("job", T0 + 5, "w1", group=T0, attempt=1, scheduled_time=T0, trigger="schedule")
 
 
@@ -329,3 +335,79 @@ def test_a_restarted_worker_reports_interrupted_runs_lost_and_never_reruns_them(
     assert results[0].execution.status == "lost" and not results[0].execution.success
     w.receive(ResultAck(KEY), src="s2", now=0.2, wall_ns=T0 + 102)
     assert ForgetRun(key=KEY) in w.drain()
+
+
+# -- the split target selection and the batch paths agree with the plain ones ----------
+
+_tag_values = st.sampled_from(["web", "db", "web:1", "web:2", "db:0", "x:y"])
+_member_views = st.lists(
+    st.builds(
+        MemberView,
+        name=st.sampled_from(["a", "b", "c", "d", "e"]),
+        alive=st.booleans(),
+        tags=st.dictionaries(
+            st.sampled_from(["role", "region"]), st.sampled_from(["web", "db", "global", "eu"])
+        ),
+    ),
+    max_size=6,
+    unique_by=lambda m: m.name,
+)
+
+
+@given(
+    st.none() | st.dictionaries(st.sampled_from(["role", "dc"]), _tag_values, max_size=2),
+    _member_views,
+    st.integers(0, 2**32),
+)
+def test_qualifying_then_choose_is_select_targets(
+    tags: dict[str, str] | None, views: list[MemberView], seed: int
+) -> None:
+    whole = select_targets(tags, views, region="global", rng=random.Random(seed))
+    qualifying, count = qualifying_targets(tags, views, region="global")
+    assert choose_targets(qualifying, count, rng=random.Random(seed)) == whole
+    assert list(qualifying) == sorted(qualifying)
+    assert set(whole) <= set(qualifying)
+
+
+def test_a_batch_is_observed_like_its_elements_one_by_one() -> None:
+    def run(batched: bool) -> Sequence[object]:
+        sm, index = claimed_state(("w1", "w2"))
+        lead = ExecutionLeader("s1", 1, CFG, now=0.0)
+        lead.load(sm, 0.0)
+        for node in ("w1", "w2"):
+            ex = Execution("job", T0 + 1, node, group=T0, attempt=1)
+            lead.receive(Started(ex), src=node, now=0.1, wall_ns=T0 + 1)
+            done = Execution(
+                "job", T0 + 1, node, finished_at=T0 + 9, success=True, group=T0, attempt=1
+            )
+            lead.receive(Result(done), src=node, now=0.2, wall_ns=T0 + 2)
+        actions = lead.drain()
+        cmds = proposals(actions) if batched else [c for p in proposals(actions) for c in each(p)]
+        for cmd in cmds:
+            index += 1
+            lead.observe(cmd, sm.apply(index, encode_command(cmd)), sm, 0.3)  # type: ignore[arg-type]
+        return lead.drain()
+
+    assert run(batched=True) == run(batched=False)
+    assert sends(run(batched=True)) == [("w1", ResultAck(KEY)), ("w2", ResultAck(KEY2))]
+
+
+def each(cmd: object) -> list[object]:
+    if isinstance(cmd, ExecutionsStarted):
+        return [ExecutionStarted(ex) for ex in cmd.executions]
+    if isinstance(cmd, ExecutionsFinished):
+        return [ExecutionFinished(ex) for ex in cmd.executions]
+    return [cmd]
+
+
+def test_a_finished_run_reports_its_record_with_only_the_result_fields_changed() -> None:
+    w = ExecutionWorker("w1", CFG, now=0.0)
+    w.receive(dispatch(), src="s1", now=0.0, wall_ns=T0 + 5)
+    (start, _) = w.drain()
+    assert isinstance(start, StartRun)
+    w.finished(KEY, success=False, output="boom", wall_ns=T0 + 50, now=0.2)
+    ((_, res),) = sends(w.drain())
+    assert isinstance(res, Result)
+    assert res.execution == dataclasses.replace(
+        start.execution, finished_at=T0 + 50, success=False, output="boom", status=""
+    )

@@ -45,10 +45,13 @@ from dkron.proto_sansio.swim_wire import (
     Nack,
     Ping,
     PushNodeState,
+    PushPull,
     Suspect,
     UserEventMessage,
     WireState,
     decode_packet,
+    decode_stream,
+    encode_message,
     encode_packet,
     pack_message,
 )
@@ -640,3 +643,61 @@ def test_pushed_state_is_the_codec_encoding_of_the_member_table() -> None:
     a.receive(packet(LeaveIntent(3, "n3", 0)), src_addr=B, now=1.0)
     a.set_tags({"dc": "x"}, now=1.0)
     assert a._local_state(join=False) == expected()
+
+
+# Rows where the peer's view differs from ours (often none: a settled cluster).
+_CHANGED = st.dictionaries(
+    st.integers(0, 39),
+    st.tuples(st.integers(0, 3), st.integers(0, 3), st.booleans()),
+    max_size=4,
+)
+
+
+@given(_CHANGED, st.sets(st.integers(0, 38), max_size=5))
+def test_a_push_pull_in_our_layout_merges_as_the_full_path_does(
+    changed: dict[int, tuple[int, int, bool]], suspected: set[int]
+) -> None:
+    """A push-pull whose layout bytes are ours is decoded against our columns, and one
+    whose rows all equal ours is not visited row by row: the outcome (member table and
+    every action, refutations and confirmations included) must be the full path's.
+    White-box: the reference decodes the same bytes without our layout."""
+    peers = [
+        PushNodeState(f"m{i:02d}", f"10.1.0.{i}", 7946, {"role": "w"}, 1, WireState.ALIVE, False)
+        for i in range(39)
+    ]
+
+    def fresh() -> SwimNode:
+        n = node("a", A, LAN)
+        n.bootstrap_members(peers, 0.0)
+        for i in sorted(suspected):  # suspicions we hold: merging one confirms it
+            n.receive(packet(Suspect(1, f"m{i:02d}", "m38")), src_addr=B, now=0.5)
+        n.drain()
+        return n
+
+    fast, slow = fresh(), fresh()
+    ours = decode_stream(fast._local_state(join=False))
+    assert isinstance(ours, PushPull)
+    held = list(zip(ours.incarnations, ours.states, ours.leaving, strict=True))
+    merged = [changed.get(i, h) for i, h in enumerate(held)]
+    theirs = dataclasses.replace(
+        ours,
+        incarnations=tuple(r[0] for r in merged),
+        states=tuple(r[1] for r in merged),
+        leaving=tuple(r[2] for r in merged),
+    )
+    data = encode_message(theirs)
+    known = fast._current_layout()[1]
+    decoded = decode_stream(data, known)
+    assert isinstance(decoded, PushPull) and decoded.names is known.names
+    fast._merge(decoded, 1.0)
+    reference = decode_stream(data)
+    assert isinstance(reference, PushPull) and reference == decoded
+    slow._merge(reference, 1.0)
+    assert fast.members() == slow.members()
+    assert fast.drain() == slow.drain()
+    # What was queued for gossip and when suspicions expire show later.
+    for t in (1.3, 2.0, 8.0, 30.0):
+        fast.handle_timer(t)
+        slow.handle_timer(t)
+        assert fast.drain() == slow.drain()
+        assert fast.members() == slow.members()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 import cbor2
 import pytest
@@ -17,6 +18,7 @@ from dkron.proto_sansio.swim_wire import (
     Dead,
     IndirectPing,
     Keyring,
+    KnownLayout,
     LeaveIntent,
     Nack,
     Ping,
@@ -226,6 +228,75 @@ def test_push_pull_from_a_pre_encoded_layout_is_the_codec_encoding(
     )
     assert data == encode_message(msg)
     assert decode_stream(data) == msg
+
+
+def _known(msg: PushPull) -> KnownLayout:
+    layout = encode_push_pull_layout(msg.names, msg.addrs, msg.ports, msg.tags)
+    return KnownLayout(layout, msg.names, msg.addrs, msg.ports, msg.tags)
+
+
+def _verdict(data: bytes, known: KnownLayout | None) -> object:
+    try:
+        return decode_stream(data, known)
+    except RemoteProtocolError:
+        return "rejected"
+
+
+@given(push_rows, st.booleans(), counters, st.data())
+def test_decoding_against_our_layout_gives_the_full_decoders_answer(
+    rows: list[tuple[str, str, int, dict[str, str], int, int]],
+    join: bool,
+    mlt: int,
+    data: st.DataObject,
+) -> None:
+    """A push-pull whose layout bytes are ours skips decoding them, never the verdict.
+
+    The peer's message shares our layout (same rows, its own incarnations,
+    states and flags) or not; its bytes may then be cut or corrupted after
+    the layout: every variant must decode to what the full decoder says.
+    """
+    nodes = [PushNodeState(n, a, p, t, i, WireState(s), i % 2 == 0) for n, a, p, t, i, s in rows]
+    ours = PushPull.build(False, nodes, 0, 0, ())
+    known = _known(ours)
+    theirs_nodes = [
+        dataclasses.replace(
+            nd,
+            incarnation=data.draw(counters),
+            state=WireState(data.draw(st.integers(0, 3))),
+            leaving=data.draw(st.booleans()),
+        )
+        for nd in nodes
+    ]
+    theirs = PushPull.build(join, theirs_nodes, mlt, 0, ())
+    wire = encode_message(theirs)
+    decoded = decode_stream(wire, known)
+    assert decoded == theirs
+    if nodes:
+        assert isinstance(decoded, PushPull) and decoded.names is known.names
+    cut = data.draw(st.integers(0, len(wire)))
+    flip = data.draw(st.integers(0, max(0, len(wire) - 1)))
+    for variant in (
+        wire[:cut],
+        wire[:flip] + bytes([wire[flip] ^ 0xFF]) + wire[flip + 1 :] if wire else wire,
+        wire + b"\x00",
+    ):
+        assert _verdict(variant, known) == _verdict(variant, None)
+
+
+def test_a_corrupted_header_is_not_mistaken_for_our_layout() -> None:
+    """Found by the property above: the layout bytes matched, the array header did not."""
+    empty = PushPull.build(False, [], 0, 0, ())
+    wire = encode_message(empty)
+    bad = b"s" + wire[1:]
+    assert _verdict(bad, _known(empty)) == _verdict(bad, None) == "rejected"
+
+
+def test_a_different_layout_takes_the_full_path() -> None:
+    a = PushPull.build(False, [PushNodeState("a", "h", 1, {}, 0, WireState.ALIVE, False)], 0, 0, ())
+    b = PushPull.build(False, [PushNodeState("b", "h", 1, {}, 3, WireState.DEAD, True)], 0, 0, ())
+    decoded = decode_stream(encode_message(b), _known(a))
+    assert decoded == b
+    assert isinstance(decoded, PushPull) and decoded.names == ("b",)
 
 
 cached_kinds = st.one_of(

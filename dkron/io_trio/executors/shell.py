@@ -1,16 +1,37 @@
-"""The ``shell`` executor: Dkron's keys and messages, run as a Trio subprocess.
+"""The ``shell`` executor: Dkron's keys and messages, run as a child process under Trio.
 
 The process always starts in a session of its own, so that a timeout, a
 memory-limit breach or a cancelled execution can SIGKILL the whole process
 group: a job's children must never outlive the job that was stopped.
+
+Starting a process is the per-run cost that matters when hundreds of jobs
+fire in the same second.  CPython 3.11 holds the GIL for as long as a
+``fork``/``vfork`` child takes to ``exec`` (``subprocess`` and
+``os.posix_spawn`` alike), so every spawn used to stall the event loop for
+the child's exec, whichever thread made it.  On glibc the common case
+therefore calls ``posix_spawn(p)`` through ``ctypes``, which releases the
+GIL for the call, from a worker thread: the loop keeps running while the
+kernel execs the child.  Jobs with ``cwd`` or ``su`` (which ``posix_spawn``
+cannot express) and other C libraries go through :class:`subprocess.Popen`
+in a worker thread as before.
+
+A job's stdin is ``/dev/null`` unless it has a ``payload`` (then a pipe that
+is closed after the payload: either way the job reads EOF); stdout and
+stderr share one pipe; the process is reaped as soon as its output ends, and
+its exit is awaited on a pidfd only if it is still running by then.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import ctypes
+import errno
+import functools
 import grp
 import logging
+import math
 import os
 import pwd
 import shutil
@@ -42,6 +63,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _READ_SIZE = 65536
+#: How long a run first waits for its output to end before watching its exit.
+_EXIT_AFTER_EOF = 0.05
 _NS = 1_000_000_000
 _B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 
@@ -119,6 +142,12 @@ def split_command_words(line: str) -> list[str]:
     if got:
         args.append("".join(buf))
     return args
+
+
+@functools.lru_cache(maxsize=1024)
+def _command_words(line: str) -> tuple[str, ...]:
+    """:func:`split_command_words`, remembered: a job runs the same command every time."""
+    return tuple(split_command_words(line))
 
 
 def _frac(value: int, unit: int) -> str:
@@ -202,6 +231,10 @@ def process_tree_rss(root: int) -> int:
     return total
 
 
+def _not_found(name: str) -> str:
+    return f'exec: "{name}": executable file not found in $PATH'
+
+
 def _errno_text(exc: OSError) -> str:
     """Go spells errno texts in lower case (``no such file or directory``)."""
     text = exc.strerror or str(exc)
@@ -232,13 +265,27 @@ class _Spec:
     command: str
     argv: list[str]
     executable: str | None
-    env: dict[str, str]
+    env: dict[bytes, bytes]
     cwd: str | None
     payload: bytes
     timeout_ns: int | None
     mem_limit: int | None
     uid: int | None
     gid: int | None
+
+
+def _environ() -> dict[bytes, bytes]:
+    """A copy of the agent's environment, encoded as the child gets it.
+
+    Read afresh for every run (the agent's environment may change), from the
+    encoded mapping behind ``os.environ`` where there is one: decoding every
+    variable to copy it and encoding it back to start the process cost more
+    than the rest of parsing a job.
+    """
+    data = getattr(os.environ, "_data", None)
+    if isinstance(data, dict):
+        return dict(data)
+    return {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
 
 
 def _lookup_su(su: str) -> tuple[int, int]:
@@ -269,18 +316,19 @@ def _parse(config: Mapping[str, str], ctx: RunContext) -> _Spec:
         argv = ["/bin/sh", "-c", command]
     else:
         try:
-            argv = split_command_words(command)
+            argv = list(_command_words(command))
         except ValueError as exc:
             raise _ConfigError(str(exc)) from None
         if not argv:
             raise _ConfigError("shell: Command missing")
 
-    env = dict(os.environ)
+    env = _environ()
     for item in config.get("env", "").split(","):
         key, sep, value = item.partition("=")
         if sep and key:
-            env[key] = value
-    env.update(ctx.environment())
+            env[os.fsencode(key)] = os.fsencode(value)
+    for key, value in ctx.environment().items():
+        env[os.fsencode(key)] = os.fsencode(value)
 
     uid = gid = None
     if su := config.get("su", ""):
@@ -308,18 +356,22 @@ def _parse(config: Mapping[str, str], ctx: RunContext) -> _Spec:
             raise _ConfigError(f"shell: Error parsing job memory limit: {exc}") from None
 
     # Go resolves a bare name against the agent's PATH when the command is built.
+    # posix_spawnp searches the agent's PATH itself (in the child, for free);
+    # only the thread path, whose PATH search would follow the job's env,
+    # resolves the name here.
+    cwd = config.get("cwd", "") or None
     executable = None
-    if "/" not in argv[0]:
+    if "/" not in argv[0] and (cwd is not None or uid is not None or _LIBC is None):
         executable = shutil.which(argv[0])
         if executable is None:
-            raise _ConfigError(f'exec: "{argv[0]}": executable file not found in $PATH')
+            raise _ConfigError(_not_found(argv[0]))
 
     return _Spec(
         command=command,
         argv=argv,
         executable=executable,
         env=env,
-        cwd=config.get("cwd", "") or None,
+        cwd=cwd,
         payload=payload,
         timeout_ns=timeout_ns,
         mem_limit=mem_limit,
@@ -341,12 +393,12 @@ class ShellExecutor:
     backgrounded child that keeps the output pipe open (Dkron would wait for
     that child forever).
 
-    ``spawn_concurrency`` bounds how many processes are being spawned at
-    once.  Trio spawns each in a worker thread taken from the same pool that
-    the agent's fsyncs use: when hundreds of jobs fire in the same second,
-    unbounded spawns would queue the Raft log and run journal writes behind
-    them (delaying the *next* claims) and make dozens of threads fight over
-    the GIL while the kernel, which does the real work, has only a few cores.
+    ``spawn_concurrency`` bounds how many worker threads spawn processes at
+    once: when hundreds of jobs fire in the same second, unbounded spawns
+    would queue the Raft log and run journal writes (which share the thread
+    pool) behind them, and fight over the few cores the kernel needs to
+    exec the children.  Each of those threads takes every spawn queued
+    meanwhile (up to ``SPAWN_BATCH``) in one hand-off.
     """
 
     def __init__(
@@ -363,14 +415,16 @@ class ShellExecutor:
         self._mem_check_interval = mem_check_interval
         self._drain_grace = drain_grace
         self._spawn_concurrency = spawn_concurrency
-        # One limiter per Trio run: the executor is a process-wide singleton.
-        self._spawn_slots: tuple[trio.lowlevel.TrioToken, trio.CapacityLimiter] | None = None
+        # Per Trio run (the executor is a process-wide singleton): the spawner.
+        self._spawner: tuple[trio.lowlevel.TrioToken, _Spawner] | None = None
 
-    def _spawn_limiter(self) -> trio.CapacityLimiter:
+    def _current_spawner(self) -> _Spawner:
         token = trio.lowlevel.current_trio_token()
-        if self._spawn_slots is None or self._spawn_slots[0] is not token:
-            self._spawn_slots = (token, trio.CapacityLimiter(self._spawn_concurrency))
-        return self._spawn_slots[1]
+        if self._spawner is None or self._spawner[0] is not token:
+            if _LIBC is not None:
+                _close_inherited_fds()
+            self._spawner = (token, _Spawner(_LIBC, self._spawn_concurrency))
+        return self._spawner[1]
 
     async def run(
         self, config: Mapping[str, str], ctx: RunContext, output: OutputSink
@@ -379,14 +433,250 @@ class ShellExecutor:
             spec = _parse(config, ctx)
         except _ConfigError as exc:
             return ExecResult.failed(str(exc))
-
         try:
-            async with self._spawn_limiter():
-                proc = await trio.lowlevel.open_process(
+            child = await self._current_spawner().spawn(spec)
+        except OSError as exc:
+            return ExecResult.failed(_spawn_error(spec, exc))
+        return await _Run(self, spec, child, output).run()
+
+
+# ---------------------------------------------------------------------------
+# Spawning and reaping
+# ---------------------------------------------------------------------------
+
+#: What ``subprocess.Popen(restore_signals=True)`` resets: Python ignores
+#: SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec.
+_SIGDEF = tuple(
+    sig for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if (sig := getattr(signal, name, None))
+)
+
+
+class _LibcSpawn:
+    """glibc's ``posix_spawn(p)`` through ``ctypes``: the call itself runs without the GIL.
+
+    Only ``posix_spawn``/``posix_spawnp`` are called through ``CDLL`` (which
+    releases the GIL); the set-up calls go through ``PyDLL``, which keeps
+    it: every release is a point where a worker thread would have to win
+    the GIL back from a busy event loop.  The opaque glibc structures get
+    buffers well above their sizes (80, 336 and 128 bytes on x86-64).  One
+    instance serves the whole process: its spawn attributes are set up once
+    and only read afterwards, so threads may spawn through it concurrently.
+    """
+
+    SETSIGDEF = 0x04  # glibc's POSIX_SPAWN_SETSIGDEF
+    SETSID = 0x80  # glibc's POSIX_SPAWN_SETSID
+
+    def __init__(self) -> None:
+        held = ctypes.PyDLL(None)
+        free = ctypes.CDLL(None)
+        self._fa_init = held.posix_spawn_file_actions_init
+        self._fa_destroy = held.posix_spawn_file_actions_destroy
+        self._fa_open = held.posix_spawn_file_actions_addopen
+        self._fa_open.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_uint,
+        ]
+        self._fa_dup2 = held.posix_spawn_file_actions_adddup2
+        self._fa_dup2.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        self._spawn = free.posix_spawn
+        self._spawnp = free.posix_spawnp
+        # The attributes are the same for every job: set up once, only ever read.
+        self._attr = ctypes.create_string_buffer(1024)
+        sigs = ctypes.create_string_buffer(256)
+        held.posix_spawnattr_init(self._attr)
+        held.sigemptyset(sigs)
+        for sig in _SIGDEF:
+            held.sigaddset(sigs, ctypes.c_int(int(sig)))
+        held.posix_spawnattr_setsigdefault(self._attr, sigs)
+        held.posix_spawnattr_setflags(self._attr, ctypes.c_short(self.SETSID | self.SETSIGDEF))
+        self._devnull = os.fsencode(os.devnull)
+
+    def spawn(
+        self, argv: list[str], env: Mapping[bytes, bytes], stdin: int | None, out: int
+    ) -> int:
+        """Start ``argv`` in a new session: stdin from ``stdin`` (else ``/dev/null``),
+        stdout and stderr on ``out``; a bare name is searched on the agent's PATH."""
+        args = [os.fsencode(a) for a in argv]
+        envp = [k + b"=" + v for k, v in env.items()]
+        c_argv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
+        c_envp = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
+        actions = ctypes.create_string_buffer(1024)
+        pid = ctypes.c_int(0)
+        self._fa_init(actions)
+        try:
+            if stdin is None:
+                self._fa_open(actions, 0, self._devnull, os.O_RDONLY, 0)
+            else:
+                self._fa_dup2(actions, stdin, 0)
+            self._fa_dup2(actions, out, 1)
+            self._fa_dup2(actions, out, 2)
+            call = self._spawn if b"/" in args[0] else self._spawnp
+            err = call(ctypes.byref(pid), args[0], actions, self._attr, c_argv, c_envp)
+        finally:
+            self._fa_destroy(actions)
+        if err:
+            raise OSError(err, os.strerror(err), argv[0])
+        return pid.value
+
+
+def _load_libc() -> _LibcSpawn | None:
+    """The binding on glibc (whose flag values it hard-codes), else None."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        return _LibcSpawn()
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _close_inherited_fds() -> None:
+    """Mark every descriptor above stderr close-on-exec, as ``Popen(close_fds=True)`` would
+    close them: ``posix_spawn`` passes on whatever is inheritable, and a descriptor the
+    agent itself inherited from its parent may be (Python's own never are)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the listing's own descriptor, already closed
+
+
+def _spawn_error(spec: _Spec, exc: OSError) -> str:
+    """Go's text for a process that could not start."""
+    if spec.cwd is not None and exc.filename == spec.cwd:
+        return f"chdir {spec.cwd}: {_errno_text(exc)}"
+    name = spec.argv[0]
+    # posix_spawnp searched PATH: nothing (executable) by that name on it.
+    searched = spec.executable is None and "/" not in name
+    if searched and exc.errno in (errno.ENOENT, errno.EACCES, errno.ENOTDIR):
+        return _not_found(name)
+    return f"fork/exec {spec.executable or name}: {_errno_text(exc)}"
+
+
+#: The most spawns one worker thread makes per hand-off.
+SPAWN_BATCH = 16
+
+
+@dataclass(slots=True, eq=False)
+class _Request:
+    """One process to start.  ``out_w``/``in_r`` are the child's ends of its pipes:
+    the spawner closes them once it is done with the request (or the requester,
+    if the spawner never took it)."""
+
+    spec: _Spec
+    out_w: int
+    in_r: int
+    done: trio.Event
+    pid: int = 0
+    popen: subprocess.Popen[bytes] | None = None
+    error: OSError | None = None
+    taken: bool = False
+    abandoned: bool = False
+
+    def close_child_ends(self) -> None:
+        for fd in (self.out_w, self.in_r):
+            if fd >= 0:
+                os.close(fd)
+        self.out_w = self.in_r = -1
+
+
+class _Spawner:
+    """Starts processes for one Trio run: ``posix_spawn`` batches in worker threads
+    (one system task per thread), or ``Popen`` one at a time where it cannot."""
+
+    def __init__(self, libc: _LibcSpawn | None, concurrency: int) -> None:
+        self._libc = libc
+        self._concurrency = concurrency
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self._queue: tuple[trio.MemorySendChannel[_Request], trio.MemoryReceiveChannel[_Request]]
+        self._queue = trio.open_memory_channel[_Request](math.inf)
+        self._started = False
+
+    async def spawn(self, spec: _Spec) -> _Child:
+        out_r, out_w = os.pipe()  # close-on-exec: the child gets the write end as 1 and 2
+        in_r, in_w = os.pipe() if spec.payload else (-1, -1)
+        req = _Request(spec, out_w, in_r, trio.Event())
+        try:
+            if self._libc is not None and spec.cwd is None and spec.uid is None and out_w > 2:
+                self._start_workers()
+                self._queue[0].send_nowait(req)
+                await req.done.wait()
+            else:
+                await self._popen(req)
+        except BaseException:
+            req.abandoned = True
+            if not req.taken:
+                req.close_child_ends()
+            for fd in (out_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
+            if req.pid:  # started, but nobody will run it: nothing of it may survive
+                _kill_and_reap_soon(req.pid)
+            raise
+        if req.error is not None:
+            os.close(out_r)
+            if in_w >= 0:
+                os.close(in_w)
+            raise req.error
+        return _Child(req.pid, out_r, None if in_w < 0 else in_w, req.popen)
+
+    def _start_workers(self) -> None:
+        if not self._started:
+            self._started = True
+            for _ in range(self._concurrency):
+                trio.lowlevel.spawn_system_task(self._worker, name="dkron.shell.spawner")
+
+    async def _worker(self) -> None:
+        libc = self._libc
+        assert libc is not None
+        inbox = self._queue[1]
+        while True:
+            batch: list[_Request] = []
+            req = await inbox.receive()
+            while True:
+                if req.abandoned:
+                    req.close_child_ends()
+                else:
+                    req.taken = True
+                    batch.append(req)
+                if len(batch) >= SPAWN_BATCH:
+                    break
+                try:
+                    req = inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            if batch:
+                # Not cancellable: the thread always finishes, so every process it
+                # started is handed over (or killed, for a requester that left).
+                await trio.to_thread.run_sync(_spawn_batch, libc, batch)
+            for req in batch:
+                req.close_child_ends()
+                if req.abandoned and req.pid:
+                    _kill_and_reap_soon(req.pid)
+                req.done.set()
+
+    async def _popen(self, req: _Request) -> None:
+        spec = req.spec
+        req.taken = True
+        try:
+            popen = await trio.to_thread.run_sync(
+                lambda: subprocess.Popen(
                     spec.argv,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL if req.in_r < 0 else req.in_r,
+                    stdout=req.out_w,
+                    stderr=req.out_w,
                     start_new_session=True,
                     env=spec.env,
                     cwd=spec.cwd,
@@ -394,43 +684,146 @@ class ShellExecutor:
                     user=spec.uid,
                     group=spec.gid,
                     extra_groups=[] if spec.uid is not None else None,
-                )
-        except OSError as exc:
-            if spec.cwd is not None and exc.filename == spec.cwd:
-                return ExecResult.failed(f"chdir {spec.cwd}: {_errno_text(exc)}")
-            return ExecResult.failed(
-                f"fork/exec {spec.executable or spec.argv[0]}: {_errno_text(exc)}"
+                ),
+                limiter=self._limiter,
             )
-        return await _Run(self, spec, proc, output).run()
+        except OSError as exc:
+            req.error = exc
+        else:
+            req.popen = popen
+            req.pid = popen.pid
+        finally:
+            req.close_child_ends()
+
+
+def _spawn_batch(libc: _LibcSpawn, batch: list[_Request]) -> None:
+    """In a worker thread: start every process of the batch, each error its own.
+
+    Nothing may escape: the spawning tasks are system tasks, whose exceptions
+    would end the whole agent.  An unexpected one fails that run alone.
+    """
+    for req in batch:
+        try:
+            req.pid = libc.spawn(
+                req.spec.argv, req.spec.env, None if req.in_r < 0 else req.in_r, req.out_w
+            )
+        except OSError as exc:
+            req.error = exc
+        except Exception as exc:
+            _log.exception("shell: spawning %r failed", req.spec.command)
+            req.error = OSError(errno.EINVAL, f"spawn failed: {exc}")
+
+
+def _kill_and_reap_soon(pid: int) -> None:
+    """SIGKILL a process group nobody runs, and reap its leader in the background."""
+    kill_process_group(pid)
+    trio.lowlevel.spawn_system_task(_reap, pid, name="dkron.shell.reap")
+
+
+async def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        await trio.to_thread.run_sync(os.waitpid, pid, 0)
+
+
+class _Child:
+    """A started process: its output (and input) pipe; its exit is awaited on a pidfd.
+
+    Reaped exactly once, by :meth:`wait`; ``popen`` is kept for a process
+    that ``subprocess`` started, so that it is reaped through it.  The pidfd
+    is opened only when the process has not exited by the time it is waited
+    for (a job that already closed its output usually has): until we reap
+    it, its pid cannot be reused, so opening it late is safe.
+    """
+
+    __slots__ = ("_pidfd", "pid", "popen", "returncode", "stdin", "stdout")
+
+    def __init__(
+        self, pid: int, stdout: int, stdin: int | None, popen: subprocess.Popen[bytes] | None
+    ) -> None:
+        self.pid = pid
+        self.popen = popen
+        self.returncode: int | None = None
+        self.stdout = trio.lowlevel.FdStream(stdout)
+        self.stdin = None if stdin is None else trio.lowlevel.FdStream(stdin)
+        self._pidfd: int | None = None
+
+    def _reap(self, *, block: bool) -> bool:
+        if self.popen is not None:
+            code = self.popen.wait() if block else self.popen.poll()
+        else:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            code = None if pid == 0 else os.waitstatus_to_exitcode(status)
+        if code is None:
+            return False
+        self.returncode = code
+        self._close_pidfd()
+        return True
+
+    async def wait(self) -> int:
+        """The exit status (negative: killed by that signal), once the process exited."""
+        polling = False
+        while self.returncode is None:
+            if self._reap(block=False):
+                break
+            if self._pidfd is None and not polling:
+                try:
+                    self._pidfd = os.pidfd_open(self.pid)
+                except OSError:  # a kernel without pidfds: poll instead
+                    polling = True
+            if self._pidfd is not None:
+                await trio.lowlevel.wait_readable(self._pidfd)
+            else:
+                await trio.sleep(0.01)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def close(self) -> None:
+        """Close the pipes (and the pidfd of a process that was never reaped)."""
+        self.stdout.close()
+        if self.stdin is not None:
+            self.stdin.close()
+        self._close_pidfd()
 
 
 class _Run:
     """One running process: pumps output, enforces limits, reports the outcome."""
 
     def __init__(
-        self, executor: ShellExecutor, spec: _Spec, proc: trio.Process, sink: OutputSink
+        self, executor: ShellExecutor, spec: _Spec, child: _Child, sink: OutputSink
     ) -> None:
         self.executor = executor
         self.spec = spec
-        self.proc = proc
+        self.child = child
         self.sink = sink
         self.ring = OutputRing()
         self.notice = ""  # the timeout or memory message Dkron appends
 
     async def run(self) -> ExecResult:
-        proc = self.proc
+        child = self.child
         try:
             async with trio.open_nursery() as nursery:
                 pumped = trio.Event()
-                nursery.start_soon(self._feed_stdin)
+                if child.stdin is not None:
+                    nursery.start_soon(self._feed_stdin, child.stdin)
                 nursery.start_soon(self._pump, pumped)
                 if self.spec.timeout_ns is not None:
                     nursery.start_soon(self._watch_timeout, self.spec.timeout_ns)
                 if self.spec.mem_limit is not None:
                     nursery.start_soon(self._watch_memory, self.spec.mem_limit)
-                await proc.wait()
-                with trio.move_on_after(self.executor._drain_grace):
+                # Most jobs end by closing their output: their exit is then due,
+                # and is usually reaped without a pidfd.
+                with trio.move_on_after(_EXIT_AFTER_EOF):
                     await pumped.wait()
+                await child.wait()
+                if not pumped.is_set():
+                    with trio.move_on_after(self.executor._drain_grace):
+                        await pumped.wait()
                 if not pumped.is_set():
                     _log.info(
                         "shell: %r exited but a child still holds its output open; "
@@ -442,38 +835,29 @@ class _Run:
         except BaseException:
             # Cancelled (the user stopped the execution, the agent is going
             # down) or a failing sink: nothing of the job may survive us.
-            kill_process_group(proc.pid)
+            kill_process_group(child.pid)
             with trio.CancelScope(shield=True):
-                await proc.wait()
-                await self._close_pipes()
+                await child.wait()
+            child.close()
             raise
-        await self._close_pipes()
+        child.close()
         if self.notice:
             data = self.notice.encode("utf-8", "surrogateescape")
             self.ring.write(data)
             await self.sink(data)
-        returncode = proc.returncode
+        returncode = child.returncode
         assert returncode is not None  # waited above
         return ExecResult.of(self.ring.getvalue(), _exit_error(returncode))
 
-    async def _close_pipes(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                await stream.aclose()
-
-    async def _feed_stdin(self) -> None:
-        stdin = self.proc.stdin
-        assert stdin is not None
+    async def _feed_stdin(self, stdin: trio.lowlevel.FdStream) -> None:
         try:
-            if self.spec.payload:
-                await stdin.send_all(self.spec.payload)
+            await stdin.send_all(self.spec.payload)
             await stdin.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the command exited without reading all of its input, as it may
 
     async def _pump(self, done: trio.Event) -> None:
-        stdout = self.proc.stdout
-        assert stdout is not None
+        stdout = self.child.stdout
         try:
             while chunk := bytes(await stdout.receive_some(_READ_SIZE)):
                 self.ring.write(chunk)
@@ -484,7 +868,7 @@ class _Run:
 
     async def _watch_timeout(self, timeout_ns: int) -> None:
         await trio.sleep(max(timeout_ns, 0) / _NS)
-        err = kill_process_group(self.proc.pid)
+        err = kill_process_group(self.child.pid)
         if isinstance(err, ProcessLookupError):
             return  # nothing left to kill: the job finished in time after all
         head = (
@@ -499,9 +883,9 @@ class _Run:
     async def _watch_memory(self, limit: int) -> None:
         while True:
             await trio.sleep(self.executor._mem_check_interval)
-            used = await trio.to_thread.run_sync(process_tree_rss, self.proc.pid)
+            used = await trio.to_thread.run_sync(process_tree_rss, self.child.pid)
             if used > limit:
-                kill_process_group(self.proc.pid)
+                kill_process_group(self.child.pid)
                 self.notice = (
                     f"shell: Job '{self.spec.command}' memory usage ({used} bytes) exceeding "
                     f"defined limit ({limit} bytes). Job was killed"
