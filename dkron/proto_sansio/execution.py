@@ -687,6 +687,9 @@ class ExecutionWorker:
         self.leader_term = -1
         self._last_started = max([wall_ns, *(ex.started_at for ex in interrupted)])
         self._runs: dict[RunKey, _WorkerRun] = {}
+        # The runs with a result not yet acknowledged: the only ones with a
+        # deadline, so a wake-up does not walk every running execution.
+        self._reporting: dict[RunKey, _WorkerRun] = {}
         self._done: deque[RunKey] = deque(maxlen=1024)
         self._done_set: set[RunKey] = set()
         self._next_heartbeat = now + config.heartbeat_interval
@@ -704,6 +707,7 @@ class ExecutionWorker:
                 status="lost",
             )
             self._runs[key] = run
+            self._reporting[key] = run
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -729,6 +733,7 @@ class ExecutionWorker:
             self._on_dispatch(msg, src, now, wall_ns)
         elif isinstance(msg, ResultAck):
             run = self._runs.pop(msg.key, None)
+            self._reporting.pop(msg.key, None)
             if run is not None:
                 self._remember_done(msg.key)
                 self._out.append(ForgetRun(key=msg.key))
@@ -774,6 +779,7 @@ class ExecutionWorker:
         )
         run.unsent.clear()
         run.buffered = 0
+        self._reporting[key] = run
         self._send(run.leader, Result(run.result))
         run.next_result = now + self.config.result_retry
 
@@ -783,7 +789,7 @@ class ExecutionWorker:
             running = tuple(k for k, r in self._runs.items() if r.result is None)
             if running and self.leader is not None:
                 self._send(self.leader, Heartbeat(self.node, running))
-        for run in self._runs.values():
+        for run in self._reporting.values():
             if run.result is not None and now >= run.next_result and run.leader:
                 run.next_result = now + self.config.result_retry
                 self._send(run.leader, Result(run.result))
@@ -793,9 +799,7 @@ class ExecutionWorker:
     def next_deadline(self) -> float | None:
         times = [self._next_heartbeat]
         # A result waits for a leader to send it to; until one is known it has no deadline.
-        times.extend(
-            r.next_result for r in self._runs.values() if r.result is not None and r.leader
-        )
+        times.extend(r.next_result for r in self._reporting.values() if r.leader)
         return min(times)
 
     def drain(self) -> list[Action]:
@@ -806,7 +810,7 @@ class ExecutionWorker:
         return [k for k, r in self._runs.items() if r.result is None]
 
     def outstanding_results(self) -> int:
-        return sum(1 for r in self._runs.values() if r.result is not None)
+        return len(self._reporting)
 
     # -- internals ------------------------------------------------------------------------
 

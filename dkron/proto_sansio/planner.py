@@ -220,6 +220,7 @@ class Planner:
             expires_at=None if job.expires_at is None else from_ns(job.expires_at),
             catchup=CatchUp(job.catchup),
             catchup_window=window,
+            claim_early=job.concurrency != "forbid",
         )
 
     def _claim_slot(self, slot: FireSlot) -> None:

@@ -118,6 +118,10 @@ class ScheduledJob:
     expires_at: datetime | None = None
     catchup: CatchUp = CatchUp.SKIP
     catchup_window: timedelta = timedelta(hours=1)
+    # Whether the engine's lookahead applies.  A ``concurrency: forbid`` job
+    # is claimed only when due: its claim checks that no run of it is still
+    # going, and a run that ends just before the slot must not block it.
+    claim_early: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,16 +198,17 @@ class Scheduler:
         self.paused = paused
 
     def advance(self, wall: datetime) -> None:
-        """Time passed: emit every slot due by ``wall`` (plus lookahead)."""
-        horizon = wall + self.config.lookahead
+        """Time passed: emit every slot due by ``wall`` (plus lookahead, for the jobs it
+        applies to; the heap is keyed by when a slot may be claimed)."""
+        early = wall + self.config.lookahead
         heap = self._heap
-        while heap and heap[0][0] <= horizon:
+        while heap and heap[0][0] <= wall:
             _, _, name, version = heapq.heappop(heap)
             entry = self._jobs.get(name)
             if entry is None or entry.version != version or entry.next is None:
                 continue
             self._catch_up(entry, wall)
-            self._fire_due(entry, horizon)
+            self._fire_due(entry, early if entry.job.claim_early else wall)
             self._push(entry)
 
     # -- outputs -----------------------------------------------------------------
@@ -215,7 +220,7 @@ class Scheduler:
             at, _, name, version = heap[0]
             entry = self._jobs.get(name)
             if entry is not None and entry.version == version and entry.next is not None:
-                return at - self.config.lookahead
+                return at
             heapq.heappop(heap)
         return None
 
@@ -230,7 +235,8 @@ class Scheduler:
 
     def _push(self, entry: _Entry) -> None:
         if entry.next is not None:
-            heapq.heappush(self._heap, (entry.next, next(self._seq), entry.job.name, entry.version))
+            at = entry.next - self.config.lookahead if entry.job.claim_early else entry.next
+            heapq.heappush(self._heap, (at, next(self._seq), entry.job.name, entry.version))
 
     def _blocked(self, job: ScheduledJob, slot: datetime) -> MissReason | None:
         if job.expires_at is not None and slot > job.expires_at:

@@ -92,6 +92,24 @@ def test_lookahead_emits_slots_early_by_at_most_the_lookahead() -> None:
     assert fires(sched.drain()) == [("a", T0 + timedelta(seconds=5), Trigger.SCHEDULE)]
 
 
+def test_a_job_that_is_not_claimed_early_fires_only_when_due() -> None:
+    """``claim_early=False`` (``concurrency: forbid``): its claim checks for a run still
+    going, so it must not be made before the slot; the others keep the lookahead."""
+    sched = Scheduler(SchedulerConfig(lookahead=timedelta(milliseconds=200)))
+    sched.set_job(ScheduledJob(name="f", schedule=Every(5), anchor=T0, claim_early=False), T0)
+    sched.set_job(ScheduledJob(name="a", schedule=Every(5), anchor=T0), T0)
+    due = T0 + timedelta(seconds=5)
+    assert sched.next_deadline() == due - timedelta(milliseconds=200)
+    sched.advance(T0 + timedelta(seconds=4.9))
+    assert fires(sched.drain()) == [("a", due, Trigger.SCHEDULE)]
+    assert sched.next_deadline() == due
+    sched.advance(due - timedelta(microseconds=1))
+    assert fires(sched.drain()) == []
+    sched.advance(due)
+    assert fires(sched.drain()) == [("f", due, Trigger.SCHEDULE)]
+    assert sched.next_deadline() == due + timedelta(seconds=5) - timedelta(milliseconds=200)
+
+
 def _rebuild(catchup: CatchUp, *, outage: int, window: int = 3600) -> list[FireSlot | MissedSlots]:
     """A new leader takes over ``outage`` seconds after the last claimed slot."""
     sched = Scheduler()

@@ -14,6 +14,7 @@ from dkron.proto_sansio.execution import (
     Started,
 )
 from dkron.proto_sansio.planner import Planner, to_ns
+from dkron.proto_sansio.scheduler import SchedulerConfig
 from dkron.state import (
     ClaimSlot,
     ClaimSlots,
@@ -134,3 +135,25 @@ def test_the_leader_proposes_one_started_and_one_finished_batch_per_drain() -> N
     lead.observe(cmd, result, sm, 0.4)
     assert len([a for a in lead.drain() if isinstance(a, Send)]) == 2  # one ack per element
     assert sm.running_executions() == [] and sm.get_job("c").success_count == 1  # type: ignore[union-attr]
+
+
+def test_a_forbid_job_is_claimed_when_due_and_the_others_ahead() -> None:
+    """With lookahead, a ``concurrency: forbid`` job is claimed only at its slot: its
+    claim refuses it while a run is going, and a run ending just before must not."""
+    first = to_ns(T0 + timedelta(seconds=5))
+    jobs = [
+        Job("f", schedule="@every 5s", executor="shell", next=first, concurrency="forbid"),
+        Job("a", schedule="@every 5s", executor="shell", next=first),
+    ]
+    sm, _ = loaded(jobs)
+    planner = Planner(
+        sm,
+        term=2,
+        wall=T0,
+        select_targets=lambda job: ("w1",),
+        config=SchedulerConfig(lookahead=timedelta(milliseconds=100)),
+    )
+    early = planner.tick(T0 + timedelta(seconds=4.95))
+    assert [c.job for cmd in early for c in getattr(cmd, "claims", [cmd])] == ["a"]
+    due = planner.tick(T0 + timedelta(seconds=5))
+    assert [c.job for cmd in due for c in getattr(cmd, "claims", [cmd])] == ["f"]

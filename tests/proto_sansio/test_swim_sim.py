@@ -103,7 +103,16 @@ def test_completeness_crashed_member_failed_everywhere_within_bound(
 
 @settings(max_examples=SOME)
 @given(n=st.integers(3, 7), seed=st.integers(0, 2**16), loss=st.sampled_from([0.0, 0.05]))
+@example(n=6, seed=39629, loss=0.05)
 def test_refutation_forged_suspicion_is_refuted(n: int, seed: int, loss: float) -> None:
+    """A live member refutes a suspicion of itself and stays alive everywhere.
+
+    Without loss nobody ever declares it failed.  With loss, a member that
+    hears none of the refutations before its suspicion expires does declare
+    it failed (memberlist has the same window; the thorough profile found
+    seed 39629): the member then refutes that too, so that observer must see
+    it alive again at a higher incarnation before the end.
+    """
     c = SwimCluster(n, seed=seed, loss=loss)
     c.run_for(2.0)
     subject = "node-1"
@@ -116,7 +125,18 @@ def test_refutation_forged_suspicion_is_refuted(n: int, seed: int, loss: float) 
     c.run_for(10.0)
     assert c.hosts[subject].node.incarnation > inc
     assert c.everyone_sees(subject, MemberHealth.ALIVE)
-    assert not [t for t in c.transitions if t.subject == subject and t.new is MemberHealth.FAILED]
+    about = [t for t in c.transitions if t.subject == subject]
+    failed = [t for t in about if t.new is MemberHealth.FAILED]
+    if loss == 0.0:
+        assert not failed
+    for f in failed:
+        assert any(
+            t.observer == f.observer
+            and t.t > f.t
+            and t.new is MemberHealth.ALIVE
+            and t.incarnation > f.incarnation
+            for t in about
+        ), f"{f.observer} never saw {subject} alive again after declaring it failed"
 
 
 @settings(max_examples=FEW)
