@@ -104,14 +104,20 @@ def test_completeness_crashed_member_failed_everywhere_within_bound(
 @settings(max_examples=SOME)
 @given(n=st.integers(3, 7), seed=st.integers(0, 2**16), loss=st.sampled_from([0.0, 0.05]))
 @example(n=6, seed=39629, loss=0.05)
+@example(n=7, seed=4, loss=0.0)
+@example(n=5, seed=277, loss=0.0)
 def test_refutation_forged_suspicion_is_refuted(n: int, seed: int, loss: float) -> None:
     """A live member refutes a suspicion of itself and stays alive everywhere.
 
-    Without loss nobody ever declares it failed.  With loss, a member that
-    hears none of the refutations before its suspicion expires does declare
-    it failed (memberlist has the same window; the thorough profile found
-    seed 39629): the member then refutes that too, so that observer must see
-    it alive again at a higher incarnation before the end.
+    Dissemination is epidemic: each member passes the refutation on in at
+    most ``retransmit_mult * ceil(log10(n + 1))`` packets to random peers, so
+    now and then (about one run in a thousand here, with or without loss) a
+    member hears none of them before its suspicion expires -- all members
+    suspected at once, so every suspicion is fully confirmed and at its
+    shortest -- and declares the member failed.  memberlist has the same
+    window.  The member then refutes that too: such an observer must see it
+    alive again at a higher incarnation before the end (the seeds above were
+    found by the thorough profile).
     """
     c = SwimCluster(n, seed=seed, loss=loss)
     c.run_for(2.0)
@@ -127,8 +133,6 @@ def test_refutation_forged_suspicion_is_refuted(n: int, seed: int, loss: float) 
     assert c.everyone_sees(subject, MemberHealth.ALIVE)
     about = [t for t in c.transitions if t.subject == subject]
     failed = [t for t in about if t.new is MemberHealth.FAILED]
-    if loss == 0.0:
-        assert not failed
     for f in failed:
         assert any(
             t.observer == f.observer
@@ -268,6 +272,17 @@ _faults = st.builds(
         _Fault(0.0, "partition", 0, 1),
     ],
 )
+@example(  # restarted inside a partition: its join fails (found by the thorough profile)
+    n=3,
+    seed=8913,
+    loss=0.0,
+    schedule=[
+        _Fault(0.0, "crash", 1, 1),
+        _Fault(1.0, "partition", 0, 1),
+        _Fault(5.5, "restart", 2, 1),
+        _Fault(0.5, "crash", 2, 1),
+    ],
+)
 def test_fault_schedules_then_recovery(
     n: int, seed: int, loss: float, schedule: list[_Fault]
 ) -> None:
@@ -319,6 +334,14 @@ def test_fault_schedules_then_recovery(
     for name in names:
         if name not in left and not c.hosts[name].up and live:
             c.restart(name, live[:1])
+    # A member restarted while cut off knows nobody (its join failed); the agent
+    # retries the join (--retry-join), which the reconnect loop of the others
+    # only does with probability failed/alive per interval.
+    for h in c.live_hosts():
+        others = [o.name for o in c.live_hosts() if o is not h]
+        if others and len(h.node.members()) <= 1:
+            h.node.join([c.hosts[others[0]].addr], c.now)
+            h.poke()
     bound = convergence_bound(LOCAL, n) + detection_bound(LOCAL, n)
 
     def repaired() -> bool:
