@@ -986,26 +986,7 @@ class StateMachine:
                 act.group(group), tuple(sorted(still.outstanding)) if still is not None else ()
             )
         success = ex.success
-        if success:
-            count = job.success_count + 1
-            last = job.last_success
-            if last is None or finished_at > last:
-                last = finished_at
-            if count < _COUNTER_MAX:
-                job = _with_success(job, status, count, last)
-            else:  # let the constructor refuse it
-                job = dataclasses.replace(
-                    job, status=status, success_count=count, last_success=last
-                )
-        else:
-            count = job.error_count + 1
-            last = job.last_error
-            if last is None or finished_at > last:
-                last = finished_at
-            if count < _COUNTER_MAX:
-                job = _with_error(job, status, count, last)
-            else:
-                job = dataclasses.replace(job, status=status, error_count=count, last_error=last)
+        job = _counted(job, status, success=success, finished_at=finished_at)
         self._jobs[name] = job
         retries = act.retries
         retried: tuple[StateEvent, ...] = ()
@@ -1269,36 +1250,24 @@ _one_started: Callable[[Execution], ExecutionStarted] = _maker(ExecutionStarted,
 _one_finished: Callable[[Execution], ExecutionFinished] = _maker(ExecutionFinished, validated=True)
 
 
-def _job_with(
-    job: Job,
-    *,
-    status: str,
-    success_count: int | None = None,
-    last_success: int | None = None,
-    error_count: int | None = None,
-    last_error: int | None = None,
-) -> Job:
-    """``dataclasses.replace`` for the result counters, without re-validating the job.
+def _counted(job: Job, status: str, *, success: bool, finished_at: int) -> Job:
+    """The job after one more result: its counter, last time and status.
 
-    A result changes only counters, a finish time already validated as part
-    of its execution and a status from :func:`compute_group_status`; the rest
-    of the job was validated when it was stored.  This runs once per result
-    on every replica, where a full replace costs more than the rest of apply.
+    Built without re-validating the job: a result changes only a counter, a
+    finish time already validated as part of its execution and a status from
+    :func:`compute_group_status`; the rest was validated when it was stored.
+    This runs once per result on every replica, where a full
+    ``dataclasses.replace`` costs more than the rest of apply.
     """
-    count = success_count if success_count is not None else error_count
-    if count is not None and count >= _COUNTER_MAX:  # let the constructor refuse it
-        changes: dict[str, Any] = {"status": status}
-        if success_count is not None:
-            changes |= {"success_count": success_count, "last_success": last_success}
-        else:
-            changes |= {"error_count": error_count, "last_error": last_error}
-        return dataclasses.replace(job, **changes)
-    if success_count is not None:
-        new: Job = _with_success(job, status, success_count, last_success)
+    if success:
+        count, last = job.success_count + 1, job.last_success
     else:
-        new = _with_error(job, status, error_count, last_error)
+        count, last = job.error_count + 1, job.last_error
+    if last is None or finished_at > last:
+        last = finished_at
+    if count >= _COUNTER_MAX:  # let the constructor refuse it
+        if success:
+            return dataclasses.replace(job, status=status, success_count=count, last_success=last)
+        return dataclasses.replace(job, status=status, error_count=count, last_error=last)
+    new: Job = (_with_success if success else _with_error)(job, status, count, last)
     return new
-
-
-def _later(a: int | None, b: int) -> int:
-    return b if a is None else max(a, b)

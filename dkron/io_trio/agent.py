@@ -293,9 +293,6 @@ class _Call:
     reply: Reply | None = None
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def _wall() -> datetime:
     return datetime.now(UTC)
 
@@ -1016,7 +1013,7 @@ class Agent:
             # run journal — so a crash meanwhile leaves a claimed, never-started
             # slot that the next leader dispatches again, as without lookahead.
             assert msg.scheduled_time is not None
-            bound = to_ns(_EPOCH + self.claim_lookahead + EARLY_HOLD_SLACK)
+            bound = (self.claim_lookahead + EARLY_HOLD_SLACK) // timedelta(microseconds=1) * 1000
             release = min(msg.scheduled_time, wall_ns + bound)
             self._early_seq += 1
             heapq.heappush(self._early, (release, self._early_seq, src, msg))

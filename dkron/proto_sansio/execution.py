@@ -790,7 +790,7 @@ class ExecutionWorker:
             if running and self.leader is not None:
                 self._send(self.leader, Heartbeat(self.node, running))
         for run in self._reporting.values():
-            if run.result is not None and now >= run.next_result and run.leader:
+            if now >= run.next_result and run.leader and run.result is not None:
                 run.next_result = now + self.config.result_retry
                 self._send(run.leader, Result(run.result))
 

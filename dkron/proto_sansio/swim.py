@@ -45,7 +45,6 @@ from dkron.proto_sansio.errors import LocalProtocolError, RemoteProtocolError
 from dkron.proto_sansio.swim_wire import (
     ENCRYPTION_OVERHEAD,
     NONCE_SIZE,
-    PUSH_PULL_PREFIX,
     Ack,
     Alive,
     Dead,
@@ -424,8 +423,6 @@ _LEAVING = operator.attrgetter("leaving")
 _WIRE_ALIVE = int(WireState.ALIVE)
 _WIRE_LEFT = int(WireState.LEFT)
 _WIRE_SUSPECT = int(WireState.SUSPECT)
-# CBOR array headers of 0..23 items: a packet's first byte (``encode_packet``).
-_PACKET_HEADERS = tuple(bytes((0x80 + n,)) for n in range(24))
 
 _STATUS = {
     MemberHealth.NONE: MemberStatus.NONE,
@@ -1397,16 +1394,11 @@ class SwimNode:
     def _tick_probe(self, now: float) -> None:
         self._finish_probe(now)
         cfg = self.config
-        scale = self._awareness + 1  # Lifeguard's local health multiplier (``_scaled``)
-        self._timer_seq += 1
-        heapq.heappush(
-            self._timers, (now + cfg.probe_interval * scale, self._timer_seq, _T.PROBE, None, None)
-        )
+        self._at(now + self._scaled(cfg.probe_interval), _T.PROBE)
         target = self._next_probe_target()
         if target is None:
             return
-        self._seq += 1
-        seq = self._seq
+        seq = self._next_seq()
         probe = _Probe(seq, target.name, target.incarnation)
         self._probe = probe
         self._acks[seq] = probe
@@ -1416,7 +1408,7 @@ class SwimNode:
         self._send((target.addr, target.port), parts)
         # The direct-probe timeout lives outside the heap: it is armed every
         # period and almost always cancelled by the ack.
-        self._probe_deadline = now + cfg.probe_timeout * scale
+        self._probe_deadline = now + self._scaled(cfg.probe_timeout)
 
     def _next_probe_target(self) -> _Node | None:
         """memberlist's randomized round robin, shuffled as it goes.
@@ -1661,9 +1653,7 @@ class SwimNode:
         self._emit_packet(addr, parts)
 
     def _emit_packet(self, addr: Address, parts: list[bytes]) -> None:
-        n = len(parts)
-        # ``encode_packet`` inlined for the usual short packet (same bytes).
-        data = _PACKET_HEADERS[n] + b"".join(parts) if 0 < n < 24 else encode_packet(parts)
+        data = encode_packet(parts)
         if self._keyring is not None:
             data = self._keyring.encrypt(data, self._rng.randbytes(NONCE_SIZE))
         if len(data) > self.config.max_packet_size:
@@ -1692,10 +1682,9 @@ class SwimNode:
             except RemoteProtocolError:
                 self._count("dropped_undecryptable")
                 return None
-        # Only a push-pull can reuse our layout; we need it for the reply anyway.
-        known = self._current_layout()[1] if data.startswith(PUSH_PULL_PREFIX) else None
         try:
-            return decode_stream(data, known)
+            # Our layout is built only for a push-pull (the reply needs it anyway).
+            return decode_stream(data, lambda: self._current_layout()[1])
         except RemoteProtocolError:
             self._count("dropped_malformed")
             return None
@@ -1812,9 +1801,9 @@ class SwimNode:
         nodes = cached[2]
         return (
             _WIRE_SUSPECT not in msg.states
-            and list(msg.incarnations) == list(map(_INC, nodes))
-            and list(msg.states) == list(map(_WIRE, nodes))
-            and list(msg.leaving) == list(map(_LEAVING, nodes))
+            and msg.incarnations == tuple(map(_INC, nodes))
+            and msg.states == tuple(map(_WIRE, nodes))
+            and msg.leaving == tuple(map(_LEAVING, nodes))
         )
 
     def _join_done(self, sid: int, ok: bool) -> None:

@@ -24,7 +24,7 @@ import binascii
 import dataclasses
 import enum
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import cbor2
@@ -40,7 +40,6 @@ __all__ = [
     "MAX_PACKET_MESSAGES",
     "MAX_STREAM",
     "NONCE_SIZE",
-    "PUSH_PULL_PREFIX",
     "Ack",
     "Alive",
     "Dead",
@@ -379,8 +378,6 @@ _ACK_KIND = 3
 _PUSH_PULL_KIND = 10
 # A 12-item array, then the kind.
 _PUSH_PULL_HEADER = b"\x8c\x0a"
-# How every push-pull stream body starts (a 12-item array, kind 10).
-PUSH_PULL_PREFIX = _PUSH_PULL_HEADER
 
 
 def encode_message(msg: object) -> bytes:
@@ -640,22 +637,21 @@ _LAYOUT_AT = len(_PUSH_PULL_HEADER) + 1
 _TAIL_HEADER = b"\x86"
 
 
-def decode_stream(data: bytes, known: KnownLayout | None = None) -> object:
+def decode_stream(data: bytes, known: Callable[[], KnownLayout] | None = None) -> object:
     """Parse one plaintext stream body (push-pull or a TCP ping).
 
-    With ``known``, a push-pull whose layout bytes equal it decodes only
-    the rest (see :class:`KnownLayout`); anything else takes the full path.
+    ``known`` gives our own layout; it is asked for only when ``data`` is a
+    push-pull, and one whose layout bytes equal it decodes only the rest
+    (see :class:`KnownLayout`); anything else takes the full path.
     """
     if len(data) > MAX_STREAM:
         raise RemoteProtocolError("stream body too large")
-    if (
-        known is not None
-        and data.startswith(_PUSH_PULL_HEADER)
-        and data.startswith(known.encoded, _LAYOUT_AT)
-    ):
-        msg = _push_pull_known(data, known)
-        if msg is not None:
-            return msg
+    if known is not None and data.startswith(_PUSH_PULL_HEADER):
+        layout = known()
+        if data.startswith(layout.encoded, _LAYOUT_AT):
+            msg = _push_pull_known(data, layout)
+            if msg is not None:
+                return msg
     try:
         raw = cbor2.loads(data)
     except Exception as exc:  # the parser's failure modes are many; all are the peer's

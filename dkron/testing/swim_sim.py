@@ -38,7 +38,6 @@ from dkron.proto_sansio.swim import (
     SendPacket,
     SendStream,
     StateChange,
-    SwimAction,
     SwimConfig,
     SwimNode,
     UserEvent,
@@ -327,10 +326,8 @@ class SwimHost(Host):
         if core is None:
             return
         actions = core.drain()
-        if actions:
-            self._carry(actions)
-
-    def _carry(self, actions: list[SwimAction]) -> None:
+        if not actions:
+            return
         net = self.network
         src = self.addr
         cluster = self.cluster
@@ -386,9 +383,7 @@ class SwimHost(Host):
         core = self.core
         if core is not None:
             core.handle_timer(self.loop.now)
-            actions = core.drain()
-            if actions:
-                self._carry(actions)
+        self.flush()
         self._arm()
 
     # -- receive-path slowness ----------------------------------------------------------
@@ -404,9 +399,7 @@ class SwimHost(Host):
         core = self.core
         if core is not None:
             core.receive(msg, src_addr=src, now=self.loop.now)
-            actions = core.drain()
-            if actions:
-                self._carry(actions)
+        self.flush()
         self._arm()
 
     def _late(self, gen: int, src: Any, msg: Any) -> None:

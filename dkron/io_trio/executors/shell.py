@@ -446,9 +446,7 @@ class ShellExecutor:
 
 #: What ``subprocess.Popen(restore_signals=True)`` resets: Python ignores
 #: SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec.
-_SIGDEF = tuple(
-    sig for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if (sig := getattr(signal, name, None))
-)
+_SIGDEF = tuple(sig for name in ("SIGPIPE", "SIGXFSZ") if (sig := getattr(signal, name, None)))
 
 
 class _LibcSpawn:
