@@ -44,6 +44,7 @@ import random
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dkron.model import Execution, Job
 from dkron.proto_sansio.wire import Codec
@@ -177,9 +178,13 @@ def choose_targets(
 # -- wire messages --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RunKey:
-    """One attempt of one run on one node."""
+class RunKey(NamedTuple):
+    """One attempt of one run on one node.
+
+    A named tuple rather than a dataclass: it keys the leader's and the
+    worker's tables and the journal, and a tuple hashes and compares in C
+    (a frozen dataclass does both in Python, on every lookup).
+    """
 
     job: str
     group: int

@@ -63,6 +63,10 @@ def _optional_of(tp: Any) -> Any | None:
     return rest[0]
 
 
+def _is_named_tuple(tp: object) -> bool:
+    return isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields")
+
+
 def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
     """Per-field slot setters when building ``cls`` field by field is exactly its ``__init__``.
 
@@ -171,6 +175,11 @@ class Codec:
 
     @staticmethod
     def _fields(tp: type) -> list[tuple[str, Any]]:
+        if _is_named_tuple(tp):
+            # A NamedTuple key hashes and compares in C: worth it for the
+            # small records that are dictionary keys on every hot path.
+            hints = typing.get_type_hints(tp)
+            return [(name, hints[name]) for name in tp._fields]  # type: ignore[attr-defined]
         if not dataclasses.is_dataclass(tp):
             raise TypeError(f"{tp!r} is not a dataclass")
         hints = typing.get_type_hints(tp)
@@ -289,7 +298,7 @@ class Codec:
             return self._mapping_decoder(args[0], args[1])
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
             return self._enum_decoder(tp)
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and (dataclasses.is_dataclass(tp) or _is_named_tuple(tp)):
             return self._struct(tp)[1]
         if tp in _CHECKED or tp is float or _optional_of(tp) is not None:
             lines = ["def dec(x):", *self._check_lines(tp, "x", "    "), "    return x"]
@@ -381,6 +390,6 @@ class Codec:
             return f"{{{key}: {val} for {k}, {x} in {expr}.items()}}"
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
             return f"{expr}.value"
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and (dataclasses.is_dataclass(tp) or _is_named_tuple(tp)):
             return f"{src.ref(self._struct(tp)[0])}({expr})"
         raise TypeError(f"unsupported wire type {tp!r}")

@@ -25,7 +25,7 @@ from dkron.proto_sansio.codec import RAFT_CODEC
 from dkron.proto_sansio.errors import LocalProtocolError, RemoteProtocolError
 from dkron.proto_sansio.execution import EXECUTION_CODEC
 from dkron.proto_sansio.swim_wire import _STREAM_KINDS
-from dkron.proto_sansio.wire import Codec
+from dkron.proto_sansio.wire import Codec, _is_named_tuple
 from dkron.state import _SNAPSHOTS, COMMANDS
 
 _Enc = Callable[[Any], Any]
@@ -82,6 +82,16 @@ _SCALARS: dict[Any, tuple[_Enc, _Dec]] = {
     str: (_identity, _dec_str),
     bytes: (_identity, _dec_bytes),
 }
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """The positional wire fields: a named tuple's, or a dataclass's init fields."""
+    if _is_named_tuple(cls):
+        return tuple(cls._fields)  # type: ignore[attr-defined]
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    if any(f.kw_only for f in fields):
+        raise TypeError(f"{cls.__name__}: wire messages take positional fields")
+    return tuple(f.name for f in fields)
 
 
 class ReferenceCodec:
@@ -150,14 +160,11 @@ class ReferenceCodec:
     def _compile_fields(
         self, cls: type
     ) -> tuple[tuple[str, ...], tuple[_Enc, ...], tuple[_Dec, ...]]:
-        if not dataclasses.is_dataclass(cls):
+        if not (dataclasses.is_dataclass(cls) or _is_named_tuple(cls)):
             raise TypeError(f"{cls!r} is not a dataclass")
         hints = typing.get_type_hints(cls)
-        fields = [f for f in dataclasses.fields(cls) if f.init]
-        if any(f.kw_only for f in fields):
-            raise TypeError(f"{cls.__name__}: wire messages take positional fields")
-        names = tuple(f.name for f in fields)
-        pairs = [self._compile(hints[f.name]) for f in fields]
+        names = _field_names(cls)
+        pairs = [self._compile(hints[name]) for name in names]
         return names, tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
     def _compile(self, tp: Any) -> tuple[_Enc, _Dec]:
@@ -188,7 +195,7 @@ class ReferenceCodec:
             return self._mapping(args[0], args[1])
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
             return self._enum(tp)
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and (dataclasses.is_dataclass(tp) or _is_named_tuple(tp)):
             return self._struct(tp)
         raise TypeError(f"unsupported wire type {tp!r}")
 
@@ -295,7 +302,7 @@ def _values(tp: Any) -> st.SearchStrategy[Any]:
         return st.dictionaries(_values(args[0]), _values(args[1]), max_size=2)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return st.sampled_from(list(tp))
-    assert isinstance(tp, type) and dataclasses.is_dataclass(tp), tp
+    assert isinstance(tp, type) and (dataclasses.is_dataclass(tp) or _is_named_tuple(tp)), tp
     return _instances(tp)
 
 
@@ -312,8 +319,7 @@ def _build(cls: type, values: tuple[Any, ...]) -> Any:
 
 def _instances(cls: type) -> st.SearchStrategy[Any]:
     hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.init]
-    parts = st.tuples(*(_deferred(hints[f.name]) for f in fields))
+    parts = st.tuples(*(_deferred(hints[name]) for name in _field_names(cls)))
     return parts.map(lambda v: _build(cls, v)).filter(lambda m: m is not None)
 
 
