@@ -232,6 +232,10 @@ class Host(abc.ABC):
     CPU-starved node: every input is handled that many seconds late.
     """
 
+    # Slots, so that a subclass with its own (SwimHost: a thousand of them,
+    # one touched per datagram) keeps every attribute inline.
+    __slots__ = ("_epoch", "_timer", "crashes", "loop", "network", "node_id", "slowness", "up")
+
     def __init__(self, node_id: NodeId, loop: EventLoop, network: Network) -> None:
         self.node_id = node_id
         self.loop = loop

@@ -246,6 +246,25 @@ class _LeanNetwork(Network):
 class SwimHost(Host):
     """One simulated member; its node id on the network is its ``(addr, port)``."""
 
+    __slots__ = (
+        "addr",
+        "bootstrap",
+        "cluster",
+        "config",
+        "core",
+        "departed",
+        "generation",
+        "incarnation_hint",
+        "joined",
+        "keyring",
+        "name",
+        "recv_delay",
+        "seed",
+        "tags",
+        "wake_at",
+        "wake_token",
+    )
+
     def __init__(
         self,
         cluster: SwimCluster,
