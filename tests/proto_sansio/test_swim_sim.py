@@ -18,6 +18,8 @@ alive -> suspect -> failed -> left); each test adds its own property:
 from __future__ import annotations
 
 import dataclasses
+import random
+from collections.abc import Callable
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -428,3 +430,52 @@ def test_every_datagram_fits_the_udp_limit_under_load() -> None:
     sizes = [d.size for d in c.network.trace]
     assert sizes and max(sizes) <= LOCAL.max_packet_size
     assert max(sizes) > 1000  # the packets really were packed
+
+
+_DELAYS = st.sampled_from([0.0, 1e-4, 0.0499, 0.05, 0.0500001, 0.1, 0.3, 7.0, 120.0]) | st.floats(
+    0, 200, allow_nan=False
+)
+
+
+@settings(max_examples=SOME)
+@given(
+    program=st.lists(st.tuples(_DELAYS, st.integers(0, 3)), min_size=1, max_size=40),
+    horizons=st.lists(st.floats(0, 400, allow_nan=False), min_size=1, max_size=4),
+    stepped=st.booleans(),
+)
+def test_the_bucketed_event_queue_runs_events_in_the_order_of_one_heap(
+    program: list[tuple[float, int]], horizons: list[float], stepped: bool
+) -> None:
+    """The SWIM simulator's queue (a heap per bucket of time) against the shared
+    loop's single heap: the same program of timers, some scheduling more as
+    they run (into the bucket being run, too), gives the same order and times."""
+    from dkron.testing.sim import EventLoop, LinkFaults
+    from dkron.testing.swim_sim import _LeanLoop, _LeanNetwork
+
+    def run(loop: EventLoop) -> list[tuple[int, float]]:
+        order: list[tuple[int, float]] = []
+        ids = iter(range(10**6))
+
+        def timer(i: int, depth: int) -> Callable[[], None]:
+            def fire() -> None:
+                order.append((i, loop.now))
+                if depth < 2:
+                    start = i % len(program)
+                    for delay, _ in program[start : start + program[start][1]]:
+                        loop.call_later(delay, timer(next(ids), depth + 1))
+
+            return fire
+
+        for delay, _ in program:
+            loop.call_later(delay, timer(next(ids), 0))
+        for h in sorted(horizons):
+            if stepped:
+                while (t := loop.next_time()) is not None and t <= h:
+                    loop.step()
+            else:
+                loop.run_until(h)
+        return order
+
+    lean = _LeanLoop()
+    _LeanNetwork(lean, random.Random(0), LinkFaults(), record=False)
+    assert run(lean) == run(EventLoop())
