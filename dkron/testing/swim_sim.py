@@ -42,7 +42,7 @@ from dkron.proto_sansio.swim import (
     SwimNode,
     UserEvent,
 )
-from dkron.proto_sansio.swim_wire import Keyring, PushNodeState, WireState
+from dkron.proto_sansio.swim_wire import Keyring, KnownLayout, PushNodeState, WireState
 from dkron.testing.sim import Datagram, EventLoop, Host, LinkFaults, Network, Timer
 
 __all__ = [
@@ -356,6 +356,7 @@ class SwimHost(Host):
             keyring=self.keyring,
             incarnation=self.incarnation_hint,
             decode_cache=self.cluster.decode_cache,
+            layout_cache=self.cluster.layout_cache,
         )
         if self.bootstrap:
             self.core.bootstrap_members(self.bootstrap, self.loop.now)
@@ -508,6 +509,8 @@ class SwimCluster:
         # One memo of decoded broadcasts for every member: a broadcast is
         # decoded once per run instead of once per member that hears it.
         self.decode_cache: dict[bytes, object] = {}
+        # And of encoded push-pull layouts: members with equal tables share one.
+        self.layout_cache: dict[tuple[str, ...], list[KnownLayout]] = {}
         self.by_addr: dict[Address, SwimHost] = {}
         self.transitions: list[Transition] = []
         self.events: list[ObservedEvent] = []

@@ -41,6 +41,7 @@ from dkron.proto_sansio.swim_wire import (
     Dead,
     IndirectPing,
     Keyring,
+    KnownLayout,
     LeaveIntent,
     Nack,
     Ping,
@@ -701,3 +702,50 @@ def test_a_push_pull_in_our_layout_merges_as_the_full_path_does(
         slow.handle_timer(t)
         assert fast.drain() == slow.drain()
         assert fast.members() == slow.members()
+
+
+_VARIANT = st.dictionaries(
+    st.integers(0, 7),
+    st.sampled_from(["tags", "port", "addr", "gone"]),
+    max_size=3,
+)
+
+
+@given(st.lists(_VARIANT, min_size=1, max_size=4))
+def test_members_sharing_a_layout_memo_send_what_each_would_encode_alone(
+    variants: list[dict[int, str]],
+) -> None:
+    """Nodes of one process share encoded push-pull layouts (``layout_cache``) only
+    for equal columns: every node's push-pull, whatever the others put in the memo
+    first, is byte for byte the one it encodes with no memo."""
+    memo: dict[tuple[str, ...], list[KnownLayout]] = {}
+
+    def table(variant: dict[int, str]) -> list[PushNodeState]:
+        rows = []
+        for i in range(8):
+            change = variant.get(i)
+            if change == "gone":
+                continue
+            rows.append(
+                PushNodeState(
+                    f"m{i}",
+                    f"10.2.0.{i + (100 if change == 'addr' else 0)}",
+                    7000 if change == "port" else 7946,
+                    {"role": "changed" if change == "tags" else "w"},
+                    1,
+                    WireState.ALIVE,
+                    False,
+                )
+            )
+        return rows
+
+    def push_pull(variant: dict[int, str], **kw: object) -> bytes:
+        n = node("me", A, LAN, **kw)
+        n.bootstrap_members(table(variant), 0.0)
+        n.drain()
+        n.start_push_pull(B, 1.0)
+        (stream,) = [a for a in n.drain() if isinstance(a, SendStream)]
+        return stream.data
+
+    for variant in variants + variants:  # the second round finds them all in the memo
+        assert push_pull(variant, layout_cache=memo) == push_pull(variant)
