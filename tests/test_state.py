@@ -761,3 +761,47 @@ def test_batch_elements_are_the_single_commands() -> None:
     assert [c for c, _ in each_applied(started, result)] == [ExecutionStarted(ex)] * 2
     one = ApplyResult(index=1, ok=True, parts=(ApplyResult(index=1, ok=True),))
     assert [c for c, _ in each_applied(finished, one)] == [ExecutionFinished(done)]
+
+
+_store_op = st.tuples(
+    st.integers(0, 11),  # which run
+    st.integers(0, 40),  # its start, in seconds after T0
+    st.sampled_from(["start", "finish", "both"]),
+    st.sampled_from(["n1", "n2"]),
+)
+
+
+@given(st.lists(_store_op, min_size=1, max_size=60), st.integers(1, 5), st.booleans())
+def test_the_eviction_index_evicts_what_a_plain_scan_would(
+    ops: list[tuple[int, int, str, str]], cap: int, clear: bool
+) -> None:
+    """``_Activity``'s finished index (a sorted list read from a moving head)
+    against a plain model: after every store and prune, the records kept are
+    the running ones plus the newest finished by ``(started_at, id)``, as many
+    as the cap leaves room for."""
+    from dkron.state import _Activity
+
+    act = _Activity()
+    model: dict[str, Execution] = {}
+    for step, (run, second, what, node) in enumerate(ops):
+        started = T0 + second * S + run  # unique per run, in any order
+        ex = Execution("job1", started, node, group=started, attempt=1)
+        done = dataclasses.replace(ex, finished_at=started + S, success=True)
+        records = {"start": [ex], "finish": [done], "both": [ex, done]}[what]
+        for record in records:
+            stored = model.get(record.id)
+            if stored is not None and stored.finished_at is not None:
+                continue  # a finished record is stored once, as apply does
+            act.store(record.id, record)
+            model[record.id] = record
+            act.prune(cap)
+            finished = sorted((e.started_at, k) for k, e in model.items() if e.finished_at)
+            excess = len(model) - cap
+            for _, k in finished[: max(0, excess)]:
+                del model[k]
+            assert act.executions == model
+        if clear and step % 7 == 6:  # DeleteExecutions: finished records go, index entries stay
+            for k in [k for k, e in model.items() if e.finished_at]:
+                act.evict(k)
+                del model[k]
+    assert act.running == {k for k, e in model.items() if e.finished_at is None}
