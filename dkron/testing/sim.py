@@ -56,8 +56,12 @@ class EventLoop:
 
     def call_at(self, at: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(max(at, self.now), callback)
-        heapq.heappush(self._heap, (timer.at, next(self._seq), timer))
+        self.push((timer.at, next(self._seq), timer))
         return timer
+
+    def push(self, entry: tuple[float, int, Any]) -> None:
+        """Queue an entry ``(time, insertion, item)``; a subclass may keep them otherwise."""
+        heapq.heappush(self._heap, entry)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.call_at(self.now + delay, callback)

@@ -43,7 +43,7 @@ from dkron.proto_sansio.swim import (
     UserEvent,
 )
 from dkron.proto_sansio.swim_wire import Keyring, KnownLayout, PushNodeState, WireState
-from dkron.testing.sim import Datagram, EventLoop, Host, LinkFaults, Network, Timer
+from dkron.testing.sim import Datagram, EventLoop, Host, LinkFaults, Network
 
 __all__ = [
     "InvariantViolation",
@@ -131,11 +131,6 @@ class _LeanLoop(EventLoop):
             heapq.heappush(self._keys, key)
         else:
             heapq.heappush(bucket, entry)
-
-    def call_at(self, at: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(max(at, self.now), callback)
-        self.push((timer.at, next(self._seq), timer))
-        return timer
 
     def _head(self) -> list[tuple[float, int, Any]] | None:
         """The earliest non-empty bucket (emptied buckets are dropped as they empty)."""
