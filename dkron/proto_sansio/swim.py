@@ -36,7 +36,7 @@ import itertools
 import math
 import operator
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import cbor2
@@ -53,6 +53,7 @@ from dkron.proto_sansio.swim_wire import (
     KnownLayout,
     LeaveIntent,
     Nack,
+    PacketItems,
     Ping,
     PushNodeState,
     PushPull,
@@ -76,6 +77,7 @@ __all__ = [
     "LOCAL",
     "WAN",
     "Address",
+    "BootstrapMemo",
     "EventKind",
     "JoinResult",
     "LeaveComplete",
@@ -270,6 +272,12 @@ class NodeState(enum.Enum):
     DEAD = "dead"
     LEFT = "left"
 
+    # Enum's own hash runs in Python (it hashes the name); a gossip storm
+    # looks states up in dicts and sets a few hundred thousand times per
+    # simulated second.  Members are singletons compared by identity, so
+    # the identity hash agrees with equality.
+    __hash__ = object.__hash__
+
 
 class MemberStatus(enum.IntEnum):
     """Serf's statuses, with the integer codes Dkron's ``/v1/members`` reports."""
@@ -290,6 +298,8 @@ class MemberHealth(enum.Enum):
     LEAVING = "leaving"
     FAILED = "failed"
     LEFT = "left"
+
+    __hash__ = object.__hash__  # as NodeState's
 
 
 class EventKind(enum.Enum):
@@ -444,6 +454,7 @@ class _Node:
         "leaving",
         "name",
         "port",
+        "shared",
         "state",
         "state_change",
         "tags",
@@ -464,6 +475,8 @@ class _Node:
         self.wire = _WIRE_ALIVE
         self.leaving = False
         self.state_change = now
+        # Held by every node of a BootstrapMemo: copied before any change.
+        self.shared = False
 
     @property
     def address(self) -> Address:
@@ -478,6 +491,43 @@ class _Node:
         if state is NodeState.DEAD:
             return MemberHealth.LEFT if self.leaving else MemberHealth.FAILED
         return MemberHealth.LEFT
+
+
+class BootstrapMemo:
+    """Lets the nodes of one process (a simulation) share the records of one bootstrap.
+
+    A thousand simulated members that each restore the same thousand-member
+    table hold a million records, equal until a member's view changes: the
+    tables no longer fit in any cache, and building them is a tenth of a
+    lossless run.  With a memo the nodes hold one record per member between
+    them.  A node copies a shared record into its own table before it first
+    changes it (:meth:`SwimNode._own`), so what each node does is exactly
+    what it does with private records.  The agent passes none.
+
+    The memo serves the one ``states`` list it was first given (by identity,
+    at one instant); the caller must not change that list while nodes share
+    it.  Another list or instant replaces it.
+    """
+
+    __slots__ = ("_now", "_states", "_table")
+
+    def __init__(self) -> None:
+        self._states: object = None
+        self._now = 0.0
+        self._table: dict[str, _Node] = {}
+
+    def table(self, states: Sequence[PushNodeState], now: float) -> dict[str, _Node]:
+        """The shared records of ``states``' live rows; a repeated name keeps its first row."""
+        if states is not self._states or now != self._now:
+            gone = (WireState.DEAD, WireState.LEFT)
+            table: dict[str, _Node] = {}
+            for st in states:
+                if st.state not in gone and st.name not in table:
+                    node = _Node(st.name, st.addr, st.port, st.tags, st.incarnation, now)
+                    node.shared = True
+                    table[st.name] = node
+            self._states, self._now, self._table = states, now, table
+        return self._table
 
 
 class _Probe:
@@ -601,7 +651,8 @@ class SwimNode:
     ``decode_cache`` lets the nodes of one process (a simulation) share the
     memo of decoded broadcasts; each node keeps its own when it is None.
     ``layout_cache`` likewise shares encoded push-pull layouts (see
-    :meth:`_encoded_layout`).
+    :meth:`_encoded_layout`), and ``packet_cache`` decoded gossip packets
+    (a member sends the same packet to several peers).
     """
 
     # Slots: a thousand simulated members each touch a dozen of these per
@@ -638,6 +689,7 @@ class SwimNode:
         "_num_live",
         "_other_pos",
         "_others",
+        "_packets",
         "_pp_token",
         "_probe",
         "_probe_deadline",
@@ -681,6 +733,7 @@ class SwimNode:
         incarnation: int = 0,
         decode_cache: dict[bytes, object] | None = None,
         layout_cache: dict[tuple[str, ...], list[KnownLayout]] | None = None,
+        packet_cache: dict[bytes, PacketItems] | None = None,
     ) -> None:
         tags_d = dict(tags or {})
         try:
@@ -719,7 +772,8 @@ class SwimNode:
         # Bumped whenever a member is added or removed or changes address or
         # tags: the push-pull columns that only such changes touch.
         self._layout = 0
-        self._layout_cache: tuple[int, KnownLayout, list[_Node]] | None = None
+        # None for the node list: looked up again from the table when needed.
+        self._layout_cache: tuple[int, KnownLayout, list[_Node] | None] | None = None
         self._bcast_order = 0
         self._timers: list[_Entry] = []
         self._timer_seq = 0
@@ -747,6 +801,7 @@ class SwimNode:
         self._decoded: dict[bytes, object] = {} if decode_cache is None else decode_cache
         self._decoded_limit = _PRIVATE_CACHE if decode_cache is None else _SHARED_CACHE
         self._layout_memo = layout_cache
+        self._packets = packet_cache
         self._raw = b""
         self._raw_msg: object = None
         self._now = now
@@ -787,7 +842,7 @@ class SwimNode:
                 self._count("dropped_undecryptable")
                 return
         try:
-            items = decode_packet_items(packet, self._decoded, self._decoded_limit)
+            items = decode_packet_items(packet, self._decoded, self._decoded_limit, self._packets)
         except RemoteProtocolError:
             self._count("dropped_malformed")
             return
@@ -994,17 +1049,43 @@ class SwimNode:
         self._event_ltime += 1
         self._on_user_event(msg, now)
 
-    def bootstrap_members(self, states: Iterable[PushNodeState], now: float) -> None:
+    def bootstrap_members(
+        self, states: Sequence[PushNodeState], now: float, *, memo: BootstrapMemo | None = None
+    ) -> None:
         """Install known live members silently (snapshot restore, simulations).
 
         Nothing is gossiped and no events are emitted: the caller already
         knows these members, and a thousand-member restore must stay cheap.
+        ``memo`` shares the records with the other nodes of the process that
+        bootstrap from the same list (see :class:`BootstrapMemo`).
         """
         self._now = now
         self._require_running()
         members = self._members
         others = self._others
         first = len(others)
+        if memo is not None:
+            added = memo.table(states, now).copy()
+            for name in added.keys() & members.keys():
+                del added[name]
+        else:
+            added = self._fresh_nodes(states, now)
+        members.update(added)
+        self._layout += 1
+        others.extend(added)
+        self._other_pos.update(zip(others[first:], range(first, len(others)), strict=True))
+        self._num_live += len(others) - first
+        self._version += 1
+        # Stagger the first push-pull over the interval this size calls for.
+        self._pp_token = object()
+        interval = push_pull_interval(self.config, len(members))
+        self._at(now + self._rng.uniform(0, 1.0) * interval, _T.PUSH_PULL, None, self._pp_token)
+        self._probe_list = [n for n in others if members[n].state in _LIVE]
+        self._probe_pos = 0
+
+    def _fresh_nodes(self, states: Sequence[PushNodeState], now: float) -> dict[str, _Node]:
+        """Records of the live rows we do not hold, built at C speed by ``map``."""
+        members = self._members
         gone = (WireState.DEAD, WireState.LEFT)
         fresh = [st for st in states if st.state not in gone and st.name not in members]
         names = [st.name for st in fresh]
@@ -1025,18 +1106,7 @@ class SwimNode:
             added = {}
             for name, node in zip(names, nodes, strict=True):
                 added.setdefault(name, node)
-        members.update(added)
-        self._layout += 1
-        others.extend(added)
-        self._other_pos.update(zip(others[first:], range(first, len(others)), strict=True))
-        self._num_live += len(others) - first
-        self._version += 1
-        # Stagger the first push-pull over the interval this size calls for.
-        self._pp_token = object()
-        interval = push_pull_interval(self.config, len(members))
-        self._at(now + self._rng.uniform(0, 1.0) * interval, _T.PUSH_PULL, None, self._pp_token)
-        self._probe_list = [n for n in others if members[n].state in _LIVE]
-        self._probe_pos = 0
+        return added
 
     # -- queries ------------------------------------------------------------------
 
@@ -1184,6 +1254,8 @@ class SwimNode:
             if not reclaimable:
                 self._count("dropped_name_conflict")
                 return
+            if node.shared:
+                node = self._own(node)
             node.addr, node.port = msg.addr, msg.port
             self._layout += 1
             self._version += 1
@@ -1374,6 +1446,8 @@ class SwimNode:
             and new_state not in _LEGAL[node.state]
         ):
             return False
+        if node.shared:
+            node = self._own(node)
         self._version += 1
         old_health = node.health()
         was_live = node.state in _LIVE
@@ -1400,6 +1474,26 @@ class SwimNode:
         if tags_changed and old_health in _UP and node.health() in _UP:
             self._actions.append(MemberEvent(kind=EventKind.UPDATE, member=self._view(node)))
         return True
+
+    def _own(self, node: _Node) -> _Node:
+        """Our private copy of a record shared through a :class:`BootstrapMemo`.
+
+        The copy takes the shared record's place in the member table, and
+        the cached push-pull layout drops its node list (which is rebuilt
+        from the table), so nothing of ours refers to the shared one.
+        """
+        mine = _Node(node.name, node.addr, node.port, node.tags, node.incarnation, 0.0)
+        mine.state = node.state
+        mine.wire = node.wire
+        mine.leaving = node.leaving
+        mine.state_change = node.state_change
+        self._members[node.name] = mine
+        layout = self._layout_cache
+        if layout is not None and layout[2] is not None:
+            # The layout's node list is looked up again when next needed:
+            # a member changes several records between two push-pulls.
+            self._layout_cache = (layout[0], layout[1], None)
+        return mine
 
     def _emit_change(self, node: _Node, old: MemberHealth, now: float) -> None:
         new = node.health()
@@ -1707,11 +1801,20 @@ class SwimNode:
         self._gossip_armed = False
         if not self._qlist:
             return
+        last: list[bytes] = []
+        data = b""
+        plain = self._keyring is None
         for node in self._gossip_targets(now - self.config.gossip_to_the_dead):
             parts = self._take_broadcasts(self._budget)
             if not parts:
                 break
-            self._emit_packet(node.address, parts)
+            if plain and parts == last:
+                # The same broadcasts as the previous target's: the same bytes
+                # (with a keyring every packet needs its own nonce).
+                self._actions.append(SendPacket(addr=node.address, data=data))
+                continue
+            last = parts
+            data = self._emit_packet(node.address, parts)
         if self._qlist and not self._gossip_armed:
             self._gossip_armed = True
             self._at_gossip()
@@ -1721,13 +1824,14 @@ class SwimNode:
             parts = parts + self._take_broadcasts(self._budget - sum(map(len, parts)))
         self._emit_packet(addr, parts)
 
-    def _emit_packet(self, addr: Address, parts: list[bytes]) -> None:
+    def _emit_packet(self, addr: Address, parts: list[bytes]) -> bytes:
         data = encode_packet(parts)
         if self._keyring is not None:
             data = self._keyring.encrypt(data, self._rng.randbytes(NONCE_SIZE))
         if len(data) > self.config.max_packet_size:
             raise LocalProtocolError("internal error: packet exceeds the UDP limit")
         self._actions.append(SendPacket(addr=addr, data=data))
+        return data
 
     def _seal(self, body: bytes) -> bytes:
         if self._keyring is None:
@@ -1765,15 +1869,21 @@ class SwimNode:
         member table encode the same bytes (see :class:`KnownLayout`).
         """
         layout = self._layout_cache
-        if layout is None or layout[0] != self._layout:
+        if layout is not None and layout[0] == self._layout:
+            known = layout[1]
+            cached_nodes = layout[2]
+            if cached_nodes is not None:
+                return self._layout, known, cached_nodes
+            nodes = list(map(self._members.__getitem__, known.names))
+        else:
             nodes = sorted(self._members.values(), key=_NAME)
             names = tuple(map(_NAME, nodes))
             addrs = tuple(map(_ADDR, nodes))
             ports = tuple(map(_PORT, nodes))
             tags = tuple(map(_TAGS, nodes))
             known = self._encoded_layout(names, addrs, ports, tags)
-            layout = self._layout_cache = (self._layout, known, nodes)
-        return layout
+        self._layout_cache = (self._layout, known, nodes)
+        return self._layout, known, nodes
 
     def _encoded_layout(
         self,
@@ -1896,7 +2006,7 @@ class SwimNode:
         cached = self._layout_cache
         if cached is None or cached[0] != self._layout or msg.names is not cached[1].names:
             return False
-        nodes = cached[2]
+        nodes = self._current_layout()[2]
         return (
             _WIRE_SUSPECT not in msg.states
             and msg.incarnations == tuple(map(_INC, nodes))

@@ -40,6 +40,7 @@ __all__ = [
     "MAX_PACKET_MESSAGES",
     "MAX_STREAM",
     "NONCE_SIZE",
+    "PACKET_CACHE_SIZE",
     "Ack",
     "Alive",
     "Dead",
@@ -48,6 +49,7 @@ __all__ = [
     "KnownLayout",
     "LeaveIntent",
     "Nack",
+    "PacketItems",
     "Ping",
     "PushNodeState",
     "PushPull",
@@ -373,6 +375,13 @@ _PACKET_CLASSES = frozenset(_PACKET_KINDS.values())
 # Broadcasts repeat; probes and acks carry fresh sequence numbers and never do.
 _CACHEABLE = frozenset({Alive, Suspect, Dead, LeaveIntent, UserEventMessage})
 _CACHE_SIZE = 512
+# Whole packets remembered by ``decode_packet_items``: only the last few
+# matter (a gossip round reaches its peers within milliseconds).
+PACKET_CACHE_SIZE = 64
+
+# The messages of one packet, each with its framed bytes (read-only: shared
+# through a packet memo).
+PacketItems = tuple[tuple[bytes, object], ...]
 _PING_KIND = 1
 _ACK_KIND = 3
 _PUSH_PULL_KIND = 10
@@ -519,14 +528,25 @@ def decode_packet(data: bytes, cache: dict[bytes, object] | None = None) -> list
 
 
 def decode_packet_items(
-    data: bytes, cache: dict[bytes, object] | None = None, cache_limit: int = _CACHE_SIZE
-) -> list[tuple[bytes, object]]:
+    data: bytes,
+    cache: dict[bytes, object] | None = None,
+    cache_limit: int = _CACHE_SIZE,
+    packets: dict[bytes, PacketItems] | None = None,
+) -> PacketItems:
     """Each message of a datagram with its encoded body (re-framed by :func:`frame_body`).
 
     ``cache`` maps framed message bytes already decoded to the (immutable)
     message, so repeated broadcasts cost a dictionary lookup; it is emptied
-    when it reaches ``cache_limit`` entries.
+    when it reaches ``cache_limit`` entries.  ``packets`` likewise maps whole
+    packets made only of such broadcasts to their items: a member gossips
+    the same packet to several peers, and the nodes of one process (a
+    simulation) that share this memo decode it once.  It is emptied at
+    :data:`PACKET_CACHE_SIZE` entries.
     """
+    if packets is not None:
+        known = packets.get(data)
+        if known is not None:
+            return known
     try:
         raw = cbor2.loads(data)
     except Exception as exc:  # every parser failure is the peer's fault
@@ -544,8 +564,12 @@ def decode_packet_items(
         except TypeError:
             hits = []
         if hits and all(hits):
-            return list(zip(raw, hits, strict=True))
+            items = tuple(zip(raw, hits, strict=True))
+            if packets is not None:
+                _remember(packets, data, items)
+            return items
     out: list[tuple[bytes, object]] = []
+    only_broadcasts = True
     for item in raw:
         if type(item) is not bytes:
             raise RemoteProtocolError("a packet item is a byte string")
@@ -556,11 +580,23 @@ def decode_packet_items(
                 continue
         msg = _decode_item(item)
         out.append((item, msg))
-        if cache is not None and type(msg) in _CACHEABLE:
-            if len(cache) >= cache_limit:
-                cache.clear()
-            cache[item] = msg
-    return out
+        if type(msg) in _CACHEABLE:
+            if cache is not None:
+                if len(cache) >= cache_limit:
+                    cache.clear()
+                cache[item] = msg
+        else:
+            only_broadcasts = False
+    items = tuple(out)
+    if packets is not None and only_broadcasts:
+        _remember(packets, data, items)
+    return items
+
+
+def _remember(packets: dict[bytes, PacketItems], data: bytes, items: PacketItems) -> None:
+    if len(packets) >= PACKET_CACHE_SIZE:
+        packets.clear()
+    packets[data] = items
 
 
 def _decode_item(item: bytes) -> object:

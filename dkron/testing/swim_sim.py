@@ -29,6 +29,7 @@ from typing import Any
 from dkron.proto_sansio.swim import (
     LOCAL,
     Address,
+    BootstrapMemo,
     EventKind,
     JoinResult,
     LeaveComplete,
@@ -42,7 +43,13 @@ from dkron.proto_sansio.swim import (
     SwimNode,
     UserEvent,
 )
-from dkron.proto_sansio.swim_wire import Keyring, KnownLayout, PushNodeState, WireState
+from dkron.proto_sansio.swim_wire import (
+    Keyring,
+    KnownLayout,
+    PacketItems,
+    PushNodeState,
+    WireState,
+)
 from dkron.testing.sim import Datagram, EventLoop, Host, LinkFaults, Network
 
 __all__ = [
@@ -352,9 +359,12 @@ class SwimHost(Host):
             incarnation=self.incarnation_hint,
             decode_cache=self.cluster.decode_cache,
             layout_cache=self.cluster.layout_cache,
+            packet_cache=self.cluster.packet_cache,
         )
         if self.bootstrap:
-            self.core.bootstrap_members(self.bootstrap, self.loop.now)
+            self.core.bootstrap_members(
+                self.bootstrap, self.loop.now, memo=self.cluster.bootstrap_memo
+            )
             self.bootstrap = []
 
     def deliver(self, src: Any, msg: Any) -> None:
@@ -486,6 +496,7 @@ class SwimCluster:
         bootstrap: bool = True,
         configs: Sequence[SwimConfig] | None = None,
         check: bool = True,
+        share: bool = True,
     ) -> None:
         self.loop = _LeanLoop()
         self.seed = seed
@@ -501,11 +512,17 @@ class SwimCluster:
         self.keyring = keyring
         self.config = config
         self.hosts: dict[str, SwimHost] = {}
-        # One memo of decoded broadcasts for every member: a broadcast is
-        # decoded once per run instead of once per member that hears it.
-        self.decode_cache: dict[bytes, object] = {}
-        # And of encoded push-pull layouts: members with equal tables share one.
-        self.layout_cache: dict[tuple[str, ...], list[KnownLayout]] = {}
+        # Memos the members share (``share=False``: each keeps its own, as
+        # agents do; what a member does is the same either way).  Decoded
+        # broadcasts: a broadcast is decoded once per run instead of once per
+        # member that hears it.  Decoded gossip packets: a member sends the
+        # same packet to several peers.  Encoded push-pull layouts: members
+        # with equal tables share one.  Bootstrapped member records: copied
+        # by a member when it changes one.
+        self.decode_cache: dict[bytes, object] | None = {} if share else None
+        self.packet_cache: dict[bytes, PacketItems] | None = {} if share else None
+        self.layout_cache: dict[tuple[str, ...], list[KnownLayout]] | None = {} if share else None
+        self.bootstrap_memo = BootstrapMemo() if share else None
         self.by_addr: dict[Address, SwimHost] = {}
         self.transitions: list[Transition] = []
         self.events: list[ObservedEvent] = []

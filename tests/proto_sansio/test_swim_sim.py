@@ -28,6 +28,7 @@ from dkron.proto_sansio.swim import (
     LOCAL,
     EventKind,
     MemberHealth,
+    SendStream,
     convergence_bound,
     detection_bound,
 )
@@ -257,6 +258,47 @@ _faults = st.builds(
 )
 
 
+def _run_schedule(c: SwimCluster, schedule: list[_Fault]) -> set[str]:
+    """Apply the faults in time order; returns the members that left."""
+    names = sorted(c.hosts)
+    n = len(names)
+    left: set[str] = set()
+    partitioned = False
+    leave_quiet_until = 0.0  # a leave needs a moment of connectivity to be heard
+    for f in sorted(schedule, key=lambda f: f.at):
+        c.run_until(max(c.now, f.at))
+        name = names[f.a % n]
+        host = c.hosts[name]
+        if f.kind == "crash" and host.up and name not in left:
+            c.crash(name)
+        elif f.kind == "restart" and not host.up and name not in left:
+            seeds = [h.name for h in c.live_hosts()]
+            if seeds:
+                c.restart(name, seeds[:1])
+        elif f.kind == "partition" and c.now >= leave_quiet_until:
+            k = f.b % n or 1
+            c.partition(names[:k], names[k:])
+            partitioned = True
+        elif f.kind == "heal":
+            c.heal()
+            partitioned = False
+        elif f.kind == "slow" and host.up:
+            c.set_recv_delay(name, 0.05 * f.b)
+        elif (
+            f.kind == "leave"
+            and host.up
+            and not host.node.leaving
+            and len(left) < n - 2
+            and not partitioned  # a leave nobody can hear is a failure, as in Serf
+        ):
+            c.leave(name)
+            left.add(name)
+            leave_quiet_until = c.now + 2 * LOCAL.leave_broadcast_timeout
+        elif f.kind == "tags" and host.up and not host.node.leaving:
+            c.set_tags(name, {"v": str(f.b)})
+    return left
+
+
 @settings(max_examples=SOME)
 @given(
     n=st.integers(3, 7),
@@ -292,40 +334,7 @@ def test_fault_schedules_then_recovery(
     c = SwimCluster(n, seed=seed, loss=loss, duplicate=0.02)
     c.after_step = c.check_self_views
     names = sorted(c.hosts)
-    left: set[str] = set()
-    partitioned = False
-    leave_quiet_until = 0.0  # a leave needs a moment of connectivity to be heard
-    for f in sorted(schedule, key=lambda f: f.at):
-        c.run_until(max(c.now, f.at))
-        name = names[f.a % n]
-        host = c.hosts[name]
-        if f.kind == "crash" and host.up and name not in left:
-            c.crash(name)
-        elif f.kind == "restart" and not host.up and name not in left:
-            seeds = [h.name for h in c.live_hosts()]
-            if seeds:
-                c.restart(name, seeds[:1])
-        elif f.kind == "partition" and c.now >= leave_quiet_until:
-            k = f.b % n or 1
-            c.partition(names[:k], names[k:])
-            partitioned = True
-        elif f.kind == "heal":
-            c.heal()
-            partitioned = False
-        elif f.kind == "slow" and host.up:
-            c.set_recv_delay(name, 0.05 * f.b)
-        elif (
-            f.kind == "leave"
-            and host.up
-            and not host.node.leaving
-            and len(left) < n - 2
-            and not partitioned  # a leave nobody can hear is a failure, as in Serf
-        ):
-            c.leave(name)
-            left.add(name)
-            leave_quiet_until = c.now + 2 * LOCAL.leave_broadcast_timeout
-        elif f.kind == "tags" and host.up and not host.node.leaving:
-            c.set_tags(name, {"v": str(f.b)})
+    left = _run_schedule(c, schedule)
     # Repair: heal, un-slow, restart the crashed (they rejoin through a live member).
     c.heal()
     c.network.faults.loss = 0.0
@@ -479,3 +488,41 @@ def test_the_bucketed_event_queue_runs_events_in_the_order_of_one_heap(
     lean = _LeanLoop()
     _LeanNetwork(lean, random.Random(0), LinkFaults(), record=False)
     assert run(lean) == run(EventLoop())
+
+
+@settings(max_examples=SOME)
+@given(
+    n=st.integers(2, 7),
+    seed=st.integers(0, 2**16),
+    loss=st.sampled_from([0.0, 0.1]),
+    schedule=st.lists(_faults, max_size=8),
+    seconds=st.floats(0.0, 20.0),
+)
+def test_members_sharing_memos_do_exactly_what_each_does_alone(
+    n: int, seed: int, loss: float, schedule: list[_Fault], seconds: float
+) -> None:
+    """The memos simulated members share (bootstrapped member records copied on
+    change, decoded broadcasts and gossip packets, encoded push-pull layouts)
+    change nothing a member does: the same faults give the same datagrams, the
+    same state changes and events, and in the end the same member tables and
+    the same full state offered to a push-pull."""
+
+    def run(share: bool) -> list[object]:
+        c = SwimCluster(n, seed=seed, loss=loss, duplicate=0.02, share=share)
+        _run_schedule(c, schedule)
+        c.run_for(seconds)
+        offers = []
+        for h in c.live_hosts():
+            h.node.drain()
+            h.node.start_push_pull(("10.9.9.9", 1), c.now)
+            offers.append([a for a in h.node.drain() if isinstance(a, SendStream)])
+        return [
+            c.network.trace,
+            c.transitions,
+            c.events,
+            c.user_events,
+            [(h.name, h.node.members(), h.node.counters) for h in c.live_hosts()],
+            offers,
+        ]
+
+    assert run(True) == run(False)

@@ -21,6 +21,7 @@ from dkron.proto_sansio.swim_wire import (
     KnownLayout,
     LeaveIntent,
     Nack,
+    PacketItems,
     Ping,
     PushNodeState,
     PushPull,
@@ -306,22 +307,35 @@ cached_kinds = st.one_of(
 )
 
 
-@given(st.lists(cached_kinds, min_size=1, max_size=6), st.integers(0, 5))
-def test_decode_cache_gives_the_uncached_answer(msgs: list[object], warm: int) -> None:
+@given(
+    st.lists(st.one_of(cached_kinds, st.builds(Ack, counters)), min_size=1, max_size=6),
+    st.integers(0, 5),
+    st.booleans(),
+)
+def test_decode_caches_give_the_uncached_answer(msgs: list[object], warm: int, memo: bool) -> None:
+    """The broadcast memo and the whole-packet memo: same items, and a packet
+    is remembered only when every message in it is a cacheable broadcast."""
     cache: dict[bytes, object] = {}
+    packets: dict[bytes, PacketItems] | None = {} if memo else None
     data = encode_packet([pack_message(m) for m in msgs])
     # Warm the cache with some of the messages, then with the whole packet.
-    decode_packet_items(encode_packet([pack_message(m) for m in msgs[:warm] or msgs]), cache)
+    warm_up = encode_packet([pack_message(m) for m in msgs[:warm] or msgs])
+    decode_packet_items(warm_up, cache, packets=packets)
     for _ in range(2):
-        assert decode_packet_items(data, cache) == decode_packet_items(data)
-        assert [m for _, m in decode_packet_items(data, cache)] == msgs
+        assert decode_packet_items(data, cache, packets=packets) == decode_packet_items(data)
+        assert [m for _, m in decode_packet_items(data, cache, packets=packets)] == msgs
+    if packets is not None:
+        assert (data in packets) == all(not isinstance(m, Ack) for m in msgs)
 
 
 def test_decode_cache_does_not_hide_a_bad_item() -> None:
     cache: dict[bytes, object] = {}
+    packets: dict[bytes, PacketItems] = {}
     good = pack_message(Suspect(1, "a", "b"))
-    decode_packet_items(encode_packet([good]), cache)
+    decode_packet_items(encode_packet([good]), cache, packets=packets)
     for bad in ([good, b"\x41\x00"], [good, [1, 2]], [good, 7]):
         data = b"\x82" + good + cbor2.dumps(bad[1])
-        with pytest.raises(RemoteProtocolError):
-            decode_packet_items(data, cache)
+        for _ in range(2):
+            with pytest.raises(RemoteProtocolError):
+                decode_packet_items(data, cache, packets=packets)
+    assert list(packets) == [encode_packet([good])]
