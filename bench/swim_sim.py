@@ -27,6 +27,8 @@ Scenarios per line:
 * ``sim_datagrams_per_cpu_s``: datagrams simulated per CPU second over all of
   the line's runs (gossip storms of the lossy runs carry several messages per
   datagram), and ``_steady`` over the steady-state window alone.
+
+    python bench/swim_sim.py --gc-threshold 700   # CPython's default collector schedule
 """
 
 from __future__ import annotations
@@ -240,7 +242,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=100_000,
+        help="allocations between young-generation collections (CPython's default: 700)",
+    )
     args = parser.parse_args()
+    # A storm allocates a few hundred thousand short-lived objects per virtual
+    # second; with CPython's default threshold the cyclic collector runs every
+    # 700 of them, and its passes take about 6% of a lossy N = 1,000 run
+    # (timed with gc.callbacks).  As in bench/cluster_sim.py;
+    # --gc-threshold 700 measures the default.
+    gc.set_threshold(args.gc_threshold, 50, 100)
     heal_meter = _Meter()
     heal = partition_heal(args.seed, heal_meter)
     for n in args.sizes:
