@@ -48,7 +48,7 @@ from dkron.model import (
     validate_job,
 )
 from dkron.proto_sansio.errors import RemoteProtocolError
-from dkron.proto_sansio.wire import Codec
+from dkron.proto_sansio.wire import Codec, plain_twin
 
 __all__ = [
     "COMMANDS",
@@ -1196,21 +1196,29 @@ class StateMachine:
 _COUNTER_MAX = 1 << 63
 
 
+def _twin(cls: type) -> type:
+    twin = plain_twin(cls)
+    assert twin is not None, f"{cls.__name__} is not a plain slots dataclass"
+    return twin
+
+
 def _copier(cls: type, changed: tuple[str, ...]) -> Callable[..., Any]:
     """``f(obj, *values)``: a copy of a frozen slots dataclass with ``changed``
     fields replaced, built slot by slot without running ``__init__``.
 
     Only for copies of an already validated object whose new values the
     caller has validated itself: nothing is checked.  Generated once, it is
-    a straight line of slot stores (a loop over names with ``getattr`` costs
-    several times more, and a result is applied on every replica).
+    a straight line of slot stores into the class's plain twin
+    (:func:`~dkron.proto_sansio.wire.plain_twin`), which then becomes the
+    class: a loop over names with ``getattr`` costs several times more, and
+    a result is applied on every replica.
     """
-    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines = [f"def copy(o, {', '.join(changed)}):", "    n = _new(_cls)"]
-    for i, f in enumerate(dataclasses.fields(cls)):
-        env[f"_s{i}"] = getattr(cls, f.name).__set__
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_twin": _twin(cls)}
+    lines = [f"def copy(o, {', '.join(changed)}):", "    n = _new(_twin)"]
+    for f in dataclasses.fields(cls):
         value = f.name if f.name in changed else f"o.{f.name}"
-        lines.append(f"    _s{i}(n, {value})")
+        lines.append(f"    n.{f.name} = {value}")
+    lines.append("    n.__class__ = _cls")
     lines.append("    return n")
     exec("\n".join(lines), env)  # source built here from field names only
     fn: Callable[..., Any] = env["copy"]
@@ -1226,11 +1234,10 @@ def _maker(cls: type, *, validated: bool = False) -> Callable[..., Any]:
     """
     assert validated or not hasattr(cls, "__post_init__")
     names = [f.name for f in dataclasses.fields(cls)]
-    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines = [f"def make({', '.join(names)}):", "    n = _new(_cls)"]
-    for i, name in enumerate(names):
-        env[f"_s{i}"] = getattr(cls, name).__set__
-        lines.append(f"    _s{i}(n, {name})")
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_twin": _twin(cls)}
+    lines = [f"def make({', '.join(names)}):", "    n = _new(_twin)"]
+    lines.extend(f"    n.{name} = {name}" for name in names)
+    lines.append("    n.__class__ = _cls")
     lines.append("    return n")
     exec("\n".join(lines), env)  # source built here from field names only
     fn: Callable[..., Any] = env["make"]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import cbor2
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+import dkron.state as dkron_state
 from dkron.model import Execution, Job
 from dkron.state import (
     ApplyResult,
@@ -805,3 +808,78 @@ def test_the_eviction_index_evicts_what_a_plain_scan_would(
                 act.evict(k)
                 del model[k]
     assert act.running == {k for k, e in model.items() if e.finished_at is None}
+
+
+# -- records built slot by slot are the records the constructors build ------------------
+
+_any_value = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.text(max_size=5), st.tuples(st.integers())
+)
+
+
+@given(st.data())
+def test_slot_built_records_equal_constructed_ones(data: st.DataObject) -> None:
+    """``_maker`` and ``_copier`` fill a plain twin and hand it the class: the
+    object must be the class's own, equal to what its constructor (or
+    ``dataclasses.replace``) builds, and as frozen."""
+    from dkron.state import _completed, _inflight, _maker, _result, _with_error, _with_success
+
+    builders: list[tuple[type[Any], Callable[..., Any]]] = [
+        (ApplyResult, _result),
+        (GroupCompleted, _completed),
+        (dkron_state.InFlight, _inflight),
+        (dkron_state.PendingRetry, _maker(dkron_state.PendingRetry)),
+    ]
+    for cls, make in builders:
+        names = [f.name for f in dataclasses.fields(cls)]
+        values: list[Any] = [data.draw(_any_value, label=n) for n in names]
+        built = make(*values)
+        assert type(built) is cls
+        assert built == cls(**dict(zip(names, values, strict=True)))
+        assert [getattr(built, n) for n in names] == values
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(built, names[0], None)
+    job = Job(
+        data.draw(st.sampled_from(["job1", "job-2"])),
+        schedule="@every 10s",
+        executor="shell",
+        success_count=data.draw(st.integers(0, 5)),
+        error_count=data.draw(st.integers(0, 5)),
+        dependent_jobs=data.draw(st.sampled_from([(), ("a",), ("a", "b")])),
+    )
+    status = data.draw(st.sampled_from(["success", "failed", "partially_failed"]))
+    count = data.draw(st.integers(0, 10))
+    last = data.draw(st.integers(T0, T0 + S))
+    copied = _with_success(job, status, count, last)
+    assert type(copied) is Job
+    assert copied == dataclasses.replace(job, status=status, success_count=count, last_success=last)
+    copied = _with_error(job, status, count, last)
+    assert copied == dataclasses.replace(job, status=status, error_count=count, last_error=last)
+    assert hash(copied) == hash(dataclasses.replace(copied))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        copied.status = "x"
+
+
+def test_plain_twins_exist_only_for_compatible_layouts() -> None:
+    from dkron.proto_sansio.wire import plain_twin
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Base:
+        a: int
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Derived(Base):
+        b: int
+
+    @dataclasses.dataclass(frozen=True)
+    class NoSlots:
+        a: int
+
+    twin = plain_twin(Base)
+    assert twin is not None
+    obj: Any = object.__new__(twin)
+    obj.a = 1
+    obj.__class__ = Base
+    assert obj == Base(1)
+    assert plain_twin(Derived) is None
+    assert plain_twin(NoSlots) is None

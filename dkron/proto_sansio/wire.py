@@ -38,7 +38,7 @@ import cbor2
 
 from dkron.proto_sansio.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["Codec"]
+__all__ = ["Codec", "plain_twin"]
 
 _Enc = Callable[[Any], Any]
 _Dec = Callable[[Any], Any]
@@ -89,6 +89,30 @@ def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
             return None
         setters.append(slot.__set__)
     return setters
+
+
+def plain_twin(cls: type) -> type | None:
+    """A plain class with the slot layout of the slots class ``cls``, or None.
+
+    An instance of the twin, filled by ordinary attribute stores and then
+    given ``__class__ = cls``, is ``cls`` built slot by slot.  The stores are
+    the interpreter's specialised slot writes; the frozen guard of ``cls``
+    leaves a builder nothing faster than one call through a slot's
+    ``__set__`` per field (each packing its arguments in a tuple), which
+    costs several times more for classes built on every record of every
+    replica.  None when the layouts are not compatible for ``__class__``
+    assignment (the assignment is tried here, once, on an empty instance).
+    """
+    slots = vars(cls).get("__slots__")
+    if cls.__bases__ != (object,) or not isinstance(slots, tuple):
+        return None
+    twin = type(f"_{cls.__name__}Twin", (), {"__slots__": slots, "__module__": cls.__module__})
+    probe: Any = object.__new__(twin)
+    try:
+        probe.__class__ = cls
+    except TypeError:
+        return None
+    return twin
 
 
 class _Source:
@@ -240,13 +264,20 @@ class Codec:
             lines.extend(self._check_lines(tp, arg, "    "))
         lines.append("    try:")
         setters = _slot_setters(cls)
+        twin = None if setters is None else plain_twin(cls)
         if setters is None:
             lines.append(f"        return {cls_ref}({', '.join(args)})")
         else:
             # What the generated __init__ does, minus its per-field name lookups.
-            lines.append(f"        o = {src.ref(object.__new__)}({cls_ref})")
-            for arg, setter in zip(args, setters, strict=True):
-                lines.append(f"        {src.ref(setter)}(o, {arg})")
+            if twin is not None:
+                lines.append(f"        o = {src.ref(object.__new__)}({src.ref(twin)})")
+                for arg, (field, _) in zip(args, fields, strict=True):
+                    lines.append(f"        o.{field} = {arg}")
+                lines.append(f"        o.__class__ = {cls_ref}")
+            else:
+                lines.append(f"        o = {src.ref(object.__new__)}({cls_ref})")
+                for arg, setter in zip(args, setters, strict=True):
+                    lines.append(f"        {src.ref(setter)}(o, {arg})")
             if hasattr(cls, "__post_init__"):
                 lines.append("        o.__post_init__()")
             lines.append("        return o")
