@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import heapq
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -551,15 +550,21 @@ class _Activity:
     """Per-job execution state, allocated only once a job has any.
 
     ``groups`` and ``finished`` are indexes derived from ``executions`` (never
-    snapshotted): the stored ids of each execution group, and a heap of
-    ``(started_at, id)`` of finished records, oldest first, from which the
-    cap evicts.  Heap entries of records already gone are skipped lazily.
+    snapshotted).  ``groups`` holds the stored ids of each execution group:
+    the id itself for a group of one record (nearly every group), a list
+    otherwise, so that the common run costs no list.  ``finished`` is a list
+    of ``(started_at, id)`` of finished records sorted oldest first, read
+    from ``head``: the cap evicts from the head and records nearly always
+    finish in start order, so a new one is appended and an eviction moves
+    the head, where a heap sifts through cold entries on both.  Entries of
+    records already gone are skipped lazily.
     """
 
     __slots__ = (
         "executions",
         "finished",
         "groups",
+        "head",
         "inflight",
         "missed",
         "recent",
@@ -571,8 +576,9 @@ class _Activity:
     def __init__(self) -> None:
         self.executions: dict[str, Execution] = {}
         self.running: set[str] = set()
-        self.groups: dict[int, list[str]] = {}
+        self.groups: dict[int, str | list[str]] = {}
         self.finished: list[tuple[int, str]] = []
+        self.head = 0
         self.inflight: dict[int, InFlight] = {}
         self.recent: list[int] = []
         self.retries: dict[tuple[int, str], PendingRetry] = {}
@@ -595,25 +601,62 @@ class _Activity:
     def store(self, key: str, ex: Execution) -> None:
         """Insert or replace a record, keeping the indexes in step."""
         if key not in self.executions:
-            self.groups.setdefault(ex.group, []).append(key)
+            groups = self.groups
+            ids = groups.get(ex.group)
+            if ids is None:
+                groups[ex.group] = key
+            elif isinstance(ids, str):
+                groups[ex.group] = [ids, key]
+            else:
+                ids.append(key)
         self.executions[key] = ex
         if ex.finished_at is None:
             self.running.add(key)
         else:
             self.running.discard(key)
-            heapq.heappush(self.finished, (ex.started_at, key))
+            entry = (ex.started_at, key)
+            order = self.finished
+            if len(order) == self.head or entry >= order[-1]:
+                order.append(entry)
+            else:
+                bisect.insort(order, entry, lo=self.head)
 
     def evict(self, key: str) -> None:
         ex = self.executions.pop(key)
-        self.running.discard(key)
+        if ex.finished_at is None:
+            self.running.discard(key)
         ids = self.groups[ex.group]
-        ids.remove(key)
-        if not ids:
+        if isinstance(ids, str):
             del self.groups[ex.group]
+        else:
+            ids.remove(key)
+            if not ids:
+                del self.groups[ex.group]
+
+    def drop_finished(self) -> None:
+        """Evict every finished record; running ones stay (their results must
+        still land and be counted).  Every index entry is then stale."""
+        for key, ex in list(self.executions.items()):
+            if ex.finished_at is not None:
+                self.evict(key)
+        self.finished = []
+        self.head = 0
+
+    def only(self, group: int, key: str) -> bool:
+        """Is ``key`` the one record stored for ``group``?"""
+        ids = self.groups.get(group)
+        if isinstance(ids, str):
+            return ids == key
+        return ids is not None and len(ids) == 1 and ids[0] == key
 
     def group(self, group: int) -> list[Execution]:
         execs = self.executions
-        return [execs[k] for k in self.groups.get(group, ())]
+        ids = self.groups.get(group)
+        if ids is None:
+            return []
+        if isinstance(ids, str):
+            return [execs[ids]]
+        return [execs[k] for k in ids]
 
     def prune(self, cap: int) -> None:
         """Keep at most ``cap`` records, evicting the oldest finished ones.
@@ -622,20 +665,26 @@ class _Activity:
         their result reappear as a new record); so only more than ``cap``
         simultaneous runs can exceed the cap, and only while they run.
         """
-        excess = len(self.executions) - cap
-        heap = self.finished
-        while excess > 0 and heap:
-            _, key = heapq.heappop(heap)
-            ex = self.executions.get(key)
-            if ex is None or ex.finished_at is None:
-                continue  # gone (or stored again and not finished yet): stale entry
-            self.evict(key)
-            excess -= 1
-        if len(heap) > 2 * len(self.executions) + 16:
-            self.finished = [
-                (ex.started_at, k) for k, ex in self.executions.items() if ex.finished_at
-            ]
-            heapq.heapify(self.finished)
+        execs = self.executions
+        excess = len(execs) - cap
+        order = self.finished
+        if excess > 0:
+            head = self.head
+            while excess > 0 and head < len(order):
+                key = order[head][1]
+                head += 1
+                ex = execs.get(key)
+                if ex is None or ex.finished_at is None:
+                    continue  # gone (or stored again and not finished yet): stale entry
+                self.evict(key)
+                excess -= 1
+            if head > 32 and 2 * head > len(order):
+                del order[:head]  # amortised: the head has passed half the list
+                head = 0
+            self.head = head
+        if len(order) - self.head > 2 * len(execs) + 16:
+            self.finished = sorted((e.started_at, k) for k, e in execs.items() if e.finished_at)
+            self.head = 0
 
 
 def _intern(job: Job) -> Job:
@@ -729,12 +778,16 @@ class StateMachine:
             return ApplyResult(index=index, ok=True)
         if isinstance(cmd, RecordMissed):
             return self._missed(index, cmd)
+        # List comprehensions: a generator costs a frame switch per element.
         if isinstance(cmd, ClaimSlots):
-            parts = tuple(self._claim(index, c) for c in cmd.claims)
+            claim = self._claim
+            parts = tuple([claim(index, c) for c in cmd.claims])
         elif isinstance(cmd, ExecutionsStarted):
-            parts = tuple(self._started(index, ex) for ex in cmd.executions)
+            started = self._started
+            parts = tuple([started(index, ex) for ex in cmd.executions])
         else:
-            parts = tuple(self._finished(index, ex) for ex in cmd.executions)
+            finished = self._finished
+            parts = tuple([finished(index, ex) for ex in cmd.executions])
         return ApplyResult(index=index, ok=True, parts=parts)
 
     @staticmethod
@@ -926,15 +979,23 @@ class StateMachine:
         return entry is not None and entry.outstanding.get(ex.node_name) == ex.attempt
 
     def _started(self, index: int, ex: Execution) -> ApplyResult:
-        if ex.job_name not in self._jobs:
-            return self._not_found(index, ex.job_name)
-        act = self._activity.get(ex.job_name)
+        # Runs for every record on every replica: the checks of _expected,
+        # _capped and prune that nearly always pass are made inline.
+        name = ex.job_name
+        if name not in self._jobs:
+            return self._not_found(index, name)
+        act = self._activity.get(name)
         key = ex.id
-        if act is None or key in act.executions or not self._expected(act, ex):
+        if act is None or key in act.executions:
             return _result(index, True, "duplicate", "", None, ex, None, (), ())
-        stored = self._capped(ex)
+        claimed = act.inflight.get(ex.group)
+        if claimed is None or claimed.outstanding.get(ex.node_name) != ex.attempt:
+            return _result(index, True, "duplicate", "", None, ex, None, (), ())
+        config = self.config
+        stored = ex if len(ex.output) * 4 <= config.max_output_bytes else self._capped(ex)
         act.store(key, stored)
-        act.prune(self.config.max_executions_per_job)
+        if len(act.executions) > config.max_executions_per_job:
+            act.prune(config.max_executions_per_job)
         return _result(index, True, "", "", None, stored, None, (), ())
 
     def _capped(self, ex: Execution) -> Execution:
@@ -960,9 +1021,11 @@ class StateMachine:
                 return _result(index, True, "duplicate", "", None, existing, None, (), ())
         elif not self._expected(act, ex):
             return _result(index, True, "duplicate", "", None, ex, None, (), ())
-        stored = self._capped(ex)
+        config = self.config
+        stored = ex if len(ex.output) * 4 <= config.max_output_bytes else self._capped(ex)
         act.store(key, stored)
-        act.prune(self.config.max_executions_per_job)
+        if len(act.executions) > config.max_executions_per_job:
+            act.prune(config.max_executions_per_job)
         finished_at = ex.finished_at
         assert finished_at is not None  # guaranteed by ExecutionFinished
         group = ex.group
@@ -976,8 +1039,7 @@ class StateMachine:
             else:
                 rest = {n: a for n, a in still.outstanding.items() if n != node}
                 still = inflight[group] = _inflight(still.claim, rest)
-        ids = act.groups.get(group)
-        if still is None and ids is not None and len(ids) == 1 and ids[0] == key:
+        if still is None and act.only(group, key):
             # The group's one record, finished, nobody else to hear from:
             # what compute_group_status says of it, without building its inputs.
             status = "success" if stored.success else "failed"
@@ -986,7 +1048,7 @@ class StateMachine:
                 act.group(group), tuple(sorted(still.outstanding)) if still is not None else ()
             )
         success = ex.success
-        job = _counted(job, status, success=success, finished_at=finished_at)
+        job = _counted(job, status, success, finished_at)
         self._jobs[name] = job
         retries = act.retries
         retried: tuple[StateEvent, ...] = ()
@@ -1026,10 +1088,7 @@ class StateMachine:
             return self._not_found(index, name)
         act = self._activity.get(name)
         if act is not None:
-            for key, ex in list(act.executions.items()):
-                if ex.running:
-                    continue  # still live: its result must still land and be counted
-                act.evict(key)
+            act.drop_finished()
         cleared = (job.success_count, job.error_count, job.last_success, job.last_error)
         if cleared != (0, 0, None, None):  # rebuilding (and re-validating) a Job is not free
             job = dataclasses.replace(
@@ -1257,7 +1316,7 @@ _one_started: Callable[[Execution], ExecutionStarted] = _maker(ExecutionStarted,
 _one_finished: Callable[[Execution], ExecutionFinished] = _maker(ExecutionFinished, validated=True)
 
 
-def _counted(job: Job, status: str, *, success: bool, finished_at: int) -> Job:
+def _counted(job: Job, status: str, success: bool, finished_at: int) -> Job:
     """The job after one more result: its counter, last time and status.
 
     Built without re-validating the job: a result changes only a counter, a
