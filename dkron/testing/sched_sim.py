@@ -28,6 +28,7 @@ slots the schedule defines.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import random
@@ -259,11 +260,10 @@ class SchedCluster(RaftCluster):
         names = list(members)
         self.workers = SimWorkers(self, ["worker"], seed=seed)
         self.claimed: dict[tuple[str, int], int] = {}  # cron slot -> log index
-        self.claim_triggers: dict[tuple[str, int], str] = {}
         self.missed: dict[str, int] = {}
         self.decided_through: dict[str, int] = {}
         self._seen_index = 0
-        self.recent_claims: list[ClaimSlot] = []
+        self.recent_claims: collections.deque[ClaimSlot] = collections.deque(maxlen=20)
         super().__init__(names, seed=seed, config=config, wire=False)
 
     def _make_host(self, name: str, initial: PersistedState) -> RaftHost:
@@ -306,7 +306,7 @@ class SchedCluster(RaftCluster):
 
     def replay_claims(self) -> None:
         """Propose recent claims again, as a proposer unsure whether they committed would."""
-        for cmd in self.recent_claims:
+        for cmd in list(self.recent_claims):
             self.propose_command(cmd)
 
     # -- checks ----------------------------------------------------------------------
@@ -331,7 +331,11 @@ class SchedCluster(RaftCluster):
             job_name = _job_of(one)
             if job_name is not None:
                 touched.add(job_name)
-        for job_name in sorted(touched):
+        # Only forbid jobs can break the rule: a batch touches a thousand jobs,
+        # which need not be sorted to find the few that are checked (in order).
+        get_job = host.state.get_job
+        forbid = [n for n in touched if (j := get_job(n)) is not None and j.concurrency == "forbid"]
+        for job_name in sorted(forbid):
             self._check_forbid(host, job_name)
 
     def on_command(
@@ -340,7 +344,7 @@ class SchedCluster(RaftCluster):
         """One command of an entry (a batch element counts as its own command)."""
         ok, why = result.ok, result.reason
         if isinstance(cmd, ClaimSlot):
-            self.recent_claims = [*self.recent_claims[-19:], cmd]
+            self.recent_claims.append(cmd)
             if cmd.trigger in ("schedule", "catchup"):
                 key = (cmd.job, cmd.scheduled_time_ns)
                 if ok or why == "forbid":
@@ -350,7 +354,6 @@ class SchedCluster(RaftCluster):
                             f"index {self.claimed[key]} and again at {index}"
                         )
                     self.claimed[key] = index
-                    self.claim_triggers[key] = cmd.trigger if ok else "forbid"
                     self.decided_through[cmd.job] = cmd.scheduled_time_ns
             if ok:
                 self.claim_committed(cmd)
