@@ -29,6 +29,7 @@ suspect (buddy system) so it can refute at once.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import heapq
@@ -604,9 +605,12 @@ _SHARED_LAYOUTS = 8
 
 # At most this many broadcasts ride in one packet (the array header allows 255).
 _MAX_PIGGYBACK = 250
-# Queue order: fewest transmits (highest base) first, then newest first.
-_QUEUE_ORDER = operator.attrgetter("base", "order")
 _DATA = operator.attrgetter("data")
+
+
+def _queue_rank(b: _Broadcast) -> tuple[int, int]:
+    """Queue order, ascending: fewest transmits (highest base) first, then newest."""
+    return (-b.base, -b.order)
 
 
 class _StreamKind(enum.Enum):
@@ -1745,12 +1749,13 @@ class SwimNode:
         """Fewest-transmitted, then newest, broadcasts that fit in ``budget`` bytes.
 
         ``_qlist`` is kept in exactly that order.  A broadcast's transmit
-        count is ``_qrounds - base`` and every take adds one to ``_qrounds``,
-        so the common case in a gossip storm -- the whole queue fits in the
-        packet -- costs one increment and leaves the order intact (every
-        count went up by one).  Only a partial take touches the broadcasts it
-        leaves behind (their ``base`` goes up with the rounds) and re-sorts;
-        broadcasts that reached the retransmit limit sit at the tail.
+        count is ``_qrounds - base``, so the common case in a gossip storm --
+        the whole queue fits in the packet -- adds one to ``_qrounds`` and
+        leaves the order intact (every count went up by one).  A partial take
+        (a joiner's queue holds a broadcast for every member it learned)
+        lowers the ``base`` of the few broadcasts it sends and moves them back
+        into order by bisection, leaving the rest of the queue untouched.
+        Broadcasts that reached the retransmit limit sit at the tail.
         """
         qlist = self._qlist
         if not qlist:
@@ -1759,33 +1764,47 @@ class SwimNode:
         if self._limit_for != n:
             self._limit_for = n
             self._limit = retransmit_limit(self.config, n)
+        qdata = self._qdata
         if self._qbytes <= budget and len(qlist) <= _MAX_PIGGYBACK:
-            out = self._qdata[:]
+            out = qdata[:]
+            self._qrounds += 1
         else:
             out = []
+            sent: list[_Broadcast] = []
+            skipped: list[_Broadcast] = []
             room = _MAX_PIGGYBACK
             i = 0
             end = len(qlist)
             while i < end:
                 b = qlist[i]
                 size = len(b.data)
+                i += 1
                 if size > budget:
-                    b.base += 1  # not sent: its count stays
-                    i += 1
+                    skipped.append(b)  # not sent: its count stays
                     if budget < 16:
                         break
                     continue
                 budget -= size
                 out.append(b.data)
-                i += 1
+                sent.append(b)
                 room -= 1
                 if not room:
                     break
-            for j in range(i, end):
-                qlist[j].base += 1
-            qlist.sort(key=_QUEUE_ORDER, reverse=True)
-            self._qdata = list(map(_DATA, qlist))
-        self._qrounds += 1
+            # The first i broadcasts were the highest in order; those skipped
+            # keep their place ahead of the rest, those sent count one more
+            # transmit and go back in order (newest first: each after the
+            # one before it).
+            del qlist[:i]
+            del qdata[:i]
+            qlist[:0] = skipped
+            qdata[:0] = map(_DATA, skipped)
+            lo = 0
+            for b in sent:
+                b.base -= 1
+                lo = bisect.bisect_left(qlist, _queue_rank(b), lo, key=_queue_rank)
+                qlist.insert(lo, b)
+                qdata.insert(lo, b.data)
+                lo += 1
         floor = self._qrounds - self._limit
         if qlist[-1].base <= floor:
             queue = self._queue
