@@ -303,6 +303,18 @@ class MemberHealth(enum.Enum):
     __hash__ = object.__hash__  # as NodeState's
 
 
+# Members as module constants for the hot paths: in CPython 3.11 ``NodeState.ALIVE``
+# is an attribute lookup through the enum's metaclass (about 80 ns), a module
+# global about 5 ns, and a gossip storm names states millions of times.
+_ALIVE, _SUSPECT, _DEAD, _LEFT = NodeState.ALIVE, NodeState.SUSPECT, NodeState.DEAD, NodeState.LEFT
+_H_NONE = MemberHealth.NONE
+_H_ALIVE = MemberHealth.ALIVE
+_H_SUSPECT = MemberHealth.SUSPECT
+_H_LEAVING = MemberHealth.LEAVING
+_H_FAILED = MemberHealth.FAILED
+_H_LEFT = MemberHealth.LEFT
+
+
 class EventKind(enum.Enum):
     JOIN = "member-join"
     LEAVE = "member-leave"
@@ -407,20 +419,20 @@ SwimAction = (
 
 # Forward moves allowed without a new incarnation; everything else needs a higher one.
 _LEGAL: dict[NodeState, frozenset[NodeState]] = {
-    NodeState.ALIVE: frozenset({NodeState.SUSPECT, NodeState.DEAD, NodeState.LEFT}),
-    NodeState.SUSPECT: frozenset({NodeState.DEAD, NodeState.LEFT}),
-    NodeState.DEAD: frozenset({NodeState.LEFT}),
-    NodeState.LEFT: frozenset(),
+    _ALIVE: frozenset({_SUSPECT, _DEAD, _LEFT}),
+    _SUSPECT: frozenset({_DEAD, _LEFT}),
+    _DEAD: frozenset({_LEFT}),
+    _LEFT: frozenset(),
 }
 
-_LIVE = (NodeState.ALIVE, NodeState.SUSPECT)
-_GONE = (NodeState.DEAD, NodeState.LEFT)
+_LIVE = (_ALIVE, _SUSPECT)
+_GONE = (_DEAD, _LEFT)
 
 _TO_WIRE = {
-    NodeState.ALIVE: int(WireState.ALIVE),
-    NodeState.SUSPECT: int(WireState.SUSPECT),
-    NodeState.DEAD: int(WireState.DEAD),
-    NodeState.LEFT: int(WireState.LEFT),
+    _ALIVE: int(WireState.ALIVE),
+    _SUSPECT: int(WireState.SUSPECT),
+    _DEAD: int(WireState.DEAD),
+    _LEFT: int(WireState.LEFT),
 }
 
 _NAME = operator.attrgetter("name")
@@ -436,16 +448,16 @@ _WIRE_LEFT = int(WireState.LEFT)
 _WIRE_SUSPECT = int(WireState.SUSPECT)
 
 _STATUS = {
-    MemberHealth.NONE: MemberStatus.NONE,
-    MemberHealth.ALIVE: MemberStatus.ALIVE,
-    MemberHealth.SUSPECT: MemberStatus.ALIVE,
-    MemberHealth.LEAVING: MemberStatus.LEAVING,
-    MemberHealth.FAILED: MemberStatus.FAILED,
-    MemberHealth.LEFT: MemberStatus.LEFT,
+    _H_NONE: MemberStatus.NONE,
+    _H_ALIVE: MemberStatus.ALIVE,
+    _H_SUSPECT: MemberStatus.ALIVE,
+    _H_LEAVING: MemberStatus.LEAVING,
+    _H_FAILED: MemberStatus.FAILED,
+    _H_LEFT: MemberStatus.LEFT,
 }
 
-_UP = frozenset({MemberHealth.ALIVE, MemberHealth.SUSPECT, MemberHealth.LEAVING})
-_DOWN = frozenset({MemberHealth.NONE, MemberHealth.FAILED, MemberHealth.LEFT})
+_UP = frozenset({_H_ALIVE, _H_SUSPECT, _H_LEAVING})
+_DOWN = frozenset({_H_NONE, _H_FAILED, _H_LEFT})
 
 
 class _Node:
@@ -470,7 +482,7 @@ class _Node:
         self.port = port
         self.tags = tags
         self.incarnation = incarnation
-        self.state = NodeState.ALIVE
+        self.state = _ALIVE
         # The state's wire code, kept next to it: push-pull encodes a whole
         # column of them and an enum hashes in Python.
         self.wire = _WIRE_ALIVE
@@ -485,13 +497,13 @@ class _Node:
 
     def health(self) -> MemberHealth:
         state = self.state
-        if state is NodeState.ALIVE:
-            return MemberHealth.LEAVING if self.leaving else MemberHealth.ALIVE
-        if state is NodeState.SUSPECT:
-            return MemberHealth.LEAVING if self.leaving else MemberHealth.SUSPECT
-        if state is NodeState.DEAD:
-            return MemberHealth.LEFT if self.leaving else MemberHealth.FAILED
-        return MemberHealth.LEFT
+        if state is _ALIVE:
+            return _H_LEAVING if self.leaving else _H_ALIVE
+        if state is _SUSPECT:
+            return _H_LEAVING if self.leaving else _H_SUSPECT
+        if state is _DEAD:
+            return _H_LEFT if self.leaving else _H_FAILED
+        return _H_LEFT
 
 
 class BootstrapMemo:
@@ -637,6 +649,18 @@ class _T(enum.IntEnum):
     REAP = 7
     STREAM = 8
     LEAVE = 9
+
+
+# As the states above: timer kinds as module constants.
+_T_PROBE = _T.PROBE
+_T_RELAY = _T.RELAY
+_T_GOSSIP = _T.GOSSIP
+_T_SUSPICION = _T.SUSPICION
+_T_PUSH_PULL = _T.PUSH_PULL
+_T_RECONNECT = _T.RECONNECT
+_T_REAP = _T.REAP
+_T_STREAM = _T.STREAM
+_T_LEAVE = _T.LEAVE
 
 
 _Entry = tuple[float, int, _T, Any, Any]
@@ -816,17 +840,17 @@ class SwimNode:
         self._me = me
         self._members[name] = me
         self._num_live = 1
-        self._emit_change(me, MemberHealth.NONE, now)
+        self._emit_change(me, _H_NONE, now)
         self._broadcast_alive()
 
         cfg = config
-        self._at(now + rng.uniform(0, cfg.probe_interval), _T.PROBE)
+        self._at(now + rng.uniform(0, cfg.probe_interval), _T_PROBE)
         self._pp_token = object()
         self._at(
-            now + rng.uniform(0, 1.0) * cfg.push_pull_interval, _T.PUSH_PULL, None, self._pp_token
+            now + rng.uniform(0, 1.0) * cfg.push_pull_interval, _T_PUSH_PULL, None, self._pp_token
         )
-        self._at(now + cfg.reconnect_interval, _T.RECONNECT)
-        self._at(now + cfg.reap_interval, _T.REAP)
+        self._at(now + cfg.reconnect_interval, _T_RECONNECT)
+        self._at(now + cfg.reap_interval, _T_REAP)
 
     # -- inputs ---------------------------------------------------------------
 
@@ -867,7 +891,7 @@ class SwimNode:
                         self._count("stale_messages")
                         continue
                     state = node.state
-                    if state is NodeState.SUSPECT:
+                    if state is _SUSPECT:
                         susp = self._suspicions.get(node.name)
                         if (
                             susp is None
@@ -875,7 +899,7 @@ class SwimNode:
                             or msg.sender in susp.confirmers  # type: ignore[attr-defined]
                         ):
                             continue
-                    elif state is not NodeState.ALIVE:
+                    elif state is not _ALIVE:
                         continue
                 self._raw, self._raw_msg = raw, msg
                 self._on_suspect(msg, now)  # type: ignore[arg-type]
@@ -974,7 +998,7 @@ class SwimNode:
             head = timers[0]
             kind = head[2]
             # Probe and gossip ticks are always valid: no call for the usual head.
-            if kind is _T.PROBE or kind is _T.GOSSIP or self._valid(head):
+            if kind is _T_PROBE or kind is _T_GOSSIP or self._valid(head):
                 break
             heapq.heappop(timers)
         at = timers[0][0] if timers else None
@@ -1024,7 +1048,7 @@ class SwimNode:
         self._transition(me, now, leaving=True)
         msg = LeaveIntent(self._member_ltime, self.name, me.incarnation)
         self._enqueue(("intent", self.name), pack_message(msg))
-        self._at(now + self.config.gossip_interval, _T.LEAVE)
+        self._at(now + self.config.gossip_interval, _T_LEAVE)
 
     def set_tags(self, tags: Mapping[str, str], now: float) -> None:
         """Replace our tags; a higher incarnation carries them to everyone."""
@@ -1083,7 +1107,7 @@ class SwimNode:
         # Stagger the first push-pull over the interval this size calls for.
         self._pp_token = object()
         interval = push_pull_interval(self.config, len(members))
-        self._at(now + self._rng.uniform(0, 1.0) * interval, _T.PUSH_PULL, None, self._pp_token)
+        self._at(now + self._rng.uniform(0, 1.0) * interval, _T_PUSH_PULL, None, self._pp_token)
         self._probe_list = [n for n in others if members[n].state in _LIVE]
         self._probe_pos = 0
 
@@ -1140,7 +1164,7 @@ class SwimNode:
 
     def health_of(self, name: str) -> MemberHealth:
         node = self._members.get(name)
-        return MemberHealth.NONE if node is None else node.health()
+        return _H_NONE if node is None else node.health()
 
     def local_member(self) -> Member:
         return self._view(self._me)
@@ -1150,9 +1174,9 @@ class SwimNode:
         failed = left = 0
         for name in self._down:
             h = self._members[name].health()
-            if h is MemberHealth.FAILED:
+            if h is _H_FAILED:
                 failed += 1
-            elif h is MemberHealth.LEFT:
+            elif h is _H_LEFT:
                 left += 1
         intents = sum(1 for k in self._queue if isinstance(k, tuple) and k[0] == "intent")
         events = sum(1 for k in self._queue if isinstance(k, tuple) and k[0] == "event")
@@ -1204,7 +1228,7 @@ class SwimNode:
         seq = self._next_seq()
         self._acks[seq] = _Relay(src, msg.seq, msg.nack)
         self._send((msg.target_addr, msg.target_port), [pack_ping(seq, msg.target, self.name)])
-        self._at(now + self.config.probe_timeout, _T.RELAY, seq)
+        self._at(now + self.config.probe_timeout, _T_RELAY, seq)
 
     def _on_ack(self, msg: Ack, now: float) -> None:
         handler = self._acks.pop(msg.seq, None)
@@ -1252,7 +1276,7 @@ class SwimNode:
                 self._refute(msg.incarnation, now)
             return
         if (msg.addr, msg.port) != node.address:
-            reclaimable = node.state in (NodeState.DEAD, NodeState.LEFT) and (
+            reclaimable = node.state in (_DEAD, _LEFT) and (
                 now - node.state_change >= self.config.dead_node_reclaim_time
             )
             if not reclaimable:
@@ -1271,7 +1295,7 @@ class SwimNode:
         self._transition(
             node,
             now,
-            state=NodeState.ALIVE,
+            state=_ALIVE,
             incarnation=msg.incarnation,
             leaving=False,
             tags=dict(msg.tags),
@@ -1290,7 +1314,7 @@ class SwimNode:
                 self._refute(msg.incarnation, now)
                 self._adjust_awareness(1)
             return
-        if node.state is NodeState.SUSPECT:
+        if node.state is _SUSPECT:
             susp = self._suspicions.get(node.name)
             # memberlist's cap: past k independent confirmations the timeout
             # is already at its minimum, so further ones are neither counted
@@ -1305,12 +1329,12 @@ class SwimNode:
                 at = susp.deadline()
                 if at < susp.armed:
                     susp.armed = at
-                    self._at(at, _T.SUSPICION, node.name, susp)
+                    self._at(at, _T_SUSPICION, node.name, susp)
                 self._enqueue(msg.node, self._packed(msg))
             return
-        if node.state is not NodeState.ALIVE:
+        if node.state is not _ALIVE:
             return
-        if not self._transition(node, now, state=NodeState.SUSPECT, incarnation=msg.incarnation):
+        if not self._transition(node, now, state=_SUSPECT, incarnation=msg.incarnation):
             return
         k = self.config.suspicion_mult - 2 if self.config.lifeguard else 0
         n = self._num_live
@@ -1325,7 +1349,7 @@ class SwimNode:
         susp = _Suspicion(msg.incarnation, msg.sender, k, low=low, high=high, start=now)
         self._suspicions[node.name] = susp
         susp.armed = susp.deadline()
-        self._at(susp.armed, _T.SUSPICION, node.name, susp)
+        self._at(susp.armed, _T_SUSPICION, node.name, susp)
         self._enqueue(msg.node, self._packed(msg))
 
     def _on_dead(self, msg: Dead, now: float) -> None:
@@ -1340,10 +1364,10 @@ class SwimNode:
             if not (left and self._leave_phase >= 2):
                 self._refute(msg.incarnation, now)
             return
-        if node.state is NodeState.LEFT or (node.state is NodeState.DEAD and not left):
+        if node.state is _LEFT or (node.state is _DEAD and not left):
             return
         self._suspicions.pop(node.name, None)
-        state = NodeState.LEFT if left else NodeState.DEAD
+        state = _LEFT if left else _DEAD
         if self._transition(node, now, state=state, incarnation=msg.incarnation):
             self._enqueue(msg.node, self._packed(msg))
 
@@ -1359,7 +1383,7 @@ class SwimNode:
         if msg.incarnation < node.incarnation:
             self._count("stale_messages")
             return
-        if node.leaving or node.state is NodeState.LEFT:
+        if node.leaving or node.state is _LEFT:
             return
         if msg.incarnation > node.incarnation:
             return  # an intent from a life we have not seen yet; its alive comes first
@@ -1407,7 +1431,7 @@ class SwimNode:
         plist.append(msg.node)
         j = self._rng.randrange(len(plist))
         plist[j], plist[-1] = plist[-1], plist[j]
-        self._emit_change(node, MemberHealth.NONE, now)
+        self._emit_change(node, _H_NONE, now)
 
     def _remove_member(self, node: _Node, now: float) -> None:
         old = node.health()
@@ -1423,9 +1447,7 @@ class SwimNode:
             self._others[pos] = last
             self._other_pos[last] = pos
         self._actions.append(
-            StateChange(
-                subject=node.name, old=old, new=MemberHealth.NONE, incarnation=node.incarnation
-            )
+            StateChange(subject=node.name, old=old, new=_H_NONE, incarnation=node.incarnation)
         )
         self._actions.append(MemberEvent(kind=EventKind.REAP, member=self._view(node)))
 
@@ -1509,9 +1531,9 @@ class SwimNode:
         kind: EventKind | None = None
         if new in _UP and old in _DOWN:
             kind = EventKind.JOIN
-        elif new is MemberHealth.FAILED:
+        elif new is _H_FAILED:
             kind = EventKind.FAILED
-        elif new is MemberHealth.LEFT:
+        elif new is _H_LEFT:
             kind = EventKind.LEAVE
         if kind is not None:
             self._actions.append(MemberEvent(kind=kind, member=self._view(node)))
@@ -1523,7 +1545,7 @@ class SwimNode:
             port=node.port,
             tags=dict(node.tags),
             status=_STATUS[node.health()],
-            suspect=node.state is NodeState.SUSPECT,
+            suspect=node.state is _SUSPECT,
             incarnation=node.incarnation,
         )
 
@@ -1561,7 +1583,7 @@ class SwimNode:
     def _tick_probe(self, now: float) -> None:
         self._finish_probe(now)
         cfg = self.config
-        self._at(now + self._scaled(cfg.probe_interval), _T.PROBE)
+        self._at(now + self._scaled(cfg.probe_interval), _T_PROBE)
         target = self._next_probe_target()
         if target is None:
             return
@@ -1570,7 +1592,7 @@ class SwimNode:
         self._probe = probe
         self._acks[seq] = probe
         parts = [pack_ping(seq, target.name, self.name)]
-        if target.state is NodeState.SUSPECT and cfg.lifeguard:
+        if target.state is _SUSPECT and cfg.lifeguard:
             parts.append(pack_message(Suspect(target.incarnation, target.name, self.name)))
         self._send((target.addr, target.port), parts)
         # The direct-probe timeout lives outside the heap: it is armed every
@@ -1616,7 +1638,7 @@ class SwimNode:
             return
         relays = self._random_nodes(
             self.config.indirect_checks,
-            lambda n: n.state is NodeState.ALIVE and n.name != probe.target,
+            lambda n: n.state is _ALIVE and n.name != probe.target,
         )
         nack = self.config.lifeguard
         req = pack_message(
@@ -1633,7 +1655,7 @@ class SwimNode:
             self._actions.append(
                 ProbeFallback(addr=target.address, stream_id=sid, data=data, target=target.name)
             )
-            self._at(now + self.config.probe_interval, _T.STREAM, sid)
+            self._at(now + self.config.probe_interval, _T_STREAM, sid)
 
     def _probe_acked(self, probe: _Probe, *, direct: bool) -> None:
         if probe.acked:
@@ -1742,7 +1764,7 @@ class SwimNode:
         self._timer_seq += 1
         heapq.heappush(
             self._timers,
-            (self._now + self.config.gossip_interval, self._timer_seq, _T.GOSSIP, None, None),
+            (self._now + self.config.gossip_interval, self._timer_seq, _T_GOSSIP, None, None),
         )
 
     def _take_broadcasts(self, budget: int) -> list[bytes]:
@@ -1864,7 +1886,7 @@ class SwimNode:
         self._streams[sid] = _Stream(kind, 0)
         data = self._seal(self._local_state(join=join))
         self._actions.append(SendStream(addr=addr, stream_id=sid, data=data))
-        self._at(now + self.config.tcp_timeout, _T.STREAM, sid)
+        self._at(now + self.config.tcp_timeout, _T_STREAM, sid)
         return sid
 
     def _open_stream(self, data: bytes) -> object | None:
@@ -1991,10 +2013,10 @@ class SwimNode:
                 ninc = node.incarnation
                 if inc < ninc:
                     continue
-                if inc == ninc and (not leaving or node.leaving or node.state is NodeState.LEFT):
+                if inc == ninc and (not leaving or node.leaving or node.state is _LEFT):
                     if st == _WIRE_ALIVE:
                         continue
-                    if st == _WIRE_LEFT and node.state is NodeState.LEFT:
+                    if st == _WIRE_LEFT and node.state is _LEFT:
                         continue
                     if st != _WIRE_LEFT and node.state in _GONE:
                         continue
@@ -2048,15 +2070,15 @@ class SwimNode:
     def _periodic_push_pull(self, now: float) -> None:
         self._pp_token = object()
         interval = push_pull_interval(self.config, len(self._members))
-        self._at(now + interval, _T.PUSH_PULL, None, self._pp_token)
-        peers = self._random_nodes(1, lambda n: n.state is NodeState.ALIVE)
+        self._at(now + interval, _T_PUSH_PULL, None, self._pp_token)
+        peers = self._random_nodes(1, lambda n: n.state is _ALIVE)
         if peers:
             self.start_push_pull(peers[0].address, now)
 
     def _reconnect(self, now: float) -> None:
         """Serf's reconnect loop: retry a failed member so healed partitions merge."""
-        self._at(now + self.config.reconnect_interval, _T.RECONNECT)
-        failed = sorted(n for n in self._down if self._members[n].health() is MemberHealth.FAILED)
+        self._at(now + self.config.reconnect_interval, _T_RECONNECT)
+        failed = sorted(n for n in self._down if self._members[n].health() is _H_FAILED)
         if not failed:
             return
         alive = max(1, len(self._members) - len(self._down))
@@ -2067,13 +2089,13 @@ class SwimNode:
         self._count("reconnect_attempts")
 
     def _reap(self, now: float) -> None:
-        self._at(now + self.config.reap_interval, _T.REAP)
+        self._at(now + self.config.reap_interval, _T_REAP)
         for name in sorted(self._down):
             node = self._members[name]
             h = node.health()
             age = now - node.state_change
-            if (h is MemberHealth.FAILED and age > self.config.reconnect_timeout) or (
-                h is MemberHealth.LEFT and age > self.config.tombstone_timeout
+            if (h is _H_FAILED and age > self.config.reconnect_timeout) or (
+                h is _H_LEFT and age > self.config.tombstone_timeout
             ):
                 self._remove_member(node, now)
 
@@ -2081,20 +2103,20 @@ class SwimNode:
         if self._leave_phase == 1:
             pending = ("intent", self.name) in self._queue
             if pending and now - self._leave_started < self.config.leave_broadcast_timeout:
-                self._at(now + self.config.gossip_interval, _T.LEAVE)
+                self._at(now + self.config.gossip_interval, _T_LEAVE)
                 return
             self._leave_phase = 2
             self._leave_started = now
             me = self._me
             self._suspicions.pop(me.name, None)
-            self._transition(me, now, state=NodeState.LEFT)
+            self._transition(me, now, state=_LEFT)
             self._enqueue(me.name, pack_message(Dead(me.incarnation, me.name, me.name)))
-            self._at(now + self.config.gossip_interval, _T.LEAVE)
+            self._at(now + self.config.gossip_interval, _T_LEAVE)
             return
         if self._leave_phase == 2:
             pending = self.name in self._queue
             if pending and now - self._leave_started < self.config.leave_broadcast_timeout:
-                self._at(now + self.config.gossip_interval, _T.LEAVE)
+                self._at(now + self.config.gossip_interval, _T_LEAVE)
                 return
             self._leave_phase = 3
             self._stopped = True
@@ -2109,43 +2131,43 @@ class SwimNode:
 
     def _valid(self, entry: _Entry) -> bool:
         kind = entry[2]
-        if kind is _T.RELAY:
+        if kind is _T_RELAY:
             return entry[3] in self._acks
-        if kind is _T.SUSPICION:
+        if kind is _T_SUSPICION:
             return self._suspicions.get(entry[3]) is entry[4]
-        if kind is _T.STREAM:
+        if kind is _T_STREAM:
             return entry[3] in self._streams
-        if kind is _T.PUSH_PULL:
+        if kind is _T_PUSH_PULL:
             return entry[4] is self._pp_token
         return True
 
     def _fire(self, kind: _T, key: Any, token: Any, now: float) -> None:
-        if kind is _T.PROBE:
+        if kind is _T_PROBE:
             self._tick_probe(now)
-        elif kind is _T.GOSSIP:
+        elif kind is _T_GOSSIP:
             self._gossip(now)
-        elif kind is _T.RELAY:
+        elif kind is _T_RELAY:
             relay = self._acks.pop(key, None)
             if isinstance(relay, _Relay) and relay.nack:
                 self._send(relay.origin, [pack_message(Nack(relay.origin_seq))])
-        elif kind is _T.SUSPICION:
+        elif kind is _T_SUSPICION:
             susp = self._suspicions.get(key)
             if susp is token and susp is not None:
                 node = self._members.get(key)
                 del self._suspicions[key]
-                if node is not None and node.state is NodeState.SUSPECT:
+                if node is not None and node.state is _SUSPECT:
                     self._on_dead(Dead(susp.incarnation, key, self.name), now)
-        elif kind is _T.PUSH_PULL:
+        elif kind is _T_PUSH_PULL:
             if token is self._pp_token:
                 self._periodic_push_pull(now)
-        elif kind is _T.RECONNECT:
+        elif kind is _T_RECONNECT:
             self._reconnect(now)
-        elif kind is _T.REAP:
+        elif kind is _T_REAP:
             self._reap(now)
-        elif kind is _T.STREAM:
+        elif kind is _T_STREAM:
             if key in self._streams:
                 self.stream_failed(key, now=now)
-        elif kind is _T.LEAVE:
+        elif kind is _T_LEAVE:
             self._leave_step(now)
 
     # -- small helpers ------------------------------------------------------------------
