@@ -749,3 +749,50 @@ def test_members_sharing_a_layout_memo_send_what_each_would_encode_alone(
 
     for variant in variants + variants:  # the second round finds them all in the memo
         assert push_pull(variant, layout_cache=memo) == push_pull(variant)
+
+
+_HEALTH = st.sampled_from(list(MemberHealth))
+
+
+@given(
+    addr=st.tuples(st.text(max_size=8), st.integers(0, 65535)),
+    data=st.binary(max_size=32),
+    subject=st.text(max_size=8),
+    old=_HEALTH,
+    new=_HEALTH,
+    inc=st.integers(0, 2**32),
+    t=st.floats(0, 1e6),
+)
+def test_actions_built_slot_by_slot_are_the_constructors_frozen_records(  # noqa: PLR0917
+    addr: tuple[str, int],
+    data: bytes,
+    subject: str,
+    old: MemberHealth,
+    new: MemberHealth,
+    inc: int,
+    t: float,
+) -> None:
+    """The datagram and state-change actions (and the simulator's transition
+    records) filled through a plain twin are what their constructors build:
+    equal, of the exact class, hashing alike and still frozen."""
+    from dkron.proto_sansio import swim
+    from dkron.testing.swim_sim import SwimCluster, Transition
+
+    built: list[tuple[object, object]] = [
+        (swim._send_packet(addr, data), SendPacket(addr=addr, data=data)),
+        (
+            swim._state_change(subject, old, new, inc),
+            StateChange(subject=subject, old=old, new=new, incarnation=inc),
+        ),
+    ]
+    c = SwimCluster(1, record=True, check=False)
+    c.loop.now = t
+    c.record_change("obs", StateChange(subject=subject, old=old, new=new, incarnation=inc))
+    built.append((c.transitions[-1], Transition(t, "obs", subject, old, new, inc)))
+    for fast, plain in built:
+        assert type(fast) is type(plain)
+        assert fast == plain
+        assert hash(fast) == hash(plain)
+        assert repr(fast) == repr(plain)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(fast, dataclasses.fields(plain)[0].name, None)  # type: ignore[arg-type]
