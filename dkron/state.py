@@ -47,7 +47,7 @@ from dkron.model import (
     validate_job,
 )
 from dkron.proto_sansio.errors import RemoteProtocolError
-from dkron.proto_sansio.wire import Codec, plain_twin
+from dkron.proto_sansio.wire import Codec, slot_copier, slot_maker
 
 __all__ = [
     "COMMANDS",
@@ -1255,65 +1255,19 @@ class StateMachine:
 _COUNTER_MAX = 1 << 63
 
 
-def _twin(cls: type) -> type:
-    twin = plain_twin(cls)
-    assert twin is not None, f"{cls.__name__} is not a plain slots dataclass"
-    return twin
-
-
-def _copier(cls: type, changed: tuple[str, ...]) -> Callable[..., Any]:
-    """``f(obj, *values)``: a copy of a frozen slots dataclass with ``changed``
-    fields replaced, built slot by slot without running ``__init__``.
-
-    Only for copies of an already validated object whose new values the
-    caller has validated itself: nothing is checked.  Generated once, it is
-    a straight line of slot stores into the class's plain twin
-    (:func:`~dkron.proto_sansio.wire.plain_twin`), which then becomes the
-    class: a loop over names with ``getattr`` costs several times more, and
-    a result is applied on every replica.
-    """
-    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_twin": _twin(cls)}
-    lines = [f"def copy(o, {', '.join(changed)}):", "    n = _new(_twin)"]
-    for f in dataclasses.fields(cls):
-        value = f.name if f.name in changed else f"o.{f.name}"
-        lines.append(f"    n.{f.name} = {value}")
-    lines.append("    n.__class__ = _cls")
-    lines.append("    return n")
-    exec("\n".join(lines), env)  # source built here from field names only
-    fn: Callable[..., Any] = env["copy"]
-    return fn
-
-
-def _maker(cls: type, *, validated: bool = False) -> Callable[..., Any]:
-    """``f(*values)``: a new instance of a frozen slots dataclass, its fields given
-    positionally; exactly what its ``__init__`` would build.
-
-    A class with ``__post_init__`` checks is only built this way from values
-    that already passed the same checks (``validated``).
-    """
-    assert validated or not hasattr(cls, "__post_init__")
-    names = [f.name for f in dataclasses.fields(cls)]
-    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_twin": _twin(cls)}
-    lines = [f"def make({', '.join(names)}):", "    n = _new(_twin)"]
-    lines.extend(f"    n.{name} = {name}" for name in names)
-    lines.append("    n.__class__ = _cls")
-    lines.append("    return n")
-    exec("\n".join(lines), env)  # source built here from field names only
-    fn: Callable[..., Any] = env["make"]
-    return fn
-
-
-_with_success = _copier(Job, ("status", "success_count", "last_success"))
-_with_error = _copier(Job, ("status", "error_count", "last_error"))
+_with_success = slot_copier(Job, ("status", "success_count", "last_success"))
+_with_error = slot_copier(Job, ("status", "error_count", "last_error"))
 # (index, ok, reason, error, job, execution, claim, events, parts)
-_result: Callable[..., ApplyResult] = _maker(ApplyResult)
+_result: Callable[..., ApplyResult] = slot_maker(ApplyResult)
 # (job, execution_group, status, dependents)
-_completed: Callable[[str, int, str, tuple[str, ...]], GroupCompleted] = _maker(GroupCompleted)
+_completed: Callable[[str, int, str, tuple[str, ...]], GroupCompleted] = slot_maker(GroupCompleted)
 # (claim, outstanding)
-_inflight: Callable[[ClaimSlot, dict[str, int]], InFlight] = _maker(InFlight)
+_inflight: Callable[[ClaimSlot, dict[str, int]], InFlight] = slot_maker(InFlight)
 # Elements of a batch, which checked them all when it was built.
-_one_started: Callable[[Execution], ExecutionStarted] = _maker(ExecutionStarted, validated=True)
-_one_finished: Callable[[Execution], ExecutionFinished] = _maker(ExecutionFinished, validated=True)
+_one_started: Callable[[Execution], ExecutionStarted] = slot_maker(ExecutionStarted, validated=True)
+_one_finished: Callable[[Execution], ExecutionFinished] = slot_maker(
+    ExecutionFinished, validated=True
+)
 
 
 def _counted(job: Job, status: str, success: bool, finished_at: int) -> Job:

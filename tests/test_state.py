@@ -819,16 +819,17 @@ _any_value = st.one_of(
 
 @given(st.data())
 def test_slot_built_records_equal_constructed_ones(data: st.DataObject) -> None:
-    """``_maker`` and ``_copier`` fill a plain twin and hand it the class: the
+    """``slot_maker`` and ``slot_copier`` fill a plain twin and hand it the class: the
     object must be the class's own, equal to what its constructor (or
     ``dataclasses.replace``) builds, and as frozen."""
-    from dkron.state import _completed, _inflight, _maker, _result, _with_error, _with_success
+    from dkron.proto_sansio.wire import slot_maker
+    from dkron.state import _completed, _inflight, _result, _with_error, _with_success
 
     builders: list[tuple[type[Any], Callable[..., Any]]] = [
         (ApplyResult, _result),
         (GroupCompleted, _completed),
         (dkron_state.InFlight, _inflight),
-        (dkron_state.PendingRetry, _maker(dkron_state.PendingRetry)),
+        (dkron_state.PendingRetry, slot_maker(dkron_state.PendingRetry)),
     ]
     for cls, make in builders:
         names = [f.name for f in dataclasses.fields(cls)]

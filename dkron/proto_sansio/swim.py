@@ -37,7 +37,7 @@ import itertools
 import math
 import operator
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import cbor2
@@ -72,7 +72,7 @@ from dkron.proto_sansio.swim_wire import (
     pack_message,
     pack_ping,
 )
-from dkron.proto_sansio.wire import plain_twin
+from dkron.proto_sansio.wire import slot_maker
 
 __all__ = [
     "LAN",
@@ -404,37 +404,13 @@ class LeaveComplete:
     name: str
 
 
-# The actions built on every datagram and every state change, filled slot by
-# slot through a plain twin of their frozen class (see ``plain_twin``): about a
-# third of the cost of the dataclass ``__init__``, whose every field is an
-# ``object.__setattr__`` call.
-_PACKET_TWIN = plain_twin(SendPacket)
-_CHANGE_TWIN = plain_twin(StateChange)
-_new = object.__new__
-
-
-def _send_packet(addr: Address, data: bytes) -> SendPacket:
-    """``SendPacket(addr=addr, data=data)``."""
-    if _PACKET_TWIN is None:
-        return SendPacket(addr=addr, data=data)
-    o: Any = _new(_PACKET_TWIN)
-    o.addr = addr
-    o.data = data
-    o.__class__ = SendPacket
-    return o  # type: ignore[no-any-return]
-
-
-def _state_change(subject: str, old: MemberHealth, new: MemberHealth, inc: int) -> StateChange:
-    """``StateChange(subject=subject, old=old, new=new, incarnation=inc)``."""
-    if _CHANGE_TWIN is None:
-        return StateChange(subject=subject, old=old, new=new, incarnation=inc)
-    o: Any = _new(_CHANGE_TWIN)
-    o.subject = subject
-    o.old = old
-    o.new = new
-    o.incarnation = inc
-    o.__class__ = StateChange
-    return o  # type: ignore[no-any-return]
+# The actions built on every datagram and every state change (see slot_maker).
+# (addr, data)
+_send_packet: Callable[[Address, bytes], SendPacket] = slot_maker(SendPacket)
+# (subject, old, new, incarnation)
+_state_change: Callable[[str, MemberHealth, MemberHealth, int], StateChange] = slot_maker(
+    StateChange
+)
 
 
 SwimAction = (
@@ -566,15 +542,38 @@ class BootstrapMemo:
     def table(self, states: Sequence[PushNodeState], now: float) -> dict[str, _Node]:
         """The shared records of ``states``' live rows; a repeated name keeps its first row."""
         if states is not self._states or now != self._now:
-            gone = (WireState.DEAD, WireState.LEFT)
-            table: dict[str, _Node] = {}
-            for st in states:
-                if st.state not in gone and st.name not in table:
-                    node = _Node(st.name, st.addr, st.port, st.tags, st.incarnation, now)
-                    node.shared = True
-                    table[st.name] = node
+            table = _records(states, now, {})
+            for node in table.values():
+                node.shared = True
             self._states, self._now, self._table = states, now, table
         return self._table
+
+
+def _records(
+    states: Sequence[PushNodeState], now: float, known: Mapping[str, object]
+) -> dict[str, _Node]:
+    """Records of the live rows not in ``known``, built at C speed by ``map``;
+    a repeated name keeps its first row, as one at a time would."""
+    gone = (WireState.DEAD, WireState.LEFT)
+    fresh = [st for st in states if st.state not in gone and st.name not in known]
+    names = [st.name for st in fresh]
+    nodes = list(
+        map(
+            _Node,
+            names,
+            map(_ADDR, fresh),
+            map(_PORT, fresh),
+            map(_TAGS, fresh),
+            map(_INC, fresh),
+            itertools.repeat(now, len(fresh)),
+        )
+    )
+    added = dict(zip(names, nodes, strict=True))
+    if len(added) < len(names):
+        added = {}
+        for name, node in zip(names, nodes, strict=True):
+            added.setdefault(name, node)
+    return added
 
 
 class _Probe:
@@ -1131,7 +1130,7 @@ class SwimNode:
             for name in added.keys() & members.keys():
                 del added[name]
         else:
-            added = self._fresh_nodes(states, now)
+            added = _records(states, now, members)
         members.update(added)
         self._layout += 1
         others.extend(added)
@@ -1144,31 +1143,6 @@ class SwimNode:
         self._at(now + self._rng.uniform(0, 1.0) * interval, _T_PUSH_PULL, None, self._pp_token)
         self._probe_list = [n for n in others if members[n].state in _LIVE]
         self._probe_pos = 0
-
-    def _fresh_nodes(self, states: Sequence[PushNodeState], now: float) -> dict[str, _Node]:
-        """Records of the live rows we do not hold, built at C speed by ``map``."""
-        members = self._members
-        gone = (WireState.DEAD, WireState.LEFT)
-        fresh = [st for st in states if st.state not in gone and st.name not in members]
-        names = [st.name for st in fresh]
-        nodes = list(
-            map(
-                _Node,
-                names,
-                map(_ADDR, fresh),
-                map(_PORT, fresh),
-                map(_TAGS, fresh),
-                map(_INC, fresh),
-                itertools.repeat(now, len(fresh)),
-            )
-        )
-        added = dict(zip(names, nodes, strict=True))
-        if len(added) < len(names):
-            # A repeated name keeps its first row, as one at a time would.
-            added = {}
-            for name, node in zip(names, nodes, strict=True):
-                added.setdefault(name, node)
-        return added
 
     # -- queries ------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ from dkron.proto_sansio.swim_wire import (
     PushNodeState,
     WireState,
 )
-from dkron.proto_sansio.wire import plain_twin
+from dkron.proto_sansio.wire import slot_maker
 from dkron.testing.sim import Datagram, EventLoop, Host, LinkFaults, Network
 
 __all__ = [
@@ -86,7 +86,8 @@ class Transition:
     incarnation: int
 
 
-_TRANSITION_TWIN = plain_twin(Transition)
+# One per state change of any member (see slot_maker).
+_transition: Callable[..., Transition] = slot_maker(Transition)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -686,21 +687,9 @@ class SwimCluster:
     # -- recording and invariants --------------------------------------------------------
 
     def record_change(self, observer: str, change: StateChange) -> None:
-        if _TRANSITION_TWIN is None:
-            tr = Transition(
-                self.loop.now, observer, change.subject, change.old, change.new, change.incarnation
-            )
-        else:
-            # Transition(...) slot by slot (see plain_twin): one per state change.
-            o: Any = object.__new__(_TRANSITION_TWIN)
-            o.t = self.loop.now
-            o.observer = observer
-            o.subject = change.subject
-            o.old = change.old
-            o.new = change.new
-            o.incarnation = change.incarnation
-            o.__class__ = Transition
-            tr = o
+        tr = _transition(
+            self.loop.now, observer, change.subject, change.old, change.new, change.incarnation
+        )
         if self.record:
             self.transitions.append(tr)
         if self.check:
