@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +31,7 @@ from dkron.proto_sansio.execution import RunKey
 from dkron.proto_sansio.raft import RaftConfig
 from dkron.state import ToggleJob
 from dkron.testing.cluster_sim import ClusterSim, ServerNode
+from dkron.testing.raft_sim import InvariantViolation
 
 SERVERS = ["s1", "s2", "s3"]
 AGENTS = ["a1", "a2", "a3", "a4"]
@@ -224,3 +226,31 @@ def test_servers_share_each_entrys_decoding_and_each_applies_it() -> None:
     assert one.state.decoder == sim.decode_entry
     sim.replicas_agree()
     assert all(s.applied_index == sim.max_committed for s in servers if isinstance(s, ServerNode))
+
+
+def test_a_second_start_stops_a_test_and_is_counted_by_a_benchmark() -> None:
+    """The start check itself: a test stops at a run started twice on one target;
+    the benchmark's cluster records it in ``started_again`` and goes on."""
+    for stop in (True, False):
+        sim = ClusterSim(SERVERS, AGENTS, seed=3, config=CONFIG, stop_on_duplicate=stop)
+        sim.run(20.0)
+        for job in JOBS[:1]:
+            sim.add_job(job)
+        sim.run(30.0)
+        (job_name, group, node, attempt), _ = next(iter(sim.started.items()))
+        assert not sim.started_again
+        leader = sim.leader()
+        assert isinstance(leader, ServerNode)
+        job = leader.state.get_job(job_name)
+        assert job is not None
+        again = next(
+            e
+            for e in leader.state.group_executions(job_name, group)
+            if (e.node_name, e.attempt) == (node, attempt)
+        )
+        if stop:
+            with pytest.raises(InvariantViolation, match="started twice"):
+                sim.on_start(node, job, again)
+        else:
+            sim.on_start(node, job, again)
+            assert sim.started_again == {(job_name, group, node, attempt)}
