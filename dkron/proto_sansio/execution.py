@@ -39,15 +39,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import heapq
 import random
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from dkron.model import Execution, Job
-from dkron.proto_sansio.wire import Codec
+from dkron.model import MAX_TIME_NS, MIN_TIME_NS, TRIGGERS, Execution, Job
+from dkron.proto_sansio.wire import Codec, slot_maker
 from dkron.state import (
     ApplyResult,
     ClaimSlot,
@@ -332,6 +333,36 @@ class LiveOutput:
 Action = Send | Propose | StartRun | StopRun | ForgetRun | LiveOutput
 
 
+# -- records built on every slot -------------------------------------------------------
+# Every run builds a dozen of these: a frozen dataclass's __init__ stores each
+# field through object.__setattr__, several times the cost of filling its
+# slots (see slot_maker).  None of these classes checks anything in
+# __post_init__, except those marked validated, built only from values that
+# pass the same checks (the checks are made here first where they could fail).
+
+_send_action: Callable[[str, ExecMessage], Send] = slot_maker(Send)
+_propose_action: Callable[[Command], Propose] = slot_maker(Propose)
+_live_output: Callable[[RunKey, int, bytes], LiveOutput] = slot_maker(LiveOutput)
+_start_run: Callable[[Job, Execution], StartRun] = slot_maker(StartRun)
+_forget_run: Callable[[RunKey], ForgetRun] = slot_maker(ForgetRun)
+_dispatch_msg: Callable[[int, RunKey, Job, int | None, str], Dispatch] = slot_maker(Dispatch)
+_started_msg: Callable[[Execution], Started] = slot_maker(Started)
+_result_msg: Callable[[Execution], Result] = slot_maker(Result)
+_result_ack: Callable[[RunKey], ResultAck] = slot_maker(ResultAck)
+# A worker numbers its chunks from 1 itself.
+_output_msg: Callable[[RunKey, int, bytes], Output] = slot_maker(Output, validated=True)
+# Callers check finished_at first (the only check of these two classes).
+_one_started: Callable[[Execution], ExecutionStarted] = slot_maker(ExecutionStarted, validated=True)
+_one_finished: Callable[[Execution], ExecutionFinished] = slot_maker(
+    ExecutionFinished, validated=True
+)
+# (job_name, started_at, node_name, finished_at, success, output, group, attempt,
+#  scheduled_time, trigger, status); only from values that pass Execution's checks.
+_execution: Callable[..., Execution] = slot_maker(Execution, validated=True)
+# RunKey's generated __new__ is a Python function around tuple.__new__.
+_run_key: Callable[[tuple[str, int, str, int]], RunKey] = functools.partial(tuple.__new__, RunKey)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExecutionConfig:
     """Timing of the protocol; a lease must outlast several heartbeats."""
@@ -431,10 +462,10 @@ class ExecutionLeader:
             self._track_claim(job, result.claim, state)
 
     def _observe_finished(self, ex: Execution) -> None:
-        key = RunKey(ex.job_name, ex.group, ex.node_name, ex.attempt)
+        key = _run_key((ex.job_name, ex.group, ex.node_name, ex.attempt))
         run = self._runs.pop(key, None)
         # Acknowledge even a duplicate: the worker must stop re-sending.
-        self._send(ex.node_name, ResultAck(key))
+        self._out.append(_send_action(ex.node_name, _result_ack(key)))
         if run is not None and run.live:
             run.live.clear()
 
@@ -452,14 +483,15 @@ class ExecutionLeader:
             self._on_output(msg)
         elif isinstance(msg, Result):
             ex = msg.execution
-            key = RunKey(ex.job_name, ex.group, ex.node_name, ex.attempt)
+            key = _run_key((ex.job_name, ex.group, ex.node_name, ex.attempt))
             run = self._runs.get(key)
             if run is not None:
                 run.phase = _Phase.REPORTED
                 run.verdict_proposed = True
             # Propose even when unknown: the state decides whether it is new,
             # and its apply triggers the acknowledgement either way.
-            self._propose(ExecutionFinished(ex))
+            finished = _one_finished(ex) if ex.finished_at is not None else ExecutionFinished(ex)
+            self._out.append(_propose_action(finished))
         elif isinstance(msg, Refused):
             self.counters["stale"] += 1
 
@@ -527,7 +559,7 @@ class ExecutionLeader:
             return out
         started = [c for c in proposals if isinstance(c, ExecutionStarted)]
         others = [c for c in proposals if not isinstance(c, ExecutionStarted)]
-        batched = [Propose(command=c) for c in batch_commands([*started, *others])]
+        batched = [_propose_action(c) for c in batch_commands([*started, *others])]
         return [*(a for a in out if not isinstance(a, Propose)), *batched]
 
     def live_output(self, key: RunKey) -> list[tuple[int, bytes]]:
@@ -556,7 +588,7 @@ class ExecutionLeader:
             if e.finished_at is None
         }
         for node, attempt in sorted(claim.outstanding.items()):
-            key = RunKey(job.name, group, node, attempt)
+            key = _run_key((job.name, group, node, attempt))
             if key in self._runs:
                 continue
             started = running.get((node, attempt))
@@ -583,9 +615,12 @@ class ExecutionLeader:
     def _dispatch(self, run: _LeaderRun) -> None:
         job = self._jobs[run.key.job]
         claim = run.claim.claim
-        self._send(
-            run.key.node,
-            Dispatch(self.term, run.key, job, claim.scheduled_time_ns, claim.trigger),
+        key = run.key
+        self._out.append(
+            _send_action(
+                key.node,
+                _dispatch_msg(self.term, key, job, claim.scheduled_time_ns, claim.trigger),
+            )
         )
         self.counters["dispatched"] += 1
         run.next_send = self._now + self.config.dispatch_retry
@@ -604,7 +639,7 @@ class ExecutionLeader:
         heapq.heappush(self._timers, (self._wake_of(run), self._seq, run.key))
 
     def _on_started(self, ex: Execution, now: float) -> None:
-        key = RunKey(ex.job_name, ex.group, ex.node_name, ex.attempt)
+        key = _run_key((ex.job_name, ex.group, ex.node_name, ex.attempt))
         run = self._runs.get(key)
         if run is None or run.verdict_proposed:
             return
@@ -613,7 +648,8 @@ class ExecutionLeader:
             run.started = ex
             run.deadline = now + self.config.lease_timeout
             self._schedule(run)
-            self._propose(ExecutionStarted(ex))
+            started = _one_started(ex) if ex.finished_at is None else ExecutionStarted(ex)
+            self._out.append(_propose_action(started))
 
     def _on_output(self, msg: Output) -> None:
         run = self._runs.get(msg.key)
@@ -625,7 +661,7 @@ class ExecutionLeader:
         while run.live_bytes > self.config.live_buffer_bytes and run.live:
             _, dropped = run.live.popleft()
             run.live_bytes -= len(dropped)
-        self._out.append(LiveOutput(key=msg.key, seq=msg.seq, data=msg.data))
+        self._out.append(_live_output(msg.key, msg.seq, msg.data))
 
     def _verdict(self, run: _LeaderRun, wall_ns: int, why: str, status: str) -> Execution:
         claim = run.claim.claim
@@ -654,10 +690,10 @@ class ExecutionLeader:
             self._send(run.key.node, Cancel(run.key))  # in case it still runs somewhere
 
     def _propose(self, cmd: Command) -> None:
-        self._out.append(Propose(command=cmd))
+        self._out.append(_propose_action(cmd))
 
     def _send(self, dst: str, msg: ExecMessage) -> None:
-        self._out.append(Send(dst=dst, msg=msg))
+        self._out.append(_send_action(dst, msg))
 
 
 @dataclass(slots=True)
@@ -726,12 +762,12 @@ class ExecutionWorker:
         for run in self._runs.values():
             run.leader = leader
             if run.result is not None:
-                self._send(leader, Result(run.result))
+                self._send(leader, _result_msg(run.result))
                 run.next_result = now + self.config.result_retry
             else:
-                self._send(leader, Started(run.execution))
+                self._send(leader, _started_msg(run.execution))
                 for seq, data in run.unsent:
-                    self._send(leader, Output(run.key, seq, data))
+                    self._send(leader, _output_msg(run.key, seq, data))
 
     def receive(self, msg: ExecMessage, *, src: str, now: float, wall_ns: int) -> None:
         if isinstance(msg, Dispatch):
@@ -741,7 +777,7 @@ class ExecutionWorker:
             self._reporting.pop(msg.key, None)
             if run is not None:
                 self._remember_done(msg.key)
-                self._out.append(ForgetRun(key=msg.key))
+                self._out.append(_forget_run(msg.key))
         elif isinstance(msg, Cancel):
             run = self._runs.get(msg.key)
             if run is not None and run.result is None and not run.cancelled:
@@ -759,7 +795,7 @@ class ExecutionWorker:
         while run.buffered > self.config.live_buffer_bytes and run.unsent:
             _, dropped = run.unsent.popleft()
             run.buffered -= len(dropped)
-        self._send(run.leader, Output(key, run.seq, data))
+        self._out.append(_send_action(run.leader, _output_msg(key, run.seq, data)))
 
     def finished(
         self, key: RunKey, *, success: bool, output: str, wall_ns: int, now: float
@@ -769,7 +805,10 @@ class ExecutionWorker:
         if run is None or run.result is not None:
             return
         ex = run.execution
-        run.result = Execution(  # every field spelled out: dataclasses.replace is slow
+        # Every field spelled out (dataclasses.replace is slow).  All but
+        # finished_at were checked when ``ex`` was built, and a status only
+        # goes with a failure; finished_at is at least ``ex.started_at``.
+        fields = (
             ex.job_name,
             ex.started_at,
             ex.node_name,
@@ -782,10 +821,12 @@ class ExecutionWorker:
             ex.trigger,
             "cancelled" if run.cancelled else "",
         )
+        result = _execution(*fields) if fields[3] <= MAX_TIME_NS else Execution(*fields)
+        run.result = result
         run.unsent.clear()
         run.buffered = 0
         self._reporting[key] = run
-        self._send(run.leader, Result(run.result))
+        self._out.append(_send_action(run.leader, _result_msg(result)))
         run.next_result = now + self.config.result_retry
 
     def handle_timer(self, now: float) -> None:
@@ -797,7 +838,7 @@ class ExecutionWorker:
         for run in self._reporting.values():
             if now >= run.next_result and run.leader and run.result is not None:
                 run.next_result = now + self.config.result_retry
-                self._send(run.leader, Result(run.result))
+                self._send(run.leader, _result_msg(run.result))
 
     # -- outputs ------------------------------------------------------------------------
 
@@ -840,26 +881,20 @@ class ExecutionWorker:
             run.leader = src
             # Already running (or finished): answer the leader, never start twice.
             if not switched:
-                self._send(src, Result(run.result) if run.result else Started(run.execution))
+                reply = _result_msg(run.result) if run.result else _started_msg(run.execution)
+                self._send(src, reply)
             return
         if key in self._done_set:
             self._send(src, Refused(msg.term, key, "done"))
             return
         # Dkron's execution id is "<started_at ns>-<node>": two attempts started
         # in the same clock tick (a catch-up batch) must still get distinct ids.
-        self._last_started = max(wall_ns, self._last_started + 1)
-        execution = Execution(
-            key.job,
-            self._last_started,
-            self.node,
-            group=key.group,
-            attempt=key.attempt,
-            scheduled_time=msg.scheduled_time,
-            trigger=msg.trigger,
-        )
+        self._last_started = started_at = max(wall_ns, self._last_started + 1)
+        execution = _new_execution(key, started_at, self.node, msg.scheduled_time, msg.trigger)
         self._runs[key] = _WorkerRun(key, msg.term, src, execution)
-        self._out.append(StartRun(job=msg.job, execution=execution))
-        self._send(src, Started(execution))
+        out = self._out
+        out.append(_start_run(msg.job, execution))
+        out.append(_send_action(src, _started_msg(execution)))
 
     def _remember_done(self, key: RunKey) -> None:
         if len(self._done) == self._done.maxlen:
@@ -868,4 +903,45 @@ class ExecutionWorker:
         self._done_set.add(key)
 
     def _send(self, dst: str, msg: ExecMessage) -> None:
-        self._out.append(Send(dst=dst, msg=msg))
+        self._out.append(_send_action(dst, msg))
+
+
+def _new_execution(
+    key: RunKey, started_at: int, node: str, scheduled_time: int | None, trigger: str
+) -> Execution:
+    """The running record of a dispatched attempt, as ``Execution(...)`` builds it.
+
+    The attempt, the trigger and the scheduled time come from a dispatch:
+    the record is filled slot by slot only when they pass Execution's
+    checks (made here in its order); otherwise the constructor refuses
+    them with its own error, as it always has.
+    """
+    attempt = key.attempt
+    if (
+        attempt >= 0
+        and trigger in TRIGGERS
+        and MIN_TIME_NS <= started_at <= MAX_TIME_NS
+        and (scheduled_time is None or MIN_TIME_NS <= scheduled_time <= MAX_TIME_NS)
+    ):
+        return _execution(
+            key.job,
+            started_at,
+            node,
+            None,
+            False,
+            "",
+            key.group,
+            attempt,
+            scheduled_time,
+            trigger,
+            "",
+        )
+    return Execution(
+        key.job,
+        started_at,
+        node,
+        group=key.group,
+        attempt=attempt,
+        scheduled_time=scheduled_time,
+        trigger=trigger,
+    )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dkron.model import Execution, Job
+from dkron.model import MAX_TIME_NS, MIN_TIME_NS, TRIGGERS, Execution, Job
 from dkron.proto_sansio.errors import RemoteProtocolError
 from dkron.proto_sansio.execution import (
     EXECUTION_CODEC,
@@ -411,3 +411,149 @@ def test_a_finished_run_reports_its_record_with_only_the_result_fields_changed()
     assert res.execution == dataclasses.replace(
         start.execution, finished_at=T0 + 50, success=False, output="boom", status=""
     )
+
+
+# -- records filled slot by slot ----------------------------------------------------------
+
+_TIMES = st.one_of(
+    st.integers(MIN_TIME_NS - 2, MIN_TIME_NS + 2),
+    st.integers(MAX_TIME_NS - 2, MAX_TIME_NS + 2),
+    st.integers(MIN_TIME_NS, MAX_TIME_NS),
+)
+_TRIGGERS = st.sampled_from([*sorted(TRIGGERS), "bogus"])
+
+
+def _same_record(fast: object, plain: object) -> None:
+    assert type(fast) is type(plain)
+    assert fast == plain
+    assert repr(fast) == repr(plain)
+    try:
+        expected = hash(plain)
+    except TypeError:  # a job's mappings
+        with pytest.raises(TypeError):
+            hash(fast)
+    else:
+        assert hash(fast) == expected
+    if dataclasses.is_dataclass(plain):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(fast, dataclasses.fields(plain)[0].name, None)
+
+
+def _outcome(build: Callable[[], object]) -> object:
+    try:
+        return build()
+    except (TypeError, ValueError) as exc:
+        return (type(exc), str(exc))
+
+
+@given(
+    job=st.text(max_size=6),
+    group=_TIMES,
+    node=st.text(max_size=6),
+    attempt=st.integers(-2, 5),
+    started_at=_TIMES,
+    scheduled=st.none() | _TIMES,
+    trigger=_TRIGGERS,
+    term=st.integers(0, 9),
+    data=st.binary(min_size=1, max_size=8),
+)
+def test_records_built_slot_by_slot_are_the_constructors_frozen_records(  # noqa: PLR0917
+    job: str,
+    group: int,
+    node: str,
+    attempt: int,
+    started_at: int,
+    scheduled: int | None,
+    trigger: str,
+    term: int,
+    data: bytes,
+) -> None:
+    """The messages, actions and executions the protocol fills through plain
+    twins are what their constructors build (equal, of the exact class,
+    hashing alike, still frozen), and a dispatch the constructor refuses is
+    refused with the same error."""
+    from dkron.proto_sansio import execution as m
+
+    key = RunKey(job, group, node, attempt)
+    j = Job(job or "j", executor_config={"duration": "1"})
+    _same_record(m._run_key((job, group, node, attempt)), key)
+    made = _outcome(lambda: m._new_execution(key, started_at, node, scheduled, trigger))
+    plain = _outcome(
+        lambda: Execution(
+            job,
+            started_at,
+            node,
+            group=group,
+            attempt=attempt,
+            scheduled_time=scheduled,
+            trigger=trigger,
+        )
+    )
+    if not isinstance(plain, Execution):
+        assert made == plain
+        return
+    assert isinstance(made, Execution)
+    _same_record(made, plain)
+    ex = plain
+    fin = dataclasses.replace(ex, finished_at=ex.started_at, success=True, output="ok")
+    built: list[tuple[object, object]] = [
+        (m._send_action(node, ResultAck(key)), Send(dst=node, msg=ResultAck(key))),
+        (m._propose_action(ExecutionStarted(ex)), Propose(command=ExecutionStarted(ex))),
+        (m._live_output(key, 1, data), LiveOutput(key=key, seq=1, data=data)),
+        (m._start_run(j, ex), StartRun(job=j, execution=ex)),
+        (m._forget_run(key), ForgetRun(key=key)),
+        (
+            m._dispatch_msg(term, key, j, scheduled, trigger),
+            Dispatch(term, key, j, scheduled, trigger),
+        ),
+        (m._started_msg(ex), Started(ex)),
+        (m._result_msg(fin), Result(fin)),
+        (m._result_ack(key), ResultAck(key)),
+        (m._output_msg(key, 1 + term, data), Output(key, 1 + term, data)),
+        (m._one_started(ex), ExecutionStarted(ex)),
+        (m._one_finished(fin), ExecutionFinished(fin)),
+    ]
+    for fast, slow in built:
+        _same_record(fast, slow)
+
+
+@given(
+    wall_ns=_TIMES,
+    success=st.booleans(),
+    cancelled=st.booleans(),
+    output=st.text(max_size=4),
+)
+def test_a_finished_result_is_the_constructors_record(
+    wall_ns: int, success: bool, cancelled: bool, output: str
+) -> None:
+    """The worker's result is built slot by slot only when its finish time is
+    one Execution accepts; past year 9999 the constructor refuses it as before."""
+    w = ExecutionWorker("w1", CFG, now=0.0)
+    w.receive(dispatch(), src="s1", now=0.0, wall_ns=T0)
+    (start,) = [a for a in w.drain() if isinstance(a, StartRun)]
+    ex = start.execution
+    if cancelled:
+        w.receive(Cancel(KEY), src="s1", now=0.0, wall_ns=T0)
+    expected = _outcome(
+        lambda: Execution(
+            ex.job_name,
+            ex.started_at,
+            ex.node_name,
+            max(wall_ns, ex.started_at),
+            success and not cancelled,
+            output,
+            ex.group,
+            ex.attempt,
+            ex.scheduled_time,
+            ex.trigger,
+            "cancelled" if cancelled else "",
+        )
+    )
+    got = _outcome(
+        lambda: w.finished(KEY, success=success, output=output, wall_ns=wall_ns, now=1.0)
+    )
+    if not isinstance(expected, Execution):
+        assert got == expected
+        return
+    (result,) = [a.msg for a in w.drain() if isinstance(a, Send) and isinstance(a.msg, Result)]
+    _same_record(result.execution, expected)
