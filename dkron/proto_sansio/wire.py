@@ -187,24 +187,62 @@ class _Source:
         return fn
 
 
+# Struct nesting inlined into one generated function; deeper levels are calls.
+_INLINE_DEPTH = 6
+
+
+def _plain_named_tuple(cls: type) -> bool:
+    """Is ``cls(*fields)`` exactly ``tuple.__new__(cls, fields)``?
+
+    True for a named tuple whose ``__new__`` is the one :mod:`collections`
+    generates (a one-line wrapper around ``tuple.__new__``) and that has no
+    ``__init__`` of its own: calling ``tuple.__new__`` directly skips a
+    Python-level call per key decoded.
+    """
+    new = getattr(cls, "__new__", None)
+    code = getattr(new, "__code__", None)
+    if code is None or code.co_filename != "<string>":
+        return False
+    if getattr(cls, "__init__", None) is not object.__init__:
+        return False
+    if getattr(new, "__globals__", {}).get("_tuple_new") is not tuple.__new__:
+        return False
+    fields: tuple[str, ...] = getattr(cls, "_fields", ())
+    return bool(code.co_varnames[1 : code.co_argcount] == fields)
+
+
 class Codec:
     """Encoder and strict decoder for one family of messages.
 
     ``kinds`` maps the small integer that identifies each message type on the
     wire to its dataclass.  Each protocol (Raft RPC, gossip, execution) owns
     one codec; kinds are only unique within a codec.
+
+    :attr:`to_wire` and :attr:`from_wire` are each one generated function
+    with every message class and every nested struct inline (a branch per
+    kind, no call per nested struct, container or key): a Python call costs
+    as much as checking a dozen fields, and every execution message and log
+    entry crosses these once per hop.
     """
+
+    to_wire: Callable[[object], list[Any]]
+    """The CBOR-ready array of a message, for embedding in a larger frame;
+    a class not of this codec raises LocalProtocolError (the caller's bug)."""
+
+    from_wire: Callable[[Any], object]
+    """Validate an already-parsed array into a message; anything malformed
+    raises RemoteProtocolError."""
 
     def __init__(self, kinds: Mapping[int, type]) -> None:
         self._src = _Source()
+        self._src.env["_local"] = LocalProtocolError
         self._structs: dict[type, tuple[_Enc, _Dec]] = {}
         self._compiling: set[type] = set()
-        self._by_kind: dict[int, _Dec] = {}
-        self._by_class: dict[type, _Enc] = {}
         self._kinds = dict(kinds)
-        for kind, cls in kinds.items():
-            self._by_kind[kind] = self._struct_decoder(cls, top=True)
-            self._by_class[cls] = self._struct_encoder(cls, kind)
+        for cls in self._kinds.values():
+            self._fields(cls)  # refuse what is not a struct before generating anything
+        self.from_wire = self._build_from_wire()
+        self.to_wire = self._build_to_wire()
 
     # -- public API ---------------------------------------------------------
 
@@ -217,14 +255,6 @@ class Codec:
         """Serialise a registered message; misuse is the caller's bug."""
         return cbor2.dumps(self.to_wire(msg))
 
-    def to_wire(self, msg: object) -> list[Any]:
-        """The CBOR-ready array of a message, for embedding in a larger frame."""
-        enc = self._by_class.get(type(msg))
-        if enc is None:
-            raise LocalProtocolError(f"{type(msg).__name__} is not a message of this codec")
-        out: list[Any] = enc(msg)
-        return out
-
     def decode(self, body: bytes) -> object:
         """Parse one message body; anything malformed raises RemoteProtocolError."""
         try:
@@ -232,18 +262,6 @@ class Codec:
         except Exception as exc:  # the parser's failure modes are many; all are the peer's
             raise RemoteProtocolError(f"undecodable CBOR: {exc}") from None
         return self.from_wire(raw)
-
-    def from_wire(self, raw: Any) -> object:
-        """Validate an already-parsed array into a message."""
-        if type(raw) is not list or not raw:
-            raise _bad("a message is a non-empty array")
-        kind = raw[0]
-        if type(kind) is not int:
-            raise _bad("message kind must be an int")
-        dec = self._by_kind.get(kind)
-        if dec is None:
-            raise _bad(f"unknown message kind {kind}")
-        return dec(raw)
 
     # -- compilation ----------------------------------------------------------
 
@@ -262,7 +280,53 @@ class Codec:
             raise TypeError(f"{tp.__name__}: wire messages take positional fields")
         return [(f.name, hints[f.name]) for f in fields]
 
+    def _build_from_wire(self) -> Callable[[Any], object]:
+        lines = [
+            "def from_wire(raw):",
+            "    if type(raw) is not list or not raw:",
+            "        raise _bad('a message is a non-empty array')",
+            "    kind = raw[0]",
+            "    if type(kind) is not int:",
+            "        raise _bad('message kind must be an int')",
+        ]
+        lines.extend(self._kind_branches(sorted(self._kinds), "    "))
+        lines.append("    raise _bad(f'unknown message kind {kind}')")
+        fn: Callable[[Any], object] = self._src.build("from_wire", lines)
+        return fn
+
+    def _kind_branches(self, kinds: list[int], pad: str) -> list[str]:
+        """Bisect on the kind (a few int comparisons), then decode inline."""
+        if len(kinds) > 3:
+            mid = kinds[len(kinds) // 2]
+            return [
+                f"{pad}if kind < {mid}:",
+                *self._kind_branches(kinds[: len(kinds) // 2], pad + "    "),
+                f"{pad}else:",
+                *self._kind_branches(kinds[len(kinds) // 2 :], pad + "    "),
+            ]
+        lines = []
+        for kind in kinds:
+            cls = self._kinds[kind]
+            lines.append(f"{pad}if kind == {kind}:")
+            lines.extend(self._struct_lines(cls, "raw", pad + "    ", top=True, inlined=()))
+            lines.append(f"{pad}    return raw")
+        return lines
+
+    def _build_to_wire(self) -> Callable[[object], list[Any]]:
+        src = self._src
+        lines = ["def to_wire(v):", "    t = type(v)"]
+        for kind, cls in sorted(self._kinds.items()):
+            items = [str(kind)] + [
+                self._enc_expr(tp, f"v.{name}", (cls,)) for name, tp in self._fields(cls)
+            ]
+            lines.append(f"    if t is {src.ref(cls)}:")
+            lines.append(f"        return [{', '.join(items)}]")
+        lines.append("    raise _local(f'{t.__name__} is not a message of this codec')")
+        fn: Callable[[object], list[Any]] = src.build("to_wire", lines)
+        return fn
+
     def _struct(self, tp: type) -> tuple[_Enc, _Dec]:
+        """Standalone encoder and decoder of a struct, for the levels not inlined."""
         done = self._structs.get(tp)
         if done is not None:
             return done
@@ -279,65 +343,77 @@ class Codec:
             return enc_late, dec_late
         self._compiling.add(tp)
         try:
-            pair = (self._struct_encoder(tp, None), self._struct_decoder(tp, top=False))
+            src = self._src
+            items = [self._enc_expr(t, f"v.{name}", (tp,)) for name, t in self._fields(tp)]
+            enc = src.build("enc", ["def enc(v):", f"    return [{', '.join(items)}]"])
+            body = self._struct_lines(tp, "v", "    ", top=False, inlined=())
+            dec = src.build("dec", ["def dec(v):", *body, "    return v"])
         finally:
             self._compiling.discard(tp)
-        self._structs[tp] = pair
-        return pair
+        self._structs[tp] = (enc, dec)
+        return enc, dec
 
-    def _struct_encoder(self, cls: type, kind: int | None) -> _Enc:
-        items = [] if kind is None else [str(kind)]
-        for name, tp in self._fields(cls):
-            items.append(self._enc_expr(tp, f"v.{name}"))
-        lines = ["def enc(v):", f"    return [{', '.join(items)}]"]
-        return self._src.build("enc", lines)
+    def _struct_lines(
+        self, cls: type, var: str, pad: str, *, top: bool, inlined: tuple[type, ...]
+    ) -> list[str]:
+        """Statements that check the array ``var`` and replace it with a ``cls``.
 
-    def _struct_decoder(self, cls: type, *, top: bool) -> _Dec:
+        ``top``: a message, whose first element is its kind (already checked).
+        """
         src = self._src
         fields = self._fields(cls)
         n = len(fields)
         name = src.ref(cls.__name__)
         cls_ref = src.ref(cls)
         offset = 1 if top else 0
-        lines = ["def dec(v):"]
+        inlined = (*inlined, cls)
+        lines = []
         if not top:
-            lines.append(f"    if type(v) is not list: raise _bad({name} + ': expected array')")
-        lines.append(f"    if len(v) != {n + offset}:")
-        lines.append(
-            f"        raise _bad(f'{{{name}}}: expected {n} fields, got {{len(v) - {offset}}}')"
-        )
-        args = [f"a{i}" for i in range(n)]
+            lines.append(
+                f"{pad}if type({var}) is not list: raise _bad({name} + ': expected array')"
+            )
+        lines.append(f"{pad}if len({var}) != {n + offset}:")
+        got = f"{{len({var}) - {offset}}}"
+        lines.append(f"{pad}    raise _bad(f'{{{name}}}: expected {n} fields, got {got}')")
+        args = [src.var() for _ in range(n)]
         targets = (["_"] if top else []) + args
         if targets:
-            lines.append(f"    {', '.join(targets)}, = v")
+            lines.append(f"{pad}{', '.join(targets)}, = {var}")
         for arg, (_, tp) in zip(args, fields, strict=True):
-            lines.extend(self._check_lines(tp, arg, "    "))
-        lines.append("    try:")
+            lines.extend(self._check_lines(tp, arg, pad, inlined))
+        if _is_named_tuple(cls) and _plain_named_tuple(cls):
+            # Nothing to validate and nothing that can raise.
+            values = "".join(f"{a}, " for a in args)
+            lines.append(f"{pad}{var} = {src.ref(tuple.__new__)}({cls_ref}, ({values}))")
+            return lines
+        lines.append(f"{pad}try:")
         setters = _slot_setters(cls)
         twin = None if setters is None else plain_twin(cls)
+        inner = pad + "    "
         if setters is None:
-            lines.append(f"        return {cls_ref}({', '.join(args)})")
+            lines.append(f"{inner}{var} = {cls_ref}({', '.join(args)})")
         else:
             # What the generated __init__ does, minus its per-field name lookups.
+            o = src.var()
             if twin is not None:
-                lines.append(f"        o = {src.ref(object.__new__)}({src.ref(twin)})")
+                lines.append(f"{inner}{o} = {src.ref(object.__new__)}({src.ref(twin)})")
                 for arg, (field, _) in zip(args, fields, strict=True):
-                    lines.append(f"        o.{field} = {arg}")
-                lines.append(f"        o.__class__ = {cls_ref}")
+                    lines.append(f"{inner}{o}.{field} = {arg}")
+                lines.append(f"{inner}{o}.__class__ = {cls_ref}")
             else:
-                lines.append(f"        o = {src.ref(object.__new__)}({cls_ref})")
+                lines.append(f"{inner}{o} = {src.ref(object.__new__)}({cls_ref})")
                 for arg, setter in zip(args, setters, strict=True):
-                    lines.append(f"        {src.ref(setter)}(o, {arg})")
+                    lines.append(f"{inner}{src.ref(setter)}({o}, {arg})")
             if hasattr(cls, "__post_init__"):
-                lines.append("        o.__post_init__()")
-            lines.append("        return o")
-        lines.append("    except (TypeError, ValueError) as exc:  # __post_init__ validation")
-        lines.append(f"        raise _bad(f'{{{name}}}: {{exc}}') from None")
-        return src.build("dec", lines)
+                lines.append(f"{inner}{o}.__post_init__()")
+            lines.append(f"{inner}{var} = {o}")
+        lines.append(f"{pad}except (TypeError, ValueError) as exc:  # __post_init__ validation")
+        lines.append(f"{pad}    raise _bad(f'{{{name}}}: {{exc}}') from None")
+        return lines
 
     # -- decoding ---------------------------------------------------------------
 
-    def _check_lines(self, tp: Any, var: str, pad: str) -> list[str]:
+    def _check_lines(self, tp: Any, var: str, pad: str, inlined: tuple[type, ...]) -> list[str]:
         """Statements that validate ``var`` in place (converting it where needed)."""
         checked = _CHECKED.get(tp)
         if checked is not None:
@@ -354,9 +430,27 @@ class Codec:
             ]
         inner = _optional_of(tp)
         if inner is not None:
-            return [f"{pad}if {var} is not None:", *self._check_lines(inner, var, pad + "    ")]
-        dec = self._src.ref(self._decoder(tp))
-        return [f"{pad}{var} = {dec}({var})"]
+            return [
+                f"{pad}if {var} is not None:",
+                *self._check_lines(inner, var, pad + "    ", inlined),
+            ]
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin is tuple:
+            if len(args) != 2 or args[1] is not Ellipsis:
+                raise TypeError(f"only tuple[X, ...] is supported, not {tp!r}")
+            return self._sequence_lines(args[0], tuple, var, pad, inlined)
+        if origin is frozenset:
+            return self._sequence_lines(args[0], frozenset, var, pad, inlined)
+        if origin is dict:
+            return self._mapping_lines(args[0], args[1], var, pad, inlined)
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            return [f"{pad}{var} = {self._src.ref(self._enum_decoder(tp))}({var})"]
+        if isinstance(tp, type) and (dataclasses.is_dataclass(tp) or _is_named_tuple(tp)):
+            if tp in inlined or len(inlined) >= _INLINE_DEPTH:
+                return [f"{pad}{var} = {self._src.ref(self._struct(tp)[1])}({var})"]
+            return self._struct_lines(tp, var, pad, top=False, inlined=inlined)
+        raise TypeError(f"unsupported wire type {tp!r}")
 
     def _pure(self, tp: Any) -> bool:
         """Is the decoded value the wire value itself (checks, no conversion)?"""
@@ -365,61 +459,53 @@ class Codec:
         inner = _optional_of(tp)
         return inner is not None and self._pure(inner)
 
-    def _decoder(self, tp: Any) -> _Dec:
-        """A function decoding one value of ``tp``."""
-        origin = typing.get_origin(tp)
-        args = typing.get_args(tp)
-        if origin is tuple:
-            if len(args) != 2 or args[1] is not Ellipsis:
-                raise TypeError(f"only tuple[X, ...] is supported, not {tp!r}")
-            return self._sequence_decoder(args[0], tuple)
-        if origin is frozenset:
-            return self._sequence_decoder(args[0], frozenset)
-        if origin is dict:
-            return self._mapping_decoder(args[0], args[1])
-        if isinstance(tp, type) and issubclass(tp, enum.Enum):
-            return self._enum_decoder(tp)
-        if isinstance(tp, type) and (dataclasses.is_dataclass(tp) or _is_named_tuple(tp)):
-            return self._struct(tp)[1]
-        if tp in _CHECKED or tp is float or _optional_of(tp) is not None:
-            lines = ["def dec(x):", *self._check_lines(tp, "x", "    "), "    return x"]
-            return self._src.build("dec", lines)
-        raise TypeError(f"unsupported wire type {tp!r}")
-
-    def _sequence_decoder(self, item: Any, build: Callable[[Any], Any]) -> _Dec:
+    def _sequence_lines(
+        self, item: Any, build: Callable[[Any], Any], var: str, pad: str, inlined: tuple[type, ...]
+    ) -> list[str]:
         src = self._src
         build_ref = src.ref(build)
+        x = src.var()
         lines = [
-            "def dec(v):",
-            "    if type(v) is not list:",
-            "        raise _bad(f'expected array, got {type(v).__name__}')",
+            f"{pad}if type({var}) is not list:",
+            f"{pad}    raise _bad(f'expected array, got {{type({var}).__name__}}')",
         ]
         if self._pure(item):
-            lines.append("    for x in v:")
-            lines.extend(self._check_lines(item, "x", "        "))
-            lines.append(f"    return {build_ref}(v)")
+            lines.append(f"{pad}for {x} in {var}:")
+            lines.extend(self._check_lines(item, x, pad + "    ", inlined))
+            lines.append(f"{pad}{var} = {build_ref}({var})")
         else:
-            item_ref = src.ref(self._decoder(item))
-            lines.append(f"    return {build_ref}([{item_ref}(x) for x in v])")
-        return src.build("dec", lines)
+            acc = src.var()
+            lines.append(f"{pad}{acc} = []")
+            lines.append(f"{pad}for {x} in {var}:")
+            lines.extend(self._check_lines(item, x, pad + "    ", inlined))
+            lines.append(f"{pad}    {acc}.append({x})")
+            lines.append(f"{pad}{var} = {build_ref}({acc})")
+        return lines
 
-    def _mapping_decoder(self, key: Any, value: Any) -> _Dec:
+    def _mapping_lines(
+        self, key: Any, value: Any, var: str, pad: str, inlined: tuple[type, ...]
+    ) -> list[str]:
         src = self._src
+        k, x = src.var(), src.var()
         lines = [
-            "def dec(v):",
-            "    if type(v) is not dict:",
-            "        raise _bad(f'expected map, got {type(v).__name__}')",
+            f"{pad}if type({var}) is not dict:",
+            f"{pad}    raise _bad(f'expected map, got {{type({var}).__name__}}')",
         ]
         if self._pure(key) and self._pure(value):
-            lines.append("    for k, x in v.items():")
-            lines.extend(self._check_lines(key, "k", "        "))
-            lines.extend(self._check_lines(value, "x", "        "))
-            lines.append("    return dict(v)")
+            lines.append(f"{pad}for {k}, {x} in {var}.items():")
+            lines.extend(self._check_lines(key, k, pad + "    ", inlined))
+            lines.extend(self._check_lines(value, x, pad + "    ", inlined))
+            lines.append(f"{pad}{var} = dict({var})")
         else:
-            key_ref = src.ref(self._decoder(key))
-            val_ref = src.ref(self._decoder(value))
-            lines.append(f"    return {{{key_ref}(k): {val_ref}(x) for k, x in v.items()}}")
-        return src.build("dec", lines)
+            # The key is decoded before its value, as a dict comprehension would.
+            acc = src.var()
+            lines.append(f"{pad}{acc} = {{}}")
+            lines.append(f"{pad}for {k}, {x} in {var}.items():")
+            lines.extend(self._check_lines(key, k, pad + "    ", inlined))
+            lines.extend(self._check_lines(value, x, pad + "    ", inlined))
+            lines.append(f"{pad}    {acc}[{k}] = {x}")
+            lines.append(f"{pad}{var} = {acc}")
+        return lines
 
     @staticmethod
     def _enum_decoder(tp: type[enum.Enum]) -> _Dec:
@@ -441,36 +527,49 @@ class Codec:
 
     # -- encoding ---------------------------------------------------------------
 
-    def _enc_expr(self, tp: Any, expr: str) -> str:
-        """An expression for the wire form of ``expr`` (itself when nothing changes)."""
+    def _enc_expr(self, tp: Any, expr: str, inlined: tuple[type, ...]) -> str:
+        """An expression for the wire form of ``expr`` (itself when nothing changes).
+
+        ``expr`` may be evaluated more than once (it is an attribute read or
+        a variable) and nested structs are written out field by field, bound
+        once with ``:=``, instead of calling an encoder per struct.
+        """
         if tp in _CHECKED or tp is float:
             return expr
         src = self._src
         inner = _optional_of(tp)
         if inner is not None:
             y = src.var()
-            inner_expr = self._enc_expr(inner, y)
+            inner_expr = self._enc_expr(inner, y, inlined)
             if inner_expr == y:
                 return expr
-            lines = [f"def enc({y}):", f"    return None if {y} is None else {inner_expr}"]
-            return f"{src.ref(src.build('enc', lines))}({expr})"
+            return f"(None if ({y} := {expr}) is None else {inner_expr})"
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         if origin is tuple or origin is frozenset:
             if origin is tuple and (len(args) != 2 or args[1] is not Ellipsis):
                 raise TypeError(f"only tuple[X, ...] is supported, not {tp!r}")
             y = src.var()
-            item = self._enc_expr(args[0], y)
+            item = self._enc_expr(args[0], y, inlined)
             return f"list({expr})" if item == y else f"[{item} for {y} in {expr}]"
         if origin is dict:
             k, x = src.var(), src.var()
-            key = self._enc_expr(args[0], k)
-            val = self._enc_expr(args[1], x)
+            key = self._enc_expr(args[0], k, inlined)
+            val = self._enc_expr(args[1], x, inlined)
             if key == k and val == x:
                 return f"dict({expr})"
             return f"{{{key}: {val} for {k}, {x} in {expr}.items()}}"
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
             return f"{expr}.value"
         if isinstance(tp, type) and (dataclasses.is_dataclass(tp) or _is_named_tuple(tp)):
-            return f"{src.ref(self._struct(tp)[0])}({expr})"
+            if tp in inlined or len(inlined) >= _INLINE_DEPTH:
+                return f"{src.ref(self._struct(tp)[0])}({expr})"
+            y = expr if expr.isidentifier() else src.var()
+            nested = (*inlined, tp)
+            items = [self._enc_expr(t, f"{y}.{name}", nested) for name, t in self._fields(tp)]
+            if y == expr:
+                return f"[{', '.join(items)}]"
+            # The condition binds the struct once, before the fields are read
+            # (a one-element tuple is always true).
+            return f"([{', '.join(items)}] if (({y} := {expr}),) else None)"
         raise TypeError(f"unsupported wire type {tp!r}")

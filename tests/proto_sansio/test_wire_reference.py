@@ -14,7 +14,7 @@ import enum
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 import pytest
@@ -481,3 +481,66 @@ def test_kinds_and_misuse() -> None:
         codec.to_wire(Mutable(1, {}))
     with pytest.raises(TypeError):
         Codec({1: int})
+
+
+class _Pair(NamedTuple):
+    p: int
+    q: str
+
+
+class Doubled(_Pair):
+    """A named tuple with its own ``__new__``: decoded by calling the class."""
+
+    def __new__(cls, p: int, q: str) -> Doubled:
+        return super().__new__(cls, p * 2, q)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pairs:
+    plain: _Pair
+    doubled: Doubled
+    keyed: dict[str, _Pair]
+
+
+def test_named_tuples_are_built_as_their_class_builds_them() -> None:
+    codec = Codec({1: Pairs})
+    reference = ReferenceCodec({1: Pairs})
+    body = cbor2.dumps([1, [1, "a"], [3, "b"], {"k": [5, "c"]}])
+    assert codec.decode(body) == reference.decode(body)
+    msg = codec.decode(body)
+    assert isinstance(msg, Pairs)
+    assert msg.doubled == (6, "b") and type(msg.doubled) is Doubled
+    assert type(msg.plain) is _Pair and type(msg.keyed["k"]) is _Pair
+
+
+def _chain(depth: int) -> type:
+    """Structs nested ``depth`` deep, each led by a map of the one below."""
+    cls = dataclasses.make_dataclass("D0", [("n", int)], frozen=True, slots=True)
+    for i in range(1, depth):
+        fields = [("first", dict[str, cls]), ("inner", cls | None)]  # type: ignore[valid-type]
+        cls = dataclasses.make_dataclass(f"D{i}", fields, frozen=True, slots=True)
+    return cls
+
+
+@pytest.mark.parametrize("depth", [1, 3, 9])
+def test_structs_nested_deeper_than_inlined_read_alike(depth: int) -> None:
+    top = _chain(depth)
+    codec, reference = Codec({1: top}), ReferenceCodec({1: top})
+
+    def value(cls: Any, level: int) -> Any:
+        if level == 0:
+            return cls(7)
+        below = typing.get_type_hints(cls)["inner"].__args__[0]
+        return cls({"a": value(below, level - 1)}, value(below, level - 1))
+
+    msg = value(top, depth - 1)
+    body = codec.encode(msg)
+    assert body == reference.encode(msg)
+    assert codec.decode(body) == msg
+    raw = codec.to_wire(msg)
+    leaf = raw
+    while len(leaf) > 2:  # down the inner chain to the innermost struct
+        leaf = leaf[-1]
+    leaf[-1] = "seven"
+    bad = cbor2.dumps(raw)
+    assert _outcome(codec, bad) == _outcome(reference, bad) == RemoteProtocolError
