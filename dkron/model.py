@@ -21,7 +21,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from dkron.schedule import parse_go_duration, parse_schedule, validate_timezone
 
@@ -141,6 +141,34 @@ class Job:
         _check_times(self.last_success, self.last_error, self.next, self.starts_at, self.expires_at)
 
 
+_C = TypeVar("_C", bound=type)
+
+
+def _cache_slot(name: str) -> Callable[[_C], _C]:
+    """Rebuild a slots dataclass with one more slot, ``name``, that is not a field.
+
+    ``dataclass(slots=True)`` makes exactly one slot per field, and a slot
+    cannot be added to a class once made, so the class is made again from
+    its namespace as ``dataclass`` itself does.  Fields, ``fields()``,
+    ``replace()``, equality, hashing, ``repr``, pickling and the wire codecs
+    (which fill the field slots through a plain twin of the layout) are
+    unchanged; the extra slot is a cache each reader fills lazily, so that an
+    object built by any path (``__init__``, a codec, a slot copier, a copy)
+    is complete without it.
+    """
+
+    def rebuild(cls: _C) -> _C:
+        slots = vars(cls)["__slots__"]
+        namespace = {k: v for k, v in vars(cls).items() if k not in slots}
+        namespace["__slots__"] = (*slots, name)
+        new = type(cls)(cls.__name__, cls.__bases__, namespace)
+        new.__qualname__ = cls.__qualname__
+        return new
+
+    return rebuild
+
+
+@_cache_slot("_id")
 @dataclass(frozen=True, slots=True)
 class Execution:
     """One run of a job on one node (one attempt).
@@ -162,21 +190,46 @@ class Execution:
     trigger: str = ""
     status: str = ""
 
+    if TYPE_CHECKING:
+        # The cache slot added by _cache_slot: not a field, so not a dataclass
+        # annotation at run time.
+        _id: ClassVar[str]
+
     def __post_init__(self) -> None:
+        # Runs for every record decoded anywhere (each hop, each log entry):
+        # _check_times is spelled out here, the common values tested first.
         if self.attempt < 0:
             raise ValueError("attempt must be >= 0")
         if self.trigger not in TRIGGERS:
             raise ValueError(f"unknown trigger {self.trigger!r}")
-        if self.status not in EXECUTION_STATUSES:
-            raise ValueError(f"unknown execution status {self.status!r}")
-        if self.status and self.success:
-            raise ValueError(f"a {self.status} execution cannot be successful")
-        _check_times(self.started_at, self.finished_at, self.scheduled_time)
+        status = self.status
+        if status != "":
+            if status not in EXECUTION_STATUSES:
+                raise ValueError(f"unknown execution status {status!r}")
+            if self.success:
+                raise ValueError(f"a {status} execution cannot be successful")
+        started, finished, scheduled = self.started_at, self.finished_at, self.scheduled_time
+        if (
+            (started is not None and not MIN_TIME_NS <= started <= MAX_TIME_NS)
+            or (finished is not None and not MIN_TIME_NS <= finished <= MAX_TIME_NS)
+            or (scheduled is not None and not MIN_TIME_NS <= scheduled <= MAX_TIME_NS)
+        ):
+            raise ValueError("times must lie in years 0001..9999")
 
     @property
     def id(self) -> str:
-        """Dkron's key: ``<started_at UnixNano>-<node_name>``."""
-        return f"{self.started_at}-{self.node_name}"
+        """Dkron's key: ``<started_at UnixNano>-<node_name>``.
+
+        Built once per object: every replica looks each record up by it
+        (several times per result), and replicas in one process share the
+        decoded records.  A string kept also keeps its hash.
+        """
+        try:
+            return self._id
+        except AttributeError:
+            key = f"{self.started_at}-{self.node_name}"
+            object.__setattr__(self, "_id", key)
+            return key
 
     @property
     def running(self) -> bool:

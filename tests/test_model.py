@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 import zoneinfo
 
 import pytest
@@ -10,8 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dkron.model import (
+    EXECUTION_STATUSES,
     MAX_TIME_NS,
     MIN_TIME_NS,
+    TRIGGERS,
     ZERO_TIME,
     Execution,
     Job,
@@ -29,6 +33,8 @@ from dkron.model import (
     truncate_output,
     validate_job,
 )
+from dkron.proto_sansio.wire import Codec, slot_copier
+from dkron.state import ExecutionStarted
 
 EXAMPLE_KEYS = [
     "id",
@@ -537,6 +543,99 @@ def test_execution_invariants() -> None:
         _execution(trigger="cron")
     with pytest.raises(ValueError):
         _execution(attempt=-1)
+
+
+def _reference_execution_checks(ex: Execution) -> None:
+    """The execution's checks as first written, one rule per line."""
+    if ex.attempt < 0:
+        raise ValueError("attempt must be >= 0")
+    if ex.trigger not in TRIGGERS:
+        raise ValueError(f"unknown trigger {ex.trigger!r}")
+    if ex.status not in EXECUTION_STATUSES:
+        raise ValueError(f"unknown execution status {ex.status!r}")
+    if ex.status and ex.success:
+        raise ValueError(f"a {ex.status} execution cannot be successful")
+    for ns in (ex.started_at, ex.finished_at, ex.scheduled_time):
+        if ns is not None and not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+            raise ValueError("times must lie in years 0001..9999")
+
+
+_EDGE_TIMES = st.sampled_from([MIN_TIME_NS - 1, MIN_TIME_NS, 0, MAX_TIME_NS, MAX_TIME_NS + 1])
+_ANY_TIME = st.integers() | _EDGE_TIMES
+
+
+@given(
+    started=_ANY_TIME | st.none(),
+    finished=_ANY_TIME | st.none(),
+    scheduled=_ANY_TIME | st.none(),
+    attempt=st.integers(min_value=-2, max_value=3),
+    trigger=st.sampled_from([*sorted(TRIGGERS), "cron"]),
+    status=st.sampled_from([*sorted(EXECUTION_STATUSES), "bogus", None, 0]),
+    success=st.booleans(),
+)
+def test_execution_checks_match_the_rules_one_by_one(
+    *,
+    started: int | None,
+    finished: int | None,
+    scheduled: int | None,
+    attempt: int,
+    trigger: str,
+    status: object,
+    success: bool,
+) -> None:
+    # Build unchecked (as a codec's twin does), then run both versions of the checks.
+    ex = object.__new__(Execution)
+    values: list[tuple[str, object]] = [("job_name", "j"), ("started_at", started)]
+    values += [("node_name", "n"), ("finished_at", finished), ("success", success)]
+    values += [("output", ""), ("group", 0), ("attempt", attempt)]
+    values += [("scheduled_time", scheduled), ("trigger", trigger), ("status", status)]
+    for name, value in values:
+        object.__setattr__(ex, name, value)
+    expected: str | None = None
+    try:
+        _reference_execution_checks(ex)
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        ex.__post_init__()
+    except ValueError as exc:
+        assert str(exc) == expected
+    else:
+        assert expected is None
+
+
+_CODEC = Codec({1: ExecutionStarted})
+
+
+@given(
+    started=st.integers(min_value=0, max_value=MAX_TIME_NS),
+    node=st.text(max_size=5),
+    other=st.integers(min_value=0, max_value=MAX_TIME_NS),
+    read_first=st.booleans(),
+)
+def test_execution_id_is_the_key_of_every_copy(
+    started: int, node: str, other: int, read_first: bool
+) -> None:
+    """The id is cached on the object; no way of building one may carry a stale id."""
+    ex = Execution("j", started, node)
+    if read_first:
+        assert ex.id == f"{started}-{node}"
+    built = [
+        ex,
+        dataclasses.replace(ex, started_at=other),
+        dataclasses.replace(ex, node_name=node + "x"),
+        copy.copy(ex),
+        pickle.loads(pickle.dumps(ex)),
+        _CODEC.decode(_CODEC.encode(ExecutionStarted(ex))).execution,  # type: ignore[attr-defined]
+        slot_copier(Execution, ("started_at",))(ex, other),
+    ]
+    for one in built:
+        assert one.id == f"{one.started_at}-{one.node_name}"
+        assert one.id is one.id
+    assert built[3] == ex and hash(built[3]) == hash(ex)
+    assert [f.name for f in dataclasses.fields(Execution)][-1] == "status"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ex.started_at = other  # type: ignore[misc]
 
 
 def test_truncate_output_keeps_head_and_tail() -> None:
