@@ -144,23 +144,23 @@ class Job:
 _C = TypeVar("_C", bound=type)
 
 
-def _cache_slot(name: str) -> Callable[[_C], _C]:
-    """Rebuild a slots dataclass with one more slot, ``name``, that is not a field.
+def _cache_slots(*names: str) -> Callable[[_C], _C]:
+    """Rebuild a slots dataclass with more slots, ``names``, that are not fields.
 
     ``dataclass(slots=True)`` makes exactly one slot per field, and a slot
     cannot be added to a class once made, so the class is made again from
     its namespace as ``dataclass`` itself does.  Fields, ``fields()``,
     ``replace()``, equality, hashing, ``repr``, pickling and the wire codecs
     (which fill the field slots through a plain twin of the layout) are
-    unchanged; the extra slot is a cache each reader fills lazily, so that an
+    unchanged; each extra slot is a cache its reader fills lazily, so that an
     object built by any path (``__init__``, a codec, a slot copier, a copy)
-    is complete without it.
+    is complete without them.
     """
 
     def rebuild(cls: _C) -> _C:
         slots = vars(cls)["__slots__"]
         namespace = {k: v for k, v in vars(cls).items() if k not in slots}
-        namespace["__slots__"] = (*slots, name)
+        namespace["__slots__"] = (*slots, *names)
         new = type(cls)(cls.__name__, cls.__bases__, namespace)
         new.__qualname__ = cls.__qualname__
         return new
@@ -168,7 +168,7 @@ def _cache_slot(name: str) -> Callable[[_C], _C]:
     return rebuild
 
 
-@_cache_slot("_id")
+@_cache_slots("_id", "_cbor")
 @dataclass(frozen=True, slots=True)
 class Execution:
     """One run of a job on one node (one attempt).
@@ -191,9 +191,11 @@ class Execution:
     status: str = ""
 
     if TYPE_CHECKING:
-        # The cache slot added by _cache_slot: not a field, so not a dataclass
-        # annotation at run time.
+        # The cache slots added by _cache_slots: not fields, so not dataclass
+        # annotations at run time.  ``_cbor`` is the record's encoding in a
+        # snapshot of the replicated state, kept by dkron.state.
         _id: ClassVar[str]
+        _cbor: ClassVar[bytes]
 
     def __post_init__(self) -> None:
         # Runs for every record decoded anywhere (each hop, each log entry):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+import operator
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -544,6 +545,60 @@ class _Snapshot:
 
 _SNAPSHOTS = Codec({1: _Snapshot})
 _SNAPSHOT_VERSION = 1
+# Where a snapshot's wire form holds the jobs (after the kind) and a job its executions.
+_SNAP_JOBS = 1 + [f.name for f in dataclasses.fields(_Snapshot)].index("jobs")
+_SNAP_EXECUTIONS = [f.name for f in dataclasses.fields(_JobSnap)].index("executions")
+# An execution's wire form: its fields in order, each its own CBOR value.
+_execution_fields: Callable[[Execution], tuple[Any, ...]] = operator.attrgetter(
+    *(f.name for f in dataclasses.fields(Execution))
+)
+
+
+class _Encoded:
+    """CBOR bytes already encoded, written as they are into a larger value."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _write_encoded(encoder: cbor2.CBOREncoder, value: object) -> None:
+    if type(value) is not _Encoded:
+        raise cbor2.CBOREncodeTypeError(f"cannot serialize type {type(value).__name__}")
+    encoder.write(value.data)
+
+
+def _array_head(n: int) -> bytes:
+    """The head of a definite-length CBOR array of ``n`` items (major type 4)."""
+    if n < 24:
+        return bytes((0x80 | n,))
+    if n < 1 << 8:
+        return b"\x98" + n.to_bytes(1, "big")
+    if n < 1 << 16:
+        return b"\x99" + n.to_bytes(2, "big")
+    if n < 1 << 32:
+        return b"\x9a" + n.to_bytes(4, "big")
+    return b"\x9b" + n.to_bytes(8, "big")
+
+
+def _executions_cbor(executions: list[Execution]) -> _Encoded:
+    """The canonical CBOR array of the records' wire forms, each record encoded once.
+
+    A record's encoding is kept on the record itself (replicas in one
+    process share them, and a record outlives many snapshots).  Canonical
+    CBOR orders only map keys, and a record holds none, so the array's
+    bytes are its head followed by its items' bytes.
+    """
+    parts = [_array_head(len(executions))]
+    for ex in executions:
+        try:
+            data = ex._cbor
+        except AttributeError:
+            data = cbor2.dumps(_execution_fields(ex), canonical=True)
+            object.__setattr__(ex, "_cbor", data)
+        parts.append(data)
+    return _Encoded(b"".join(parts))
 
 
 class _Activity:
@@ -1186,15 +1241,25 @@ class StateMachine:
     # -- snapshot -------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """Canonical CBOR of the whole state: equal states give equal bytes."""
+        """Canonical CBOR of the whole state: equal states give equal bytes.
+
+        The bytes are those of ``_SNAPSHOTS`` for the :class:`_Snapshot`, but
+        each job's executions array is written from the encodings of its
+        records (see :func:`_executions_cbor`): the records are immutable
+        and nearly all of them are already in the previous snapshot.
+        """
         snaps = []
+        arrays = []
+        empty = _Activity()
         for name in self._names:
-            act = self._activity.get(name) or _Activity()
+            act = self._activity.get(name) or empty
+            execs = act.executions
+            arrays.append(_executions_cbor([execs[k] for k in sorted(execs)]))
             snaps.append(
                 _JobSnap(
                     job=self._jobs[name],
                     cursor=self._cursor.get(name),
-                    executions=tuple(act.executions[k] for k in sorted(act.executions)),
+                    executions=(),
                     inflight=tuple(act.inflight[g] for g in sorted(act.inflight)),
                     recent=tuple(act.recent),
                     retries=tuple(act.retries[k] for k in sorted(act.retries)),
@@ -1208,7 +1273,10 @@ class StateMachine:
             paused=self._paused,
             jobs=tuple(snaps),
         )
-        return cbor2.dumps(_SNAPSHOTS.to_wire(snap), canonical=True)
+        wire = _SNAPSHOTS.to_wire(snap)
+        for job_wire, array in zip(wire[_SNAP_JOBS], arrays, strict=True):
+            job_wire[_SNAP_EXECUTIONS] = array
+        return cbor2.dumps(wire, canonical=True, default=_write_encoded)
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's; garbage raises RemoteProtocolError
