@@ -226,12 +226,11 @@ class Execution:
         (several times per result), and replicas in one process share the
         decoded records.  A string kept also keeps its hash.
         """
-        try:
-            return self._id
-        except AttributeError:
+        key: str | None = getattr(self, "_id", None)  # unset until first asked
+        if key is None:
             key = f"{self.started_at}-{self.node_name}"
             object.__setattr__(self, "_id", key)
-            return key
+        return key
 
     @property
     def running(self) -> bool:

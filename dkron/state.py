@@ -592,9 +592,8 @@ def _executions_cbor(executions: list[Execution]) -> _Encoded:
     """
     parts = [_array_head(len(executions))]
     for ex in executions:
-        try:
-            data = ex._cbor
-        except AttributeError:
+        data: bytes | None = getattr(ex, "_cbor", None)  # unset until first encoded
+        if data is None:
             data = cbor2.dumps(_execution_fields(ex), canonical=True)
             object.__setattr__(ex, "_cbor", data)
         parts.append(data)
