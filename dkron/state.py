@@ -813,6 +813,20 @@ class StateMachine:
     def apply_command(self, index: int, cmd: Command) -> ApplyResult:
         """Apply an already-decoded command (tests and the local fast path)."""
         self._applied = max(self._applied, index)
+        # List comprehensions: a generator costs a frame switch per element.
+        # The batches, nearly every entry of a busy cluster, are tested first.
+        if isinstance(cmd, ExecutionsFinished):
+            finished = self._finished
+            parts = tuple([finished(index, ex) for ex in cmd.executions])
+            return ApplyResult(index=index, ok=True, parts=parts)
+        if isinstance(cmd, ExecutionsStarted):
+            started = self._started
+            parts = tuple([started(index, ex) for ex in cmd.executions])
+            return ApplyResult(index=index, ok=True, parts=parts)
+        if isinstance(cmd, ClaimSlots):
+            claim = self._claim
+            parts = tuple([claim(index, c) for c in cmd.claims])
+            return ApplyResult(index=index, ok=True, parts=parts)
         if isinstance(cmd, UpsertJob):
             return self._upsert(index, cmd.job)
         if isinstance(cmd, DeleteJob):
@@ -830,19 +844,7 @@ class StateMachine:
         if isinstance(cmd, SetPaused):
             self._paused = cmd.paused
             return ApplyResult(index=index, ok=True)
-        if isinstance(cmd, RecordMissed):
-            return self._missed(index, cmd)
-        # List comprehensions: a generator costs a frame switch per element.
-        if isinstance(cmd, ClaimSlots):
-            claim = self._claim
-            parts = tuple([claim(index, c) for c in cmd.claims])
-        elif isinstance(cmd, ExecutionsStarted):
-            started = self._started
-            parts = tuple([started(index, ex) for ex in cmd.executions])
-        else:
-            finished = self._finished
-            parts = tuple([finished(index, ex) for ex in cmd.executions])
-        return ApplyResult(index=index, ok=True, parts=parts)
+        return self._missed(index, cmd)
 
     @staticmethod
     def _refuse(index: int, reason: str, error: str, **extra: Any) -> ApplyResult:
@@ -1047,8 +1049,20 @@ class StateMachine:
             return _result(index, True, "duplicate", "", None, ex, None, (), ())
         config = self.config
         stored = ex if len(ex.output) * 4 <= config.max_output_bytes else self._capped(ex)
-        act.store(key, stored)
-        if len(act.executions) > config.max_executions_per_job:
+        # _Activity.store of a new running record, spelled out.
+        group = ex.group
+        groups = act.groups
+        ids = groups.get(group)
+        if ids is None:
+            groups[group] = key
+        elif isinstance(ids, str):
+            groups[group] = [ids, key]
+        else:
+            ids.append(key)
+        execs = act.executions
+        execs[key] = stored
+        act.running.add(key)
+        if len(execs) > config.max_executions_per_job:
             act.prune(config.max_executions_per_job)
         return _result(index, True, "", "", None, stored, None, (), ())
 
@@ -1069,7 +1083,8 @@ class StateMachine:
         if act is None:
             return _result(index, True, "duplicate", "", None, ex, None, (), ())
         key = ex.id
-        existing = act.executions.get(key)
+        execs = act.executions
+        existing = execs.get(key)
         if existing is not None:
             if existing.finished_at is not None:
                 return _result(index, True, "duplicate", "", None, existing, None, (), ())
@@ -1077,11 +1092,23 @@ class StateMachine:
             return _result(index, True, "duplicate", "", None, ex, None, (), ())
         config = self.config
         stored = ex if len(ex.output) * 4 <= config.max_output_bytes else self._capped(ex)
-        act.store(key, stored)
-        if len(act.executions) > config.max_executions_per_job:
-            act.prune(config.max_executions_per_job)
         finished_at = ex.finished_at
         assert finished_at is not None  # guaranteed by ExecutionFinished
+        if existing is not None:
+            # _Activity.store of a running record's result, spelled out: the
+            # key is already indexed under its group.
+            execs[key] = stored
+            act.running.discard(key)
+            entry = (ex.started_at, key)
+            order = act.finished
+            if len(order) == act.head or entry >= order[-1]:
+                order.append(entry)
+            else:
+                bisect.insort(order, entry, lo=act.head)
+        else:
+            act.store(key, stored)
+        if len(execs) > config.max_executions_per_job:
+            act.prune(config.max_executions_per_job)
         group = ex.group
         node = ex.node_name
         inflight = act.inflight
@@ -1093,16 +1120,27 @@ class StateMachine:
             else:
                 rest = {n: a for n, a in still.outstanding.items() if n != node}
                 still = inflight[group] = _inflight(still.claim, rest)
-        if still is None and act.only(group, key):
-            # The group's one record, finished, nobody else to hear from:
-            # what compute_group_status says of it, without building its inputs.
-            status = "success" if stored.success else "failed"
+        success = ex.success
+        if still is None and act.groups.get(group) == key:
+            # The group's one record (the index holds a lone id as itself),
+            # finished, nobody else to hear from: what compute_group_status
+            # says of it, without building its inputs.
+            status = "success" if success else "failed"
         else:
             status = compute_group_status(
                 act.group(group), tuple(sorted(still.outstanding)) if still is not None else ()
             )
-        success = ex.success
-        job = _counted(job, status, success, finished_at)
+        # _counted, spelled out for the common case.
+        if success:
+            count, last = job.success_count + 1, job.last_success
+        else:
+            count, last = job.error_count + 1, job.last_error
+        if last is None or finished_at > last:
+            last = finished_at
+        if count < _COUNTER_MAX:
+            job = (_with_success if success else _with_error)(job, status, count, last)
+        else:
+            job = _counted(job, status, success, finished_at)
         self._jobs[name] = job
         retries = act.retries
         retried: tuple[StateEvent, ...] = ()

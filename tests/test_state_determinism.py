@@ -12,24 +12,36 @@ from hypothesis import strategies as st
 from dkron.model import Execution, Job
 from dkron.state import (
     _SNAPSHOTS,
+    ERR_DONE_FOR_DELETED,
+    ApplyResult,
     ClaimSlot,
     Command,
     DeleteExecutions,
     DeleteJob,
     ExecutionFinished,
     ExecutionStarted,
+    JobDeleted,
+    PendingRetry,
     RecordMissed,
+    RetryScheduled,
     SetPaused,
     StateConfig,
+    StateEvent,
     StateMachine,
     ToggleJob,
     UpsertJob,
     _Activity,
     _array_head,
+    _completed,
+    _counted,
+    _inflight,
     _JobSnap,
+    _result,
     _Snapshot,
+    compute_group_status,
     decode_command,
     encode_command,
+    retry_backoff_ns,
 )
 
 NAMES = st.sampled_from(["a", "b", "c", "d"])
@@ -184,8 +196,10 @@ def runs(draw: st.DrawFn) -> list[Command]:
         targets = draw(st.sampled_from([("n1",), ("n2",), ("n1", "n2")]))
         out.append(ClaimSlot(job, group, 1, "manual", group, targets, 1))
         for node in targets:
-            # Times of different lengths: ids do not sort in the order records arrive.
-            started = draw(st.integers(min_value=0, max_value=10**12))
+            # Times of different lengths: ids do not sort in the order records
+            # arrive.  Each group has its own range, above TIMES: a result under
+            # a running record's id but another group is not what this tests.
+            started = 1000 + group * 10**9 + draw(st.integers(min_value=0, max_value=10**9 - 1))
             ex = Execution(job, started, node, group=group, attempt=1, output=draw(st.text()))
             if draw(st.booleans()):
                 out.append(ExecutionStarted(ex))
@@ -217,6 +231,122 @@ def test_snapshots_of_shared_records_are_the_codecs_bytes(cmds: list[Command], c
     three = StateMachine(config)
     three.restore(snap)
     assert three.snapshot() == snap
+
+
+class _PlainState(StateMachine):
+    """The apply paths of results as first written, through the general helpers
+    (_Activity.store, only, _counted) that the state machine spells out inline."""
+
+    def _started(self, index: int, ex: Execution) -> ApplyResult:
+        # Runs for every record on every replica: the checks of _expected,
+        # _capped and prune that nearly always pass are made inline.
+        name = ex.job_name
+        if name not in self._jobs:
+            return self._not_found(index, name)
+        act = self._activity.get(name)
+        key = ex.id
+        if act is None or key in act.executions:
+            return _result(index, True, "duplicate", "", None, ex, None, (), ())
+        claimed = act.inflight.get(ex.group)
+        if claimed is None or claimed.outstanding.get(ex.node_name) != ex.attempt:
+            return _result(index, True, "duplicate", "", None, ex, None, (), ())
+        config = self.config
+        stored = ex if len(ex.output) * 4 <= config.max_output_bytes else self._capped(ex)
+        act.store(key, stored)
+        if len(act.executions) > config.max_executions_per_job:
+            act.prune(config.max_executions_per_job)
+        return _result(index, True, "", "", None, stored, None, (), ())
+
+    def _finished(self, index: int, ex: Execution) -> ApplyResult:
+        name = ex.job_name
+        job = self._jobs.get(name)
+        if job is None:
+            return self._refuse(index, "not_found", ERR_DONE_FOR_DELETED)
+        act = self._activity.get(name)
+        if act is None:
+            return _result(index, True, "duplicate", "", None, ex, None, (), ())
+        key = ex.id
+        existing = act.executions.get(key)
+        if existing is not None:
+            if existing.finished_at is not None:
+                return _result(index, True, "duplicate", "", None, existing, None, (), ())
+        elif not self._expected(act, ex):
+            return _result(index, True, "duplicate", "", None, ex, None, (), ())
+        config = self.config
+        stored = ex if len(ex.output) * 4 <= config.max_output_bytes else self._capped(ex)
+        act.store(key, stored)
+        if len(act.executions) > config.max_executions_per_job:
+            act.prune(config.max_executions_per_job)
+        finished_at = ex.finished_at
+        assert finished_at is not None  # guaranteed by ExecutionFinished
+        group = ex.group
+        node = ex.node_name
+        inflight = act.inflight
+        still = inflight.get(group)
+        if still is not None and node in still.outstanding:
+            if len(still.outstanding) == 1:
+                del inflight[group]
+                still = None
+            else:
+                rest = {n: a for n, a in still.outstanding.items() if n != node}
+                still = inflight[group] = _inflight(still.claim, rest)
+        if still is None and act.only(group, key):
+            # The group's one record, finished, nobody else to hear from:
+            # what compute_group_status says of it, without building its inputs.
+            status = "success" if stored.success else "failed"
+        else:
+            status = compute_group_status(
+                act.group(group), tuple(sorted(still.outstanding)) if still is not None else ()
+            )
+        success = ex.success
+        job = _counted(job, status, success, finished_at)
+        self._jobs[name] = job
+        retries = act.retries
+        retried: tuple[StateEvent, ...] = ()
+        if not success and ex.status != "cancelled" and 1 <= ex.attempt < job.retries + 1:
+            attempt = ex.attempt + 1
+            retry = PendingRetry(
+                job=name,
+                execution_group=group,
+                node_name=node,
+                attempt=attempt,
+                due_ns=finished_at + retry_backoff_ns(finished_at - ex.started_at, attempt),
+                scheduled_time_ns=ex.scheduled_time,
+            )
+            retries[(group, node)] = retry
+            retried = (RetryScheduled(retry=retry),)
+        if group in inflight or (retries and any(g == group for g, _ in retries)):
+            return _result(index, True, "", "", job, stored, None, retried, ())
+        # The whole group has reported and owes no retry: it is complete.
+        ok = status == "success"
+        dependents = job.dependent_jobs
+        events = (*retried, _completed(name, group, status, dependents if ok else ()))
+        if ok and dependents:
+            for child in dependents:
+                if child in self._jobs:
+                    owed = self._act(child).triggered
+                    owed.append(group)
+                    if len(owed) > self.config.recent_groups_window:
+                        del owed[0]
+        elif ok and job.ephemeral:
+            self._drop(job)
+            events = (*events, JobDeleted(name=name, ephemeral=True))
+        return _result(index, True, "", "", job, stored, None, events, ())
+
+
+@given(runs(), st.integers(min_value=1, max_value=4))
+def test_results_apply_as_through_the_general_helpers(cmds: list[Command], cap: int) -> None:
+    config = StateConfig(max_executions_per_job=cap, max_output_bytes=64, recent_groups_window=2)
+    fast = StateMachine(config)
+    plain = _PlainState(config)
+    for i, cmd in enumerate(cmds, start=1):
+        data = encode_command(cmd)
+        assert fast.apply(i, data) == plain.apply(i, data)
+        assert fast.snapshot() == plain.snapshot()
+    for name in ("a", "b"):
+        assert fast.executions(name) == plain.executions(name)
+        assert fast.running_executions(name) == plain.running_executions(name)
+        assert fast.get_job(name) == plain.get_job(name)
 
 
 @pytest.mark.parametrize("n", [0, 1, 23, 24, 255, 256, 65_535, 65_536])
