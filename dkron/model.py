@@ -168,7 +168,7 @@ def _cache_slots(*names: str) -> Callable[[_C], _C]:
     return rebuild
 
 
-@_cache_slots("_id", "_cbor")
+@_cache_slots("_id", "_cbor", "_counted")
 @dataclass(frozen=True, slots=True)
 class Execution:
     """One run of a job on one node (one attempt).
@@ -192,10 +192,13 @@ class Execution:
 
     if TYPE_CHECKING:
         # The cache slots added by _cache_slots: not fields, so not dataclass
-        # annotations at run time.  ``_cbor`` is the record's encoding in a
-        # snapshot of the replicated state, kept by dkron.state.
+        # annotations at run time.  ``_cbor`` (the record's encoding in a
+        # snapshot) and ``_counted`` (the job before and after counting this
+        # result, with the status it was counted under) belong to the
+        # replicated state, dkron.state.
         _id: ClassVar[str]
         _cbor: ClassVar[bytes]
+        _counted: ClassVar[tuple[Job, str, Job] | None]
 
     def __post_init__(self) -> None:
         # Runs for every record decoded anywhere (each hop, each log entry):

@@ -334,19 +334,41 @@ class _PlainState(StateMachine):
         return _result(index, True, "", "", job, stored, None, events, ())
 
 
-@given(runs(), st.integers(min_value=1, max_value=4))
-def test_results_apply_as_through_the_general_helpers(cmds: list[Command], cap: int) -> None:
+@given(runs(), st.integers(min_value=1, max_value=4), st.integers(min_value=1, max_value=200))
+def test_results_apply_as_through_the_general_helpers(
+    cmds: list[Command], cap: int, skip: int
+) -> None:
     config = StateConfig(max_executions_per_job=cap, max_output_bytes=64, recent_groups_window=2)
     fast = StateMachine(config)
+    # Two more replicas share each decoded command, and with it the counts
+    # left on its records; one of them lags a command behind the others.
+    shared = StateMachine(config)
+    lagging = StateMachine(config)
     plain = _PlainState(config)
-    for i, cmd in enumerate(cmds, start=1):
+    # A state that missed one command meets the same records with other jobs.
+    other = StateMachine(config)
+    other_plain = _PlainState(config)
+    decoded = [decode_command(encode_command(cmd)) for cmd in cmds]
+    skip = skip % max(len(cmds), 1) + 1
+    for i, cmd in enumerate(decoded, start=1):
         data = encode_command(cmd)
-        assert fast.apply(i, data) == plain.apply(i, data)
-        assert fast.snapshot() == plain.snapshot()
+        if i != skip:
+            assert other.apply_command(i, cmd) == other_plain.apply(i, data)
+        expected = plain.apply(i, data)
+        assert fast.apply(i, data) == expected
+        assert shared.apply_command(i, cmd) == expected
+        if i > 1:
+            lagging.apply_command(i - 1, decoded[i - 2])
+        assert fast.snapshot() == plain.snapshot() == shared.snapshot()
+    if decoded:
+        lagging.apply_command(len(decoded), decoded[-1])
+    assert lagging.snapshot() == plain.snapshot()
+    assert other.snapshot() == other_plain.snapshot()
     for name in ("a", "b"):
-        assert fast.executions(name) == plain.executions(name)
-        assert fast.running_executions(name) == plain.running_executions(name)
-        assert fast.get_job(name) == plain.get_job(name)
+        for sm in (fast, shared, lagging):
+            assert sm.executions(name) == plain.executions(name)
+            assert sm.running_executions(name) == plain.running_executions(name)
+            assert sm.get_job(name) == plain.get_job(name)
 
 
 @pytest.mark.parametrize("n", [0, 1, 23, 24, 255, 256, 65_535, 65_536])
