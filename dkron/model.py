@@ -168,6 +168,49 @@ def _cache_slots(*names: str) -> Callable[[_C], _C]:
     return rebuild
 
 
+def _filled_through_twin(cls: _C) -> _C:
+    """Give a frozen slots dataclass an ``__init__`` that fills its slots through a
+    plain twin of its layout, then runs ``__post_init__``.
+
+    The generated ``__init__`` of a frozen class stores each field through
+    ``object.__setattr__`` (a call per field); this one switches the new
+    object to a twin with the same slots (see
+    :func:`dkron.proto_sansio.wire.plain_twin`), stores the fields as plain
+    slot writes and switches it back.  Parameters, defaults and checks are
+    those of the generated one, which still builds instances of subclasses.
+    """
+    generated = vars(cls)["__init__"]
+    twin = type(f"_{cls.__name__}InitTwin", (), {"__slots__": vars(cls)["__slots__"]})
+    env: dict[str, Any] = {"_cls": cls, "_twin": twin, "_generated": generated}
+    env["_set"] = object.__setattr__
+    params = []
+    names = []
+    for f in dataclasses.fields(cls):
+        assert f.init and f.default_factory is dataclasses.MISSING and not f.kw_only
+        names.append(f.name)
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            env[f"_d_{f.name}"] = f.default
+            params.append(f"{f.name}=_d_{f.name}")
+    lines = [f"def __init__(self, {', '.join(params)}):"]
+    lines.append("    if type(self) is not _cls:")
+    lines.append(f"        return _generated(self, {', '.join(names)})")
+    lines.append("    _set(self, '__class__', _twin)")
+    lines.extend(f"    self.{name} = {name}" for name in names)
+    lines.append("    _set(self, '__class__', _cls)")
+    lines.append("    self.__post_init__()")
+    exec("\n".join(lines), env)  # source built here from field names only
+    init = env["__init__"]
+    init.__qualname__ = generated.__qualname__
+    init.__module__ = generated.__module__
+    init.__annotations__ = dict(generated.__annotations__)
+    init.__doc__ = generated.__doc__
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
+
+
+@_filled_through_twin
 @_cache_slots("_id", "_cbor", "_counted")
 @dataclass(frozen=True, slots=True)
 class Execution:

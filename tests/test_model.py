@@ -604,6 +604,50 @@ def test_execution_checks_match_the_rules_one_by_one(
         assert expected is None
 
 
+@given(
+    started=_ANY_TIME,
+    finished=_ANY_TIME | st.none(),
+    attempt=st.integers(min_value=-1, max_value=2),
+    trigger=st.sampled_from(["", "manual", "cron"]),
+    status=st.sampled_from(["", "lost", "bogus"]),
+    success=st.booleans(),
+    output=st.text(max_size=3),
+)
+def test_execution_init_builds_what_the_generated_init_builds(
+    *,
+    started: int,
+    finished: int | None,
+    attempt: int,
+    trigger: str,
+    status: str,
+    success: bool,
+    output: str,
+) -> None:
+    generated = Execution.__init__.__globals__["_generated"]
+    args = ("j", started, "n", finished, success, output, 7, attempt)
+    outcomes: list[object] = []
+    for build in (
+        lambda: Execution(*args, trigger=trigger, status=status),
+        lambda: generated(object.__new__(Execution), *args, None, trigger, status),
+    ):
+        try:
+            outcomes.append(build())
+        except ValueError as exc:
+            outcomes.append(str(exc))
+    fast, _ = outcomes
+    if isinstance(fast, str):
+        assert outcomes[1] == fast
+        return
+    reference = object.__new__(Execution)
+    generated(reference, *args, None, trigger, status)
+    assert type(fast) is Execution
+    assert fast == reference and hash(fast) == hash(reference) and repr(fast) == repr(reference)
+    for f in dataclasses.fields(Execution):
+        assert getattr(fast, f.name) is getattr(reference, f.name)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.output = "x"  # type: ignore[misc]
+
+
 _CODEC = Codec({1: ExecutionStarted})
 
 
