@@ -211,7 +211,7 @@ def _filled_through_twin(cls: _C) -> _C:
 
 
 @_filled_through_twin
-@_cache_slots("_id", "_cbor", "_counted")
+@_cache_slots("_id", "_cbor")
 @dataclass(frozen=True, slots=True)
 class Execution:
     """One run of a job on one node (one attempt).
@@ -235,13 +235,10 @@ class Execution:
 
     if TYPE_CHECKING:
         # The cache slots added by _cache_slots: not fields, so not dataclass
-        # annotations at run time.  ``_cbor`` (the record's encoding in a
-        # snapshot) and ``_counted`` (the job before and after counting this
-        # result, with the status it was counted under) belong to the
-        # replicated state, dkron.state.
+        # annotations at run time.  ``_cbor`` is the record's encoding in a
+        # snapshot of the replicated state, kept by dkron.state.
         _id: ClassVar[str]
         _cbor: ClassVar[bytes]
-        _counted: ClassVar[tuple[Job, str, Job] | None]
 
     def __post_init__(self) -> None:
         # Runs for every record decoded anywhere (each hop, each log entry):

@@ -615,7 +615,6 @@ class _Activity:
     """
 
     __slots__ = (
-        "counted",
         "executions",
         "finished",
         "groups",
@@ -642,8 +641,6 @@ class _Activity:
         # run: replicated, so a leader change between the parent's result and
         # the child's claim cannot lose the child's run.
         self.triggered: list[int] = []
-        # The last result whose count this replica left on it (see _finished).
-        self.counted: Execution | None = None
 
     def empty(self) -> bool:
         return not (
@@ -1133,31 +1130,17 @@ class StateMachine:
             status = compute_group_status(
                 act.group(group), tuple(sorted(still.outstanding)) if still is not None else ()
             )
-        # Replicas in one process share the decoded record: the first to count
-        # it leaves the job before and after on it, and the others, holding
-        # the same (or an equal) job, take that one instead of building their
-        # own copy.  It is kept until this replica counts the job's next result.
-        memo = getattr(ex, "_counted", None)
-        if memo is not None and memo[1] == status and (memo[0] is job or memo[0] == job):
-            job = memo[2]
+        # _counted, spelled out for the common case.
+        if success:
+            count, last = job.success_count + 1, job.last_success
         else:
-            before = job
-            # _counted, spelled out for the common case.
-            if success:
-                count, last = job.success_count + 1, job.last_success
-            else:
-                count, last = job.error_count + 1, job.last_error
-            if last is None or finished_at > last:
-                last = finished_at
-            if count < _COUNTER_MAX:
-                job = (_with_success if success else _with_error)(job, status, count, last)
-            else:
-                job = _counted(job, status, success, finished_at)
-            object.__setattr__(ex, "_counted", (before, status, job))
-            previous = act.counted
-            if previous is not None and previous is not ex:
-                object.__setattr__(previous, "_counted", None)
-            act.counted = ex
+            count, last = job.error_count + 1, job.last_error
+        if last is None or finished_at > last:
+            last = finished_at
+        if count < _COUNTER_MAX:
+            job = (_with_success if success else _with_error)(job, status, count, last)
+        else:
+            job = _counted(job, status, success, finished_at)
         self._jobs[name] = job
         retries = act.retries
         retried: tuple[StateEvent, ...] = ()
