@@ -1042,7 +1042,12 @@ class StateMachine:
             return self._not_found(index, name)
         act = self._activity.get(name)
         key = ex.id
-        if act is None or key in act.executions:
+        if act is None:
+            return _result(index, True, "duplicate", "", None, ex, None, (), ())
+        held = act.executions.get(key)
+        if held is not None:
+            if held.group != ex.group or held.attempt != ex.attempt:
+                return self._id_conflict(index, act, ex, held, settle=False)
             return _result(index, True, "duplicate", "", None, ex, None, (), ())
         claimed = act.inflight.get(ex.group)
         if claimed is None or claimed.outstanding.get(ex.node_name) != ex.attempt:
@@ -1066,6 +1071,35 @@ class StateMachine:
             act.prune(config.max_executions_per_job)
         return _result(index, True, "", "", None, stored, None, (), ())
 
+    def _id_conflict(
+        self, index: int, act: _Activity, ex: Execution, held: Execution, *, settle: bool
+    ) -> ApplyResult:
+        """Refuse a record whose id another run's record already holds.
+
+        Ids are ``<started_at>-<node>``, and a worker never starts two runs in
+        one nanosecond; only a node whose clock went back (and lost its run
+        journal) can repeat one.  Storing the record would overwrite the other
+        run's, so it is refused.  Its run is still over once its result is
+        committed: the claim stops waiting for it (``settle``), so that nothing
+        stays in flight, and is dispatched again, for ever.
+        """
+        if settle:
+            inflight = act.inflight
+            still = inflight.get(ex.group)
+            if still is not None and still.outstanding.get(ex.node_name) == ex.attempt:
+                if len(still.outstanding) == 1:
+                    del inflight[ex.group]
+                else:
+                    rest = {n: a for n, a in still.outstanding.items() if n != ex.node_name}
+                    inflight[ex.group] = _inflight(still.claim, rest)
+        return self._refuse(
+            index,
+            "id_conflict",
+            f"execution id {ex.id} is held by another run "
+            f"(group {held.group}, attempt {held.attempt})",
+            execution=ex,
+        )
+
     def _capped(self, ex: Execution) -> Execution:
         """The execution with its output capped; the same object when it fits."""
         limit = self.config.max_output_bytes
@@ -1086,6 +1120,8 @@ class StateMachine:
         execs = act.executions
         existing = execs.get(key)
         if existing is not None:
+            if existing.group != ex.group or existing.attempt != ex.attempt:
+                return self._id_conflict(index, act, ex, existing, settle=True)
             if existing.finished_at is not None:
                 return _result(index, True, "duplicate", "", None, existing, None, (), ())
         elif not self._expected(act, ex):
@@ -1390,9 +1426,9 @@ def _counted(job: Job, status: str, success: bool, finished_at: int) -> Job:
         count, last = job.error_count + 1, job.last_error
     if last is None or finished_at > last:
         last = finished_at
-    if count >= _COUNTER_MAX:  # let the constructor refuse it
-        if success:
-            return dataclasses.replace(job, status=status, success_count=count, last_success=last)
-        return dataclasses.replace(job, status=status, error_count=count, last_error=last)
+    if count >= _COUNTER_MAX:
+        # A counter at the top of its signed 64 bits stays there: apply never
+        # raises, and wrapping to a negative count (as Go's int64 would) helps nobody.
+        count = _COUNTER_MAX - 1
     new: Job = (_with_success if success else _with_error)(job, status, count, last)
     return new

@@ -322,6 +322,57 @@ def test_execution_finished_exactly_once(d: Driver) -> None:
     assert d.sm.in_flight("job1") == []
 
 
+@pytest.mark.parametrize("held_finished", [False, True])
+def test_a_record_whose_id_another_run_holds_is_refused_and_settles_its_claim(
+    held_finished: bool,
+) -> None:
+    """Two runs of one job on one node with the same start instant (a node whose
+    clock went back) share an id: the second is refused, never stored over the
+    first (which once corrupted the group index until eviction raised), and its
+    claim stops waiting for it, so nothing stays in flight."""
+    d = Driver(StateConfig(max_executions_per_job=3))
+    d.job()
+    first = Execution("job1", T0 + 5, "n1", group=T0, attempt=1)
+    assert d.claim(slot=T0, group=T0).ok
+    assert d(ExecutionStarted(first)).reason == ""
+    if held_finished:
+        assert d(ExecutionFinished(dataclasses.replace(first, finished_at=T0 + S, success=True))).ok
+    held = d.sm.get_execution("job1", first.id)
+    other = Execution("job1", T0 + 5, "n1", group=T0 + S, attempt=1)  # same id, other group
+    assert d.claim(slot=T0 + S, group=T0 + S).ok
+    started = d(ExecutionStarted(other))
+    assert (started.ok, started.reason) == (False, "id_conflict")
+    assert f"held by another run (group {T0}" in started.error
+    done = d(ExecutionFinished(dataclasses.replace(other, finished_at=T0 + 2 * S, success=True)))
+    assert (done.ok, done.reason) == (False, "id_conflict")
+    assert d.sm.get_execution("job1", first.id) == held
+    assert [c.claim.execution_group for c in d.sm.in_flight("job1")] == (
+        [] if held_finished else [T0]
+    )
+    job = d.sm.get_job("job1")
+    assert job is not None and job.success_count == (1 if held_finished else 0)
+    # Later runs evict the old records without tripping over an index entry.
+    for i in range(2, 8):
+        d.claim(slot=T0 + i * S, group=T0 + i * S)
+        d.run(group=T0 + i * S, started=T0 + i * S + 1)
+    assert len(d.sm.executions("job1")) <= 3 + (0 if held_finished else 1)
+
+
+def test_a_counter_at_its_limit_stays_there() -> None:
+    """A result never makes apply raise, even on a counter at 2**63 - 1."""
+    d = Driver()
+    top = (1 << 63) - 1
+    assert d.job(success_count=top, error_count=top).ok
+    d.claim()
+    assert d.run(success=True).ok
+    assert d.claim(slot=T0 + S, group=T0 + S).ok
+    assert d.run(group=T0 + S, started=T0 + S + 1, success=False).ok
+    job = d.sm.get_job("job1")
+    assert job is not None
+    assert (job.success_count, job.error_count) == (top, top)
+    assert (job.last_success, job.last_error) == (T0 + 1 + S, T0 + 2 * S + 1)
+
+
 def test_failure_counts_and_last_error(d: Driver) -> None:
     d.job()
     d.claim()

@@ -234,15 +234,14 @@ def test_a_second_start_stops_a_test_and_is_counted_by_a_benchmark() -> None:
     for stop in (True, False):
         sim = ClusterSim(SERVERS, AGENTS, seed=3, config=CONFIG, stop_on_duplicate=stop)
         sim.run(20.0)
-        for job in JOBS[:1]:
-            sim.add_job(job)
+        sim.add_job(JOBS[0])
         sim.run(30.0)
         (job_name, group, node, attempt), _ = next(iter(sim.started.items()))
         assert not sim.started_again
         leader = sim.leader()
         assert isinstance(leader, ServerNode)
-        job = leader.state.get_job(job_name)
-        assert job is not None
+        stored = leader.state.get_job(job_name)
+        assert stored is not None
         again = next(
             e
             for e in leader.state.group_executions(job_name, group)
@@ -250,7 +249,7 @@ def test_a_second_start_stops_a_test_and_is_counted_by_a_benchmark() -> None:
         )
         if stop:
             with pytest.raises(InvariantViolation, match="started twice"):
-                sim.on_start(node, job, again)
+                sim.on_start(node, stored, again)
         else:
-            sim.on_start(node, job, again)
+            sim.on_start(node, stored, again)
             assert sim.started_again == {(job_name, group, node, attempt)}

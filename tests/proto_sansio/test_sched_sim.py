@@ -126,6 +126,17 @@ def check_outcome(cluster: SchedCluster, created: Any) -> None:
     schedule=[(("crash", "s1"), 5.0), (("crash", "s2"), 240.0), (("restart_all",), 30.0)],
 )
 @example(seed=4, schedule=[(("replay",), 30.0), (("crash_leader",), 5.0), (("replay",), 30.0)])
+@example(  # regression: catch-up runs begun in one instant share an id; apply raised KeyError
+    seed=106608286,
+    schedule=[
+        (("partition", "s1"), 5.0),
+        (("crash_leader",), 240.0),
+        (("restart_all",), 240.0),
+        (("restart_all",), 240.0),
+        (("heal",), 240.0),
+        (("crash_leader",), 240.0),
+    ],
+)
 def test_slots_once_and_accounted_under_faults(seed: int, schedule: Any) -> None:
     cluster, created = build(seed)
     run_faults(cluster, schedule)
