@@ -555,31 +555,21 @@ _execution_fields: Callable[[Execution], tuple[Any, ...]] = operator.attrgetter(
 
 
 class _Encoded:
-    """CBOR bytes already encoded, written as they are into a larger value."""
+    """An array of items already encoded as CBOR, written as they are into a
+    larger value (the array's head is cbor2's)."""
 
-    __slots__ = ("data",)
+    __slots__ = ("items",)
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, items: list[bytes]) -> None:
+        self.items = items
 
 
 def _write_encoded(encoder: cbor2.CBOREncoder, value: object) -> None:
     if type(value) is not _Encoded:
         raise cbor2.CBOREncodeTypeError(f"cannot serialize type {type(value).__name__}")
-    encoder.write(value.data)
-
-
-def _array_head(n: int) -> bytes:
-    """The head of a definite-length CBOR array of ``n`` items (major type 4)."""
-    if n < 24:
-        return bytes((0x80 | n,))
-    if n < 1 << 8:
-        return b"\x98" + n.to_bytes(1, "big")
-    if n < 1 << 16:
-        return b"\x99" + n.to_bytes(2, "big")
-    if n < 1 << 32:
-        return b"\x9a" + n.to_bytes(4, "big")
-    return b"\x9b" + n.to_bytes(8, "big")
+    encoder.encode_length(4, len(value.items))  # major type 4: a definite-length array
+    for data in value.items:
+        encoder.write(data)
 
 
 def _executions_cbor(executions: list[Execution]) -> _Encoded:
@@ -590,14 +580,14 @@ def _executions_cbor(executions: list[Execution]) -> _Encoded:
     CBOR orders only map keys, and a record holds none, so the array's
     bytes are its head followed by its items' bytes.
     """
-    parts = [_array_head(len(executions))]
+    parts = []
     for ex in executions:
         data: bytes | None = getattr(ex, "_cbor", None)  # unset until first encoded
         if data is None:
             data = cbor2.dumps(_execution_fields(ex), canonical=True)
             object.__setattr__(ex, "_cbor", data)
         parts.append(data)
-    return _Encoded(b"".join(parts))
+    return _Encoded(parts)
 
 
 class _Activity:

@@ -31,13 +31,14 @@ from dkron.state import (
     ToggleJob,
     UpsertJob,
     _Activity,
-    _array_head,
     _completed,
     _counted,
+    _Encoded,
     _inflight,
     _JobSnap,
     _result,
     _Snapshot,
+    _write_encoded,
     compute_group_status,
     decode_command,
     encode_command,
@@ -372,9 +373,10 @@ def test_results_apply_as_through_the_general_helpers(
 
 
 @pytest.mark.parametrize("n", [0, 1, 23, 24, 255, 256, 65_535, 65_536])
-def test_array_heads_are_cbor2s(n: int) -> None:
-    encoded = cbor2.dumps([None] * n)
-    assert encoded == _array_head(n) + b"\xf6" * n
+def test_an_array_of_encoded_items_is_cbor2s_array(n: int) -> None:
+    items = [cbor2.dumps(i % 300) for i in range(n)]
+    spliced = cbor2.dumps([_Encoded(items)], default=_write_encoded)
+    assert spliced == cbor2.dumps([[i % 300 for i in range(n)]])
 
 
 @given(st.lists(commands, max_size=40))
