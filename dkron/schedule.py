@@ -634,9 +634,11 @@ class EverySchedule(Schedule):
     kind: ClassVar[ScheduleKind] = ScheduleKind.EVERY
 
     def next_after(self, wall: datetime) -> datetime | None:
-        t = _as_utc(wall)
+        # Called for every slot of every job: a UTC whole second (every slot
+        # this schedule yields) skips the conversion and the truncation.
+        t = wall if wall.tzinfo is UTC else _as_utc(wall)
         try:
-            return t.replace(microsecond=0) + self.interval
+            return (t.replace(microsecond=0) if t.microsecond else t) + self.interval
         except OverflowError:
             return None
 

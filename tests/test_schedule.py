@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dkron.schedule import (
     AtSchedule,
@@ -658,3 +660,23 @@ def test_parsed_schedules_are_cached_and_shared() -> None:
     c = job_schedule(Job("c", "0 H * * * *"))
     assert c is job_schedule(Job("c", "0 H * * * *"))
     assert c is not job_schedule(Job("d", "0 H * * * *"))
+
+
+@given(
+    wall=st.datetimes(
+        min_value=datetime(1971, 1, 1),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5)), ZoneInfo("Europe/Berlin")]),
+    ),
+    seconds=st.integers(1, 10**6),
+)
+def test_every_next_after_shortcut_equals_truncate_then_add(wall: datetime, seconds: int) -> None:
+    interval = timedelta(seconds=seconds)
+    sched = EverySchedule("@every", interval)
+    try:
+        expected: datetime | None = wall.astimezone(UTC).replace(microsecond=0) + interval
+    except OverflowError:
+        expected = None
+    got = sched.next_after(wall)
+    assert got == expected
+    assert got is None or (got.tzinfo is UTC and got.fold == 0)

@@ -26,7 +26,7 @@ import heapq
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from dkron.model import Job
+from dkron.model import TRIGGERS, Job
 from dkron.proto_sansio.scheduler import (
     CatchUp,
     FireSlot,
@@ -34,7 +34,9 @@ from dkron.proto_sansio.scheduler import (
     ScheduledJob,
     Scheduler,
     SchedulerConfig,
+    Trigger,
 )
+from dkron.proto_sansio.wire import slot_maker
 from dkron.schedule import NeverSchedule, ScheduleError, job_schedule, parse_go_duration
 from dkron.state import (
     ApplyResult,
@@ -56,6 +58,11 @@ __all__ = ["Planner", "from_ns", "to_ns"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PARK = timedelta(seconds=1)  # how long a job without live targets waits before retrying
+
+# ClaimSlot(job, scheduled_time_ns, term, trigger, group, targets, attempt) from
+# values that already passed its checks: one is built for every slot.
+_new_claim: Callable[..., ClaimSlot] = slot_maker(ClaimSlot, validated=True)
+assert {t.value for t in Trigger} <= TRIGGERS - {"retry"}
 
 
 def to_ns(t: datetime) -> int:
@@ -93,6 +100,7 @@ class Planner:
         self.no_targets = 0
         self._out: list[Command] = []
         self._wall = wall
+        self._ns_of: tuple[datetime, int] = (_EPOCH, 0)  # the last slot converted by to_ns
         self.scheduler.load(
             (sj for job in state.iter_jobs() if (sj := self._scheduled(job)) is not None), wall
         )
@@ -151,7 +159,7 @@ class Planner:
                 self.scheduler.set_job(sj, wall)
         self.scheduler.advance(wall)
         for decided in self.scheduler.drain():
-            if isinstance(decided, FireSlot):
+            if type(decided) is FireSlot:
                 self._claim_slot(decided)
             elif isinstance(decided, MissedSlots):
                 self._out.append(
@@ -227,7 +235,13 @@ class Planner:
         job = self.state.get_job(slot.job)
         if job is None or job.name in self._parked_names:
             return  # gone, or waiting for targets: its later slots wait too
-        ns = to_ns(slot.scheduled)
+        # The slots of one tick mostly share one instant: convert it once.
+        scheduled = slot.scheduled
+        if scheduled == self._ns_of[0]:
+            ns = self._ns_of[1]
+        else:
+            ns = to_ns(scheduled)
+            self._ns_of = (scheduled, ns)
         targets = self._select(job)
         if not targets:
             # No live node matches (yet): leave the slot undecided and take the job
@@ -239,7 +253,15 @@ class Planner:
             self.no_targets += 1
             return
         # The group of a scheduled run is its slot: any leader derives the same one.
-        self._out.append(ClaimSlot(job.name, ns, self.term, slot.trigger.value, ns, targets, 1))
+        # The trigger (schedule or catchup) and the attempt are valid by
+        # construction; the term and the targets get ClaimSlot's own checks,
+        # and a value failing them goes through ClaimSlot to raise its error.
+        term = self.term
+        if term >= 0 and (len(targets) == 1 or len(set(targets)) == len(targets)):
+            claim = _new_claim(job.name, ns, term, slot.trigger.value, ns, targets, 1)
+        else:
+            claim = ClaimSlot(job.name, ns, term, slot.trigger.value, ns, targets, 1)
+        self._out.append(claim)
 
     def _add_retry(self, retry: PendingRetry) -> None:
         key = (retry.job, retry.execution_group, retry.node_name)

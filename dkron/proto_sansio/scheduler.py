@@ -32,9 +32,11 @@ import dataclasses
 import enum
 import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Protocol
+
+from dkron.proto_sansio.wire import slot_maker
 
 __all__ = [
     "CatchUp",
@@ -146,6 +148,10 @@ class MissedSlots:
 
 _Out = FireSlot | MissedSlots
 
+# FireSlot(job, scheduled, trigger) without the frozen __init__'s per-field
+# object.__setattr__: one is built for every slot (FireSlot has no checks).
+_fire_slot: Callable[[str, datetime, Trigger], FireSlot] = slot_maker(FireSlot)
+
 
 @dataclasses.dataclass(slots=True)
 class _Entry:
@@ -200,16 +206,30 @@ class Scheduler:
     def advance(self, wall: datetime) -> None:
         """Time passed: emit every slot due by ``wall`` (plus lookahead, for the jobs it
         applies to; the heap is keyed by when a slot may be claimed)."""
-        early = wall + self.config.lookahead
+        lookahead = self.config.lookahead
+        early = wall + lookahead
+        # A thousand jobs can be due at one instant: what _catch_up and _push
+        # would compute per job is computed once here.
+        cutoff = wall - self.config.late_grace
         heap = self._heap
+        jobs = self._jobs
+        seq = self._seq
         while heap and heap[0][0] <= wall:
             _, _, name, version = heapq.heappop(heap)
-            entry = self._jobs.get(name)
+            entry = jobs.get(name)
             if entry is None or entry.version != version or entry.next is None:
                 continue
-            self._catch_up(entry, wall)
-            self._fire_due(entry, early if entry.job.claim_early else wall)
-            self._push(entry)
+            if entry.next <= cutoff:
+                self._catch_up(entry, wall)
+            job = entry.job
+            if job.claim_early:
+                self._fire_due(entry, early)
+                if entry.next is not None:
+                    heapq.heappush(heap, (entry.next - lookahead, next(seq), name, version))
+            else:
+                self._fire_due(entry, wall)
+                if entry.next is not None:
+                    heapq.heappush(heap, (entry.next, next(seq), name, version))
 
     # -- outputs -----------------------------------------------------------------
 
@@ -250,6 +270,18 @@ class Scheduler:
     def _fire_due(self, entry: _Entry, horizon: datetime) -> None:
         """Fire (or count) the slots due by ``horizon``; they are late at most by the grace."""
         job = entry.job
+        if job.expires_at is None and not job.disabled and not self.paused:
+            # Nothing can block a slot of this job (what _blocked would find for
+            # each): the common case, without the per-slot checks.
+            out = self._out
+            schedule = job.schedule
+            name = job.name
+            slot = entry.next
+            while slot is not None and slot <= horizon:
+                out.append(_fire_slot(name, slot, Trigger.SCHEDULE))
+                self.fired += 1
+                slot = entry.next = schedule.next_after(slot)
+            return
         while entry.next is not None and entry.next <= horizon:
             slot = entry.next
             reason = self._blocked(job, slot)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -267,3 +269,102 @@ def test_engine_fires_exactly_what_fire_times_lists(
         assert not missed(out)
         got.extend(s for _, s, _ in fires(out))
     assert got == list(fire_times(job, start, until))
+
+
+class _GeneralScheduler(Scheduler):
+    """The engine as it was before its per-slot shortcuts: every slot through
+    ``_blocked``, every job through ``_catch_up`` and ``_push``."""
+
+    def advance(self, wall: datetime) -> None:
+        early = wall + self.config.lookahead
+        heap = self._heap
+        while heap and heap[0][0] <= wall:
+            _, _, name, version = heapq.heappop(heap)
+            entry = self._jobs.get(name)
+            if entry is None or entry.version != version or entry.next is None:
+                continue
+            self._catch_up(entry, wall)
+            self._fire_due(entry, early if entry.job.claim_early else wall)
+            self._push(entry)
+
+    def _fire_due(self, entry: Any, horizon: datetime) -> None:
+        job = entry.job
+        while entry.next is not None and entry.next <= horizon:
+            slot = entry.next
+            reason = self._blocked(job, slot)
+            if reason is MissReason.EXPIRED:
+                self._out.append(
+                    MissedSlots(job=job.name, reason=reason, first=slot, last=slot, count=1)
+                )
+                entry.next = None
+                return
+            if reason is not None:
+                self._out.append(
+                    MissedSlots(job=job.name, reason=reason, first=slot, last=slot, count=1)
+                )
+            else:
+                self._out.append(FireSlot(job=job.name, scheduled=slot, trigger=Trigger.SCHEDULE))
+                self.fired += 1
+            entry.next = job.schedule.next_after(slot)
+
+
+_job_specs = st.lists(
+    st.tuples(
+        st.sampled_from([1, 2, 5, 7]),  # interval
+        st.booleans(),  # disabled
+        st.one_of(st.none(), st.integers(0, 120)),  # expires after T0, seconds
+        st.booleans(),  # claim_early
+        st.sampled_from(list(CatchUp)),
+        st.one_of(st.none(), st.integers(-60, 30)),  # cursor relative to T0
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@given(
+    specs=_job_specs,
+    steps=st.lists(
+        st.tuples(st.integers(0, 40), st.booleans(), st.integers(0, 5)), min_size=1, max_size=12
+    ),
+    lookahead=st.sampled_from([0, 1, 3]),
+)
+def test_advance_shortcuts_emit_exactly_what_the_general_path_emits(
+    specs: list[tuple[int, bool, int | None, bool, CatchUp, int | None]],
+    steps: list[tuple[int, bool, int]],
+    lookahead: int,
+) -> None:
+    config = SchedulerConfig(
+        lookahead=timedelta(seconds=lookahead), late_grace=timedelta(seconds=8)
+    )
+    fast, general = Scheduler(config), _GeneralScheduler(config)
+    jobs = [
+        ScheduledJob(
+            name=f"j{i}",
+            schedule=Every(interval),
+            anchor=T0,
+            cursor=None if cursor is None else T0 + timedelta(seconds=cursor),
+            disabled=disabled,
+            expires_at=None if expires is None else T0 + timedelta(seconds=expires),
+            claim_early=early,
+            catchup=catchup,
+            catchup_window=timedelta(seconds=20),
+        )
+        for i, (interval, disabled, expires, early, catchup, cursor) in enumerate(specs)
+    ]
+    fast.load(jobs, T0)
+    general.load(jobs, T0)
+    assert fast.drain() == general.drain()
+    wall = T0
+    for gap, pause, replace in steps:
+        wall += timedelta(seconds=gap)
+        fast.set_paused(pause)
+        general.set_paused(pause)
+        if replace < len(jobs):  # an edit mid-run leaves a stale heap entry behind
+            fast.set_job(jobs[replace], wall)
+            general.set_job(jobs[replace], wall)
+        fast.advance(wall)
+        general.advance(wall)
+        assert fast.drain() == general.drain()
+        assert fast.next_deadline() == general.next_deadline()
+        assert fast.fired == general.fired

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from dkron.model import Execution, Job
 from dkron.proto_sansio.execution import (
     ExecutionConfig,
@@ -157,3 +160,35 @@ def test_a_forbid_job_is_claimed_when_due_and_the_others_ahead() -> None:
     assert [c.job for cmd in early for c in getattr(cmd, "claims", [cmd])] == ["a"]
     due = planner.tick(T0 + timedelta(seconds=5))
     assert [c.job for cmd in due for c in getattr(cmd, "claims", [cmd])] == ["f"]
+
+
+@given(
+    targets=st.lists(st.sampled_from(["w1", "w2", "w3"]), min_size=1, max_size=4).map(tuple),
+    term=st.integers(-2, 3),
+    jobs=st.integers(1, 3),
+)
+def test_claims_built_per_slot_equal_claim_slot_and_fail_its_checks_alike(
+    targets: tuple[str, ...], term: int, jobs: int
+) -> None:
+    first = to_ns(T0 + timedelta(seconds=5))
+    sm, _ = loaded(
+        [Job(f"j{i}", schedule="@every 5s", executor="shell", next=first) for i in range(jobs)]
+    )
+    planner = Planner(sm, term=term, wall=T0, select_targets=lambda job: targets)
+    try:
+        expected: list[ClaimSlot] | str = [
+            ClaimSlot(f"j{i}", first, term, "schedule", first, targets, 1) for i in range(jobs)
+        ]
+    except ValueError as e:
+        expected = str(e)
+    try:
+        cmds = planner.tick(T0 + timedelta(seconds=5))
+    except ValueError as e:
+        assert str(e) == expected
+        return
+    claims = [c for cmd in cmds for c in (cmd.claims if isinstance(cmd, ClaimSlots) else (cmd,))]
+    assert claims == expected
+    assert all(type(c) is ClaimSlot for c in claims)
+    assert all(
+        encode_command(a) == encode_command(b) for a, b in zip(claims, expected, strict=True)
+    )
