@@ -403,6 +403,53 @@ class _LeaderRun:
     live_seq: int = 0
 
 
+class _Timers:
+    """Run keys by wake time, the first pushed first among equal times.
+
+    The order is exactly that of a heap of ``(time, push count, key)``, but
+    the heap holds each distinct time once and the keys of one time wait in
+    a FIFO: the runs claimed, started or renewed in one instant share their
+    wake time, so a thousand of them cost one heap operation, not a thousand
+    sift-downs over tuples.  (Equal floats are one dict key, as they are one
+    heap position; wake times are finite.)
+    """
+
+    __slots__ = ("_keys", "_times")
+
+    def __init__(self) -> None:
+        self._times: list[float] = []
+        self._keys: dict[float, deque[RunKey]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._keys.values())
+
+    def push(self, at: float, key: RunKey) -> None:
+        keys = self._keys.get(at)
+        if keys is None:
+            self._keys[at] = deque((key,))
+            heapq.heappush(self._times, at)
+        else:
+            keys.append(key)
+
+    def first_time(self) -> float | None:
+        times = self._times
+        return times[0] if times else None
+
+    def first_key(self) -> RunKey:
+        """The key :meth:`pop` removes next (only when :meth:`first_time` is not None)."""
+        return self._keys[self._times[0]][0]
+
+    def pop(self) -> RunKey:
+        """Remove and return the first key (only when :meth:`first_time` is not None)."""
+        at = self._times[0]
+        keys = self._keys[at]
+        key = keys.popleft()
+        if not keys:
+            heapq.heappop(self._times)
+            del self._keys[at]
+        return key
+
+
 class ExecutionLeader:
     """The leader's half: dispatch, leases, lost and cancelled verdicts, live output."""
 
@@ -414,10 +461,9 @@ class ExecutionLeader:
         self._jobs: dict[str, Job] = {}
         self._out: list[Action] = []
         self._now = now
-        # Lazy timer heap: (wake time, seq, run); an entry is stale when the
-        # run is gone, decided, or its wake time has moved.
-        self._timers: list[tuple[float, int, RunKey]] = []
-        self._seq = 0
+        # Lazy timers: (wake time, run) in push order; an entry is stale when
+        # the run is gone, decided, or its wake time has moved.
+        self._timers = _Timers()
         self.counters: dict[str, int] = {
             "dispatched": 0,
             "lost": 0,
@@ -520,8 +566,8 @@ class ExecutionLeader:
         self._now = now
         cfg = self.config
         timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, key = heapq.heappop(timers)
+        while (at := timers.first_time()) is not None and at <= now:
+            key = timers.pop()
             run = self._runs.get(key)
             if run is None or run.verdict_proposed or self._wake_of(run) > now:
                 continue  # gone, decided, or superseded by a later entry
@@ -538,12 +584,12 @@ class ExecutionLeader:
 
     def next_deadline(self) -> float | None:
         timers = self._timers
-        while timers:
-            at, _, key = timers[0]
-            run = self._runs.get(key)
+        runs = self._runs
+        while (at := timers.first_time()) is not None:
+            run = runs.get(timers.first_key())
             if run is not None and not run.verdict_proposed and self._wake_of(run) == at:
                 return at
-            heapq.heappop(timers)  # stale: a later entry (or none) stands for this run
+            timers.pop()  # stale: a later entry (or none) stands for this run
         return None
 
     def drain(self) -> list[Action]:
@@ -635,8 +681,7 @@ class ExecutionLeader:
 
     def _schedule(self, run: _LeaderRun) -> None:
         """Record a run's (possibly changed) wake time; older entries become stale."""
-        self._seq += 1
-        heapq.heappush(self._timers, (self._wake_of(run), self._seq, run.key))
+        self._timers.push(self._wake_of(run), run.key)
 
     def _on_started(self, ex: Execution, now: float) -> None:
         key = _run_key((ex.job_name, ex.group, ex.node_name, ex.attempt))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import heapq
 import random
 from collections.abc import Callable, Sequence
 
@@ -34,6 +35,7 @@ from dkron.proto_sansio.execution import (
     Started,
     StartRun,
     StopRun,
+    _Timers,
     choose_targets,
     qualifying_targets,
     select_targets,
@@ -557,3 +559,32 @@ def test_a_finished_result_is_the_constructors_record(
         return
     (result,) = [a.msg for a in w.drain() if isinstance(a, Send) and isinstance(a.msg, Result)]
     _same_record(result.execution, expected)
+
+
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("push"), st.sampled_from([0.0, -0.0, 0.5, 1.0, 1.5, 2.0, 7.25])),
+            st.tuples(st.just("pop"), st.just(0.0)),
+        ),
+        max_size=60,
+    )
+)
+def test_leader_timers_pop_in_the_order_of_a_heap_of_time_and_push_count(
+    ops: list[tuple[str, float]],
+) -> None:
+    """The leader's timer queue keeps keys of equal times in a FIFO behind one
+    heap entry; the order must be that of the heap of (time, count, key) it replaced."""
+    timers = _Timers()
+    reference: list[tuple[float, int, RunKey]] = []
+    for count, (op, at) in enumerate(ops):
+        if op == "push":
+            key = RunKey("j", count, "n", 1)
+            timers.push(at, key)
+            heapq.heappush(reference, (at, count, key))
+        elif reference:
+            assert timers.first_time() == reference[0][0]
+            assert timers.first_key() == reference[0][2]
+            assert timers.pop() == heapq.heappop(reference)[2]
+        assert len(timers) == len(reference)
+        assert timers.first_time() == (reference[0][0] if reference else None)
