@@ -373,10 +373,10 @@ def each_applied(cmd: Command, result: ApplyResult) -> Iterator[tuple[SingleComm
         yield from zip(cmd.claims, result.parts, strict=True)
     elif isinstance(cmd, ExecutionsStarted):
         for ex, part in zip(cmd.executions, result.parts, strict=True):
-            yield _one_started(ex), part
+            yield one_started(ex), part
     elif isinstance(cmd, ExecutionsFinished):
         for ex, part in zip(cmd.executions, result.parts, strict=True):
-            yield _one_finished(ex), part
+            yield one_finished(ex), part
     else:
         yield cmd, result
 
@@ -1394,9 +1394,11 @@ _result: Callable[..., ApplyResult] = slot_maker(ApplyResult)
 _completed: Callable[[str, int, str, tuple[str, ...]], GroupCompleted] = slot_maker(GroupCompleted)
 # (claim, outstanding)
 _inflight: Callable[[ClaimSlot, dict[str, int]], InFlight] = slot_maker(InFlight)
-# Elements of a batch, which checked them all when it was built.
-_one_started: Callable[[Execution], ExecutionStarted] = slot_maker(ExecutionStarted, validated=True)
-_one_finished: Callable[[Execution], ExecutionFinished] = slot_maker(
+# A single started or finished command from an execution whose finished_at
+# the caller has checked (their only check): the elements of a batch, which
+# checked them all when it was built, and the records a leader proposes.
+one_started: Callable[[Execution], ExecutionStarted] = slot_maker(ExecutionStarted, validated=True)
+one_finished: Callable[[Execution], ExecutionFinished] = slot_maker(
     ExecutionFinished, validated=True
 )
 

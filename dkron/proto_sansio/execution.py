@@ -60,6 +60,8 @@ from dkron.state import (
     InFlight,
     StateMachine,
     batch_commands,
+    one_finished,
+    one_started,
 )
 
 __all__ = [
@@ -351,11 +353,6 @@ _result_msg: Callable[[Execution], Result] = slot_maker(Result)
 _result_ack: Callable[[RunKey], ResultAck] = slot_maker(ResultAck)
 # A worker numbers its chunks from 1 itself.
 _output_msg: Callable[[RunKey, int, bytes], Output] = slot_maker(Output, validated=True)
-# Callers check finished_at first (the only check of these two classes).
-_one_started: Callable[[Execution], ExecutionStarted] = slot_maker(ExecutionStarted, validated=True)
-_one_finished: Callable[[Execution], ExecutionFinished] = slot_maker(
-    ExecutionFinished, validated=True
-)
 # (job_name, started_at, node_name, finished_at, success, output, group, attempt,
 #  scheduled_time, trigger, status); only from values that pass Execution's checks.
 _execution: Callable[..., Execution] = slot_maker(Execution, validated=True)
@@ -536,7 +533,7 @@ class ExecutionLeader:
                 run.verdict_proposed = True
             # Propose even when unknown: the state decides whether it is new,
             # and its apply triggers the acknowledgement either way.
-            finished = _one_finished(ex) if ex.finished_at is not None else ExecutionFinished(ex)
+            finished = one_finished(ex) if ex.finished_at is not None else ExecutionFinished(ex)
             self._out.append(_propose_action(finished))
         elif isinstance(msg, Refused):
             self.counters["stale"] += 1
@@ -693,7 +690,7 @@ class ExecutionLeader:
             run.started = ex
             run.deadline = now + self.config.lease_timeout
             self._schedule(run)
-            started = _one_started(ex) if ex.finished_at is None else ExecutionStarted(ex)
+            started = one_started(ex) if ex.finished_at is None else ExecutionStarted(ex)
             self._out.append(_propose_action(started))
 
     def _on_output(self, msg: Output) -> None:

@@ -49,6 +49,8 @@ from dkron.state import (
     StateMachine,
     UpsertJob,
     encode_command,
+    one_finished,
+    one_started,
 )
 
 T0 = 1_772_000_000 * 1_000_000_000
@@ -512,8 +514,8 @@ def test_records_built_slot_by_slot_are_the_constructors_frozen_records(  # noqa
         (m._result_msg(fin), Result(fin)),
         (m._result_ack(key), ResultAck(key)),
         (m._output_msg(key, 1 + term, data), Output(key, 1 + term, data)),
-        (m._one_started(ex), ExecutionStarted(ex)),
-        (m._one_finished(fin), ExecutionFinished(fin)),
+        (one_started(ex), ExecutionStarted(ex)),
+        (one_finished(fin), ExecutionFinished(fin)),
     ]
     for fast, slow in built:
         _same_record(fast, slow)
