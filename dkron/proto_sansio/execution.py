@@ -41,6 +41,7 @@ import dataclasses
 import enum
 import functools
 import heapq
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -372,6 +373,16 @@ class ExecutionConfig:
     live_buffer_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
+        timings = (
+            self.heartbeat_interval,
+            self.lease_timeout,
+            self.dispatch_retry,
+            self.dispatch_timeout,
+            self.result_retry,
+        )
+        if not all(math.isfinite(t) for t in timings):
+            # NaN passes every comparison below, and the timers need finite wake times.
+            raise ValueError("timings must be finite")
         if self.lease_timeout <= 2 * self.heartbeat_interval:
             raise ValueError("lease_timeout must exceed two heartbeat intervals")
         if min(self.heartbeat_interval, self.dispatch_retry, self.result_retry) <= 0:

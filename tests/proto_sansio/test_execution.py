@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import heapq
+import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -590,3 +591,14 @@ def test_leader_timers_pop_in_the_order_of_a_heap_of_time_and_push_count(
             assert timers.pop() == heapq.heappop(reference)[2]
         assert len(timers) == len(reference)
         assert timers.first_time() == (reference[0][0] if reference else None)
+
+
+@pytest.mark.parametrize(
+    "field", ["heartbeat_interval", "lease_timeout", "dispatch_retry", "dispatch_timeout"]
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_timings_must_be_finite(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        dataclasses.replace(ExecutionConfig(), **{field: value})
+    with pytest.raises(ValueError, match="finite"):
+        ExecutionConfig(result_retry=value)
