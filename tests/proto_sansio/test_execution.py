@@ -8,6 +8,7 @@ import heapq
 import math
 import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -599,6 +600,7 @@ def test_leader_timers_pop_in_the_order_of_a_heap_of_time_and_push_count(
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_timings_must_be_finite(field: str, value: float) -> None:
     with pytest.raises(ValueError, match="finite"):
-        dataclasses.replace(ExecutionConfig(), **{field: value})
+        changes: dict[str, Any] = {field: value}
+        dataclasses.replace(ExecutionConfig(), **changes)
     with pytest.raises(ValueError, match="finite"):
         ExecutionConfig(result_retry=value)
