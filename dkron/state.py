@@ -1120,19 +1120,7 @@ class StateMachine:
         stored = ex if len(ex.output) * 4 <= config.max_output_bytes else self._capped(ex)
         finished_at = ex.finished_at
         assert finished_at is not None  # guaranteed by ExecutionFinished
-        if existing is not None:
-            # _Activity.store of a running record's result, spelled out: the
-            # key is already indexed under its group.
-            execs[key] = stored
-            act.running.discard(key)
-            entry = (ex.started_at, key)
-            order = act.finished
-            if len(order) == act.head or entry >= order[-1]:
-                order.append(entry)
-            else:
-                bisect.insort(order, entry, lo=act.head)
-        else:
-            act.store(key, stored)
+        act.store(key, stored)
         if len(execs) > config.max_executions_per_job:
             act.prune(config.max_executions_per_job)
         group = ex.group
