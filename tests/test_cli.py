@@ -149,6 +149,37 @@ def test_agent_without_runtime_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "the agent runtime cannot be loaded" in err
 
 
+@pytest.fixture
+def _collector() -> Iterator[None]:
+    """The test may set the process's collector; it is restored afterwards."""
+    import gc
+
+    saved = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
+
+
+@pytest.mark.usefixtures("_collector")
+def test_agent_process_sets_its_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from dkron import cli
+
+    gc.set_threshold(700, 10, 10)
+    embedded: list[AgentConfig] = []
+    assert run(["agent"], runner=embedded.append)[0] == 0
+    assert gc.get_threshold() == (700, 10, 10)  # an embedder's process is left alone
+
+    # The real runtime, as `python -m dkron agent` loads it (logging set up too).
+    started: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(cli, "_load_runner", lambda: lambda _c: started.append(gc.get_threshold()))
+    monkeypatch.setattr(cli, "_configure_logging", lambda _c, _e: None)
+    assert run(["agent"])[0] == 0
+    assert started == [cli.GC_THRESHOLDS]
+
+
 @pytest.mark.parametrize(
     "argv",
     [
