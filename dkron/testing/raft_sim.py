@@ -61,6 +61,18 @@ class InvariantViolation(AssertionError):
     """A Raft safety property was broken; the message says which and where."""
 
 
+#: What the checks remember of an entry's bytes.
+Digest = tuple[int, int]
+
+
+def digest(data: bytes) -> Digest:
+    """The length and hash of ``data``: equal bytes always give equal digests,
+    and unequal ones (a disagreement between hosts) equal ones with a chance
+    of about 2**-64.  Python caches a bytes object's hash, and the hosts share
+    each entry's bytes object, so each entry is hashed about once."""
+    return (len(data), hash(data))
+
+
 def _encode_app(applied: Sequence[tuple[int, bytes]]) -> bytes:
     return cbor2.dumps([[i, d] for i, d in applied])
 
@@ -164,7 +176,6 @@ class RaftHost(Host):
             )
         self.applied_index = entry.index
         if entry.kind == EntryKind.NORMAL:
-            self.app.append((entry.index, entry.data))
             self.app_apply(entry)
         self.cluster.on_apply(self, entry)
 
@@ -175,7 +186,12 @@ class RaftHost(Host):
     # -- application hooks (subclasses run a real state machine here) ---------
 
     def app_apply(self, entry: Entry) -> None:
-        """Apply one committed NORMAL entry to the application state."""
+        """Apply one committed NORMAL entry to the application state.
+
+        Here the state is the list of applied entries; a subclass with a real
+        state machine keeps that instead (and not every entry's bytes for ever).
+        """
+        self.app.append((entry.index, entry.data))
 
     def app_snapshot(self) -> bytes:
         """The application state as snapshot bytes."""
@@ -218,7 +234,9 @@ class RaftCluster:
             self.hosts[name] = self._make_host(name, PersistedState.empty())
         # Global knowledge used by the invariant checks.
         self.leaders: dict[int, str] = {}
-        self.committed: dict[int, tuple[int, int, bytes]] = {}  # index -> (term, kind, data)
+        # index -> (term, kind, digest of the data): every entry ever committed,
+        # without keeping its bytes alive (a long run commits gigabytes).
+        self.committed: dict[int, tuple[int, int, Digest]] = {}
         self.max_committed = 0
         self._leader_view: dict[str, tuple[int, int, int | None]] = {}
         self.proposed: dict[bytes, int] = {}
@@ -332,7 +350,7 @@ class RaftCluster:
 
     def on_apply(self, host: RaftHost, entry: Entry) -> None:
         """State-machine safety: every host applies the same entry at an index."""
-        key = (entry.term, int(entry.kind), entry.data)
+        key = (entry.term, int(entry.kind), digest(entry.data))
         seen = self.committed.get(entry.index)
         if seen is None:
             if entry.index != self.max_committed + 1:
@@ -363,7 +381,7 @@ class RaftCluster:
     def check_restored(self, host: RaftHost, snapshot: Snapshot) -> None:
         for index, data in host.app:
             seen = self.committed.get(index)
-            if seen is not None and seen[2] != data:
+            if seen is not None and seen[2] != digest(data):
                 raise InvariantViolation(f"{host.name} restored a snapshot disagreeing at {index}")
         if snapshot.index > self.max_committed:
             raise InvariantViolation(f"{host.name} restored a snapshot of uncommitted index")
@@ -472,7 +490,7 @@ class RaftCluster:
             index = self.proposed[marker]
             hosts = [self.hosts[m] for m in members if m in self.hosts and self.hosts[m].up]
             if all(h.applied_index >= index for h in hosts):
-                if self.committed.get(index, (0, 0, b""))[2] == marker:
+                if self.committed.get(index, (0, 0, None))[2] == digest(marker):
                     return self.loop.now - start
                 marker = None  # overwritten by a new leader: propose again
         raise InvariantViolation(
