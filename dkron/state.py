@@ -1144,17 +1144,7 @@ class StateMachine:
             status = compute_group_status(
                 act.group(group), tuple(sorted(still.outstanding)) if still is not None else ()
             )
-        # _counted, spelled out for the common case.
-        if success:
-            count, last = job.success_count + 1, job.last_success
-        else:
-            count, last = job.error_count + 1, job.last_error
-        if last is None or finished_at > last:
-            last = finished_at
-        if count < _COUNTER_MAX:
-            job = (_with_success if success else _with_error)(job, status, count, last)
-        else:
-            job = _counted(job, status, success, finished_at)
+        job = _counted(job, status, success, finished_at)
         self._jobs[name] = job
         retries = act.retries
         retried: tuple[StateEvent, ...] = ()
