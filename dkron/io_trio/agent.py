@@ -391,6 +391,16 @@ def load_keyring(path: pathlib.Path, encrypt: str) -> Keyring | None:
     return keyring
 
 
+def _apply_keyring_op(keyring: Keyring, op: KeyringOp, key: bytes) -> None:
+    if op is KeyringOp.INSTALL:
+        keyring.add_key(key)
+    elif op is KeyringOp.USE:
+        keyring.add_key(key)  # the event may overtake its install
+        keyring.use_key(key)
+    else:
+        keyring.remove_key(key)
+
+
 def save_keyring(path: pathlib.Path, keyring: Keyring) -> None:
     """Write the keyring durably: a private temp file, fsync, rename, fsync the directory."""
     text = json.dumps([base64.b64encode(k).decode("ascii") for k in keyring.keys])
@@ -840,27 +850,28 @@ class Agent:
         return sum(1 for m in swim.members() if m.status is SwimStatus.ALIVE)
 
     async def _keyring_event(self, payload: bytes) -> None:
-        """Apply one announced keyring operation (idempotent), persist it, publish it."""
+        """Apply one announced keyring operation (idempotent): persist it, then use and
+        publish it, so the keys a member advertises are the keys it restarts with."""
         keyring = self.keyring
         codes = {v: k for k, v in _KEYRING_OPS.items()}
         if keyring is None or not payload or payload[0] not in codes:
             return
         op, key = codes[payload[0]], payload[1:]
-        try:
-            if op is KeyringOp.INSTALL:
-                keyring.add_key(key)
-            elif op is KeyringOp.USE:
-                keyring.add_key(key)  # the event may overtake its install
-                keyring.use_key(key)
-            else:
-                keyring.remove_key(key)
-        except LocalProtocolError as exc:
-            log.warning("gossip keyring %s of %s refused: %s", op.value, key_fingerprint(key), exc)
-            return
         async with self._keyring_lock:
+            staged = Keyring(keyring.primary, keyring.keys[1:])
+            try:
+                _apply_keyring_op(staged, op, key)
+            except LocalProtocolError as exc:
+                log.warning(
+                    "gossip keyring %s of %s refused: %s", op.value, key_fingerprint(key), exc
+                )
+                return
             path = pathlib.Path(self.opts.data_dir) / KEYRING_FILE
-            await trio.to_thread.run_sync(save_keyring, path, keyring)
-        self.reload_tags(self.user_tags)
+            await trio.to_thread.run_sync(save_keyring, path, staged)
+            # Only this method changes the keyring and it holds the lock: this repeats
+            # the staged change exactly.
+            _apply_keyring_op(keyring, op, key)
+            self.reload_tags(self.user_tags)
         log.info("gossip keyring: %s %s", op.value, key_fingerprint(key))
 
     async def leave(self) -> None:
