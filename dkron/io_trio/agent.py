@@ -866,6 +866,8 @@ class Agent:
                     "gossip keyring %s of %s refused: %s", op.value, key_fingerprint(key), exc
                 )
                 return
+            if staged.keys == keyring.keys:  # a repeat, e.g. our own event coming back
+                return
             path = pathlib.Path(self.opts.data_dir) / KEYRING_FILE
             await trio.to_thread.run_sync(save_keyring, path, staged)
             # Only this method changes the keyring and it holds the lock: this repeats

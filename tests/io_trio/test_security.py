@@ -676,6 +676,52 @@ def _everyone(nodes: list[Node], check: Callable[[dict[str, Any]], bool]) -> Cal
     return holds
 
 
+async def test_a_member_stores_its_keyring_before_it_uses_or_advertises_it(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member restarts with the keys it advertised: the file is written first."""
+    seen: list[tuple[list[bytes], list[bytes], str]] = []
+    nodes: list[Node] = []
+
+    def spy(path: pathlib.Path, keyring: Keyring) -> None:
+        if nodes:  # not the first start's save
+            live = nodes[0].agent
+            assert live.keyring is not None
+            seen.append((list(keyring.keys), list(live.keyring.keys), live.tags["keyring"]))
+        save_keyring(path, keyring)
+
+    applied = 0
+    apply = Agent._keyring_event
+
+    async def counted(self: Agent, payload: bytes) -> None:
+        nonlocal applied
+        await apply(self, payload)
+        applied += 1
+
+    monkeypatch.setattr("dkron.io_trio.agent.save_keyring", spy)
+    monkeypatch.setattr(Agent, "_keyring_event", counted)
+    a, b = base64.b64decode(KEY_A), base64.b64decode(KEY_B)
+    with trio.fail_after(60):
+        async with cluster(tmp_path) as c:
+            nodes.append(await c.start("s1", bootstrap_expect=1, encrypt=KEY_A))
+            await eventually(c.leader, "a leader")
+            for op, key in (("install", KEY_B), ("use", KEY_B), ("remove", KEY_A)):
+                assert (await _keyring(nodes[0], op, key))[0] == 200
+            # Each operation also comes back as our own gossip event: a repeat, not saved.
+            await eventually(lambda: applied == 6, "three operations and their echoes")
+            assert len(seen) == 3
+            before = [[a], [a, b], [b, a]]
+            after = [[a, b], [b, a], [b]]
+            for (saved, live, tag), old, new in zip(seen, before, after, strict=True):
+                assert saved == new
+                assert live == old
+                assert tag == ",".join(key_fingerprint(k) for k in old)
+            stored = json.loads((tmp_path / "s1" / "keyring.json").read_text())
+            assert stored == [KEY_B]
+            assert nodes[0].agent.keyring is not None
+            assert list(nodes[0].agent.keyring.keys) == [b]
+
+
 async def test_gossip_key_rotation_across_the_cluster(tmp_path: pathlib.Path) -> None:
     with trio.fail_after(150):
         async with cluster(tmp_path) as c:
