@@ -1040,7 +1040,12 @@ class RaftNode:
             self.stats.dropped += 1
             return
         members = self._members
-        if members and src not in members and not (t in _FROM_LEADER and msg.term >= self.term):
+        if (
+            members
+            and src not in members
+            and t not in _VOTE_MESSAGES
+            and not (t in _FROM_LEADER and msg.term >= self.term)
+        ):
             self.stats.dropped += 1
             return
 
@@ -1795,3 +1800,10 @@ _MESSAGE_TYPES: frozenset[type] = frozenset(
     }
 )
 _FROM_LEADER: frozenset[type] = frozenset({AppendEntries, InstallSnapshot})
+#: Votes are answered whoever asks.  Two nodes can hold different latest
+#: configurations (one has an uncommitted change the other lacks), so a
+#: candidate may be outside the voter's configuration and still be the only
+#: one that can win; ignoring it deadlocked elections.  Only the votes of the
+#: candidate's own voters are counted, and the leader lease refuses a removed
+#: node's votes while the cluster has a leader.
+_VOTE_MESSAGES: frozenset[type] = frozenset({RequestVote, RequestVoteResponse})

@@ -827,12 +827,15 @@ def test_membership_add_learner_promote_remove() -> None:
     leader.remove("b", net.now)
     net.settle()
     assert "b" not in leader.membership.members
-    # b's messages are now ignored
-    before = leader.stats.dropped
-    leader.receive(
-        RequestVote(leader.term + 1, 99, leader.term, False, False), src="b", now=net.now
-    )
-    assert leader.stats.dropped == before + 1 and leader.role is Role.LEADER
+    # b can no longer depose the leader: its replies are dropped, its votes
+    # refused by the leader's lease
+    before, term = leader.stats.dropped, leader.term
+    leader.receive(AppendEntriesResponse(term, True, 99, 0, 0, 0), src="b", now=net.now)
+    assert leader.stats.dropped == before + 1
+    ignored = leader.stats.ignored_votes
+    leader.receive(RequestVote(term + 1, 99, term, False, False), src="b", now=net.now)
+    assert leader.stats.ignored_votes == ignored + 1
+    assert leader.role is Role.LEADER and leader.term == term
 
 
 def test_promote_refused_while_learner_lags() -> None:
@@ -870,13 +873,30 @@ def test_removed_leader_steps_down_after_commit() -> None:
 
 def test_messages_from_non_members_are_ignored() -> None:
     n = mk("a")
-    n.receive(RequestVote(9, 0, 0, False, False), src="zz", now=0)
     n.receive(AppendEntriesResponse(0, True, 0, 0, 0, 0), src="zz", now=0)
+    n.receive(TimeoutNow(1), src="zz", now=0)
     n.receive(AppendEntries(1, 0, 0, 0, (), 0), src="a", now=0)  # from ourselves
     assert n.term == 0 and sent(n) == [] and n.stats.dropped == 3
     # ...but an AppendEntries of our term or newer comes from a legitimate leader
     n.receive(AppendEntries(1, 0, 0, 0, (), 0), src="new", now=0)
     assert n.leader_id == "new"
+
+
+def test_a_vote_request_from_outside_our_configuration_is_answered() -> None:
+    """Our latest configuration may lack a change the candidate's log holds.
+
+    Here ``a`` still has ``{a, b, c}`` while ``d``, whose log is longer, may be
+    a voter of a newer configuration: ignoring it could leave no candidate
+    able to win.  The usual rules decide the answer.
+    """
+    n = mk("a", terms=[1])
+    n.receive(RequestVote(2, 2, 1, True, False), src="d", now=0)
+    [(to, granted)] = of_type(sent(n), RequestVoteResponse)
+    assert to == "d" and granted == RequestVoteResponse(2, True, True)
+    assert n.term == 1  # a pre-vote changes nothing
+    n.receive(RequestVote(2, 0, 0, False, False), src="e", now=0)  # shorter log: refused
+    [(to, refused)] = of_type(sent(n), RequestVoteResponse)
+    assert to == "e" and refused == RequestVoteResponse(2, False, False)
 
 
 def test_joining_node_accepts_anyone_until_it_knows_the_configuration() -> None:

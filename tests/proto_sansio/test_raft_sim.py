@@ -146,6 +146,18 @@ def run_schedule(seed: int, schedule: list[tuple[tuple[Any, ...], float]]) -> Ra
     + [(("propose", 1), 0.1)] * 3
     + [(("isolate_leader",), 0.1), (("propose", 1), 1.0), (("slow", "n1", 0.2), 0.1)],
 )
+@example(  # regression: votes from outside the voter's latest configuration were ignored,
+    # and with the isolated old leader's uncommitted removal of n2 and n1's of itself no
+    # candidate could win after healing
+    seed=60174,
+    schedule=[
+        (("read",), 0.01),
+        (("propose", 1), 0.01),
+        (("isolate_leader",), 0.01),
+        (("member", "remove", "n2"), 2.5),
+        (("member", "remove", "n1"), 1.0),
+    ],
+)
 def test_safety_and_liveness_under_faults(seed: int, schedule: Any) -> None:
     cluster = run_schedule(seed, schedule)
     # Once healed, every member has applied the whole committed log, and the
