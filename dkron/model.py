@@ -21,6 +21,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from dkron.schedule import parse_go_duration, parse_schedule, validate_timezone
@@ -696,13 +697,14 @@ def _sorted_map(m: Mapping[str, str] | None) -> dict[str, str] | None:
     return None if m is None else {k: m[k] for k in sorted(m)}
 
 
-def job_to_json(job: Job, *, next_ns: int | None = None) -> dict[str, object]:
+def job_to_json(job: Job, *, next_ns: int | EllipsisType | None = ...) -> dict[str, object]:
     """The Job object in Dkron's exact key order; ``catchup*`` are appended.
 
-    ``next_ns`` overrides the stored ``next`` (the API refreshes it from the
-    schedule before answering some calls).
+    ``next_ns`` replaces the stored ``next`` (``None``: the zero time): the
+    API shows the slot the scheduler fires next, where the stored value is
+    only the job's first slot.
     """
-    nxt = job.next if next_ns is None else next_ns
+    nxt = job.next if next_ns is ... else next_ns
     processors = job.processors or {}
     return {
         "id": job.name,

@@ -51,6 +51,7 @@ __all__ = [
     "parse_go_duration",
     "parse_schedule",
     "schedule_hash",
+    "upcoming_fires",
     "validate_timezone",
 ]
 
@@ -1030,6 +1031,58 @@ def fire_times(
     """
     sched = job_schedule(job, local_tz=local_tz)
     return _iterate(sched, _as_utc(after), _as_utc(until), limit)
+
+
+# A chain further behind ``now`` than this many slots (a long outage) is
+# resumed from ``now`` instead of being walked slot by slot.
+_MAX_WALK = 10_000
+
+
+def upcoming_fires(
+    job: ScheduledJob,
+    now: datetime,
+    *,
+    first: datetime | None,
+    cursor: datetime | None,
+    starts_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    count: int = 1,
+    local_tz: tzinfo = UTC,
+) -> list[datetime]:
+    """The next ``count`` slots after ``now`` of a saved job, as its scheduler chains them.
+
+    ``fire_times(job, now, …)`` anchors ``@every`` at ``now``; the scheduler
+    anchors it at the job's own slots (``first``, the slot computed when the
+    job was saved, until the replicated ``cursor`` passes it, then each slot
+    after the one before), so only this walk gives an ``@every`` job's real
+    phase.  The same rules as ``Scheduler.set_job``: nothing before
+    ``starts_at``, nothing after ``expires_at``.  Slots at or before ``now``
+    are being decided, not next; a cursor after ``now`` is a slot the leader
+    claimed a moment early (its lookahead is shorter than any interval), and
+    is still to come.
+    """
+    sched = job_schedule(job, local_tz=local_tz)
+    now = _as_utc(now)
+    nxt: datetime | None
+    if first is not None and (cursor is None or first > cursor):
+        nxt = _as_utc(first)
+    elif cursor is not None and cursor > now:
+        nxt = _as_utc(cursor)  # claimed ahead of its instant (the leader's lookahead)
+    else:
+        nxt = sched.next_after(now if cursor is None else cursor)
+    if starts_at is not None and nxt is not None and nxt < starts_at:
+        nxt = sched.next_after(starts_at - timedelta(microseconds=1))
+    walked = 0
+    while nxt is not None and nxt <= now:
+        walked += 1
+        nxt = sched.next_after(nxt if walked < _MAX_WALK else now)
+    out: list[datetime] = []
+    while nxt is not None and len(out) < count:
+        if expires_at is not None and nxt > expires_at:
+            break
+        out.append(nxt)
+        nxt = sched.next_after(nxt)
+    return out
 
 
 def _iterate(sched: Schedule, t: datetime, end: datetime, limit: int | None) -> Iterator[datetime]:

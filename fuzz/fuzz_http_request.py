@@ -35,7 +35,6 @@ from dkron.io_trio.http_server import (
 )
 from dkron.io_trio.streams import EventHub
 from dkron.model import Execution, Job
-from dkron.schedule import fire_times
 from dkron.state import (
     ApplyResult,
     ClaimSlot,
@@ -118,8 +117,8 @@ class MemoryBackend:
     async def busy(self) -> list[Execution]:
         return self.state.running_executions()
 
-    def next_fire_times(self, job: Job, count: int) -> list[dt.datetime]:
-        return list(fire_times(job, NOW, FAR, limit=count))
+    def now(self) -> dt.datetime:
+        return NOW
 
     async def propose(self, cmd: Command) -> ApplyResult:
         return self._apply(cmd)

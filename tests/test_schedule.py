@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
+from dkron.proto_sansio.scheduler import FireSlot, ScheduledJob, Scheduler, SchedulerConfig
 from dkron.schedule import (
     AtSchedule,
     CronSchedule,
@@ -23,6 +24,7 @@ from dkron.schedule import (
     parse_go_duration,
     parse_schedule,
     schedule_hash,
+    upcoming_fires,
     validate_timezone,
 )
 
@@ -680,3 +682,112 @@ def test_every_next_after_shortcut_equals_truncate_then_add(wall: datetime, seco
     got = sched.next_after(wall)
     assert got == expected
     assert got is None or (got.tzinfo is UTC and got.fold == 0)
+
+
+# -- upcoming_fires: the scheduler's own next slots --------------------------------------
+
+
+def _offset(seconds: int | None) -> datetime | None:
+    return None if seconds is None else T0 + timedelta(seconds=seconds)
+
+
+@given(
+    spec=st.sampled_from(
+        ["@every 7s", "@every 1m", "@every 90s", "*/15 * * * * *", "0 */5 * * * *", "@hourly"]
+    ),
+    first_at=st.none() | st.integers(-3600, 0),
+    cursor_at=st.none() | st.integers(-3600, 0),
+    starts_at=st.none() | st.integers(-3600, 7200),
+    expires_at=st.none() | st.integers(-600, 7200),
+    micros=st.integers(0, 999_999),
+    count=st.integers(1, 5),
+)
+# An @every chain an hour behind, out of phase with now: 23:00:07 + 7 s * k.
+@example(
+    spec="@every 7s",
+    first_at=None,
+    cursor_at=-3600,
+    starts_at=None,
+    expires_at=None,
+    micros=0,
+    count=2,
+)
+# The slot at T0 + 1 s is claimed 50 ms early: the cursor is ahead of now.
+@example(
+    spec="@every 7s",
+    first_at=None,
+    cursor_at=-13,
+    starts_at=None,
+    expires_at=None,
+    micros=950_000,
+    count=2,
+)
+def test_upcoming_fires_are_the_slots_the_scheduler_fires_after_now(
+    *,
+    spec: str,
+    first_at: int | None,
+    cursor_at: int | None,
+    starts_at: int | None,
+    expires_at: int | None,
+    micros: int,
+    count: int,
+) -> None:
+    """What the API shows as a saved job's next slots is what the leader's engine
+    fires after now, given the same first slot, cursor and bounds: ``@every``
+    keeps the phase of the job's own slots instead of being anchored at now,
+    and a slot the engine claimed early (its lookahead) is still shown."""
+    job = Job("j", spec)
+    sched = job_schedule(job)
+    now = T0 + timedelta(microseconds=micros)
+    # The stored first slot (computed when the job was saved, before now) and
+    # the cursor (a slot decided by now) are slots of the schedule.
+    first = None if first_at is None else sched.next_after(T0 + timedelta(seconds=first_at))
+    cursor = None if cursor_at is None else sched.next_after(T0 + timedelta(seconds=cursor_at))
+    assume(cursor is None or cursor <= now)
+    start, end = _offset(starts_at), _offset(expires_at)
+    engine = Scheduler(SchedulerConfig(lookahead=timedelta(milliseconds=100)))
+    engine.set_job(
+        ScheduledJob(
+            name="j",
+            schedule=sched,
+            anchor=now,
+            cursor=cursor,
+            first=first,
+            starts_at=start,
+            expires_at=end,
+        ),
+        now,
+    )
+    engine.advance(now)
+    fired = [o.scheduled for o in engine.drain() if isinstance(o, FireSlot)]
+    # What the replicated cursor holds once those claims commit.
+    seen = max(fired) if fired else cursor
+    while len([t for t in fired if t > now]) < count:
+        deadline = engine.next_deadline()
+        if deadline is None:
+            break
+        engine.advance(max(deadline, now))
+        fired += [o.scheduled for o in engine.drain() if isinstance(o, FireSlot)]
+    expected = [t for t in fired if t > now][:count]
+    got = upcoming_fires(
+        job, now, first=first, cursor=seen, starts_at=start, expires_at=end, count=count
+    )
+    assert got == expected
+
+
+def test_upcoming_fires_resumes_from_now_when_far_behind() -> None:
+    """A cursor a day behind an ``@every 1s`` job (86,400 slots) is not walked slot
+    by slot: the answer is still the next instants after now, in order."""
+    job = Job("j", "@every 1s")
+    now = T0 + timedelta(days=1, microseconds=500)
+    got = upcoming_fires(job, now, first=None, cursor=T0, count=3)
+    assert got == [T0 + timedelta(days=1, seconds=k) for k in (1, 2, 3)]
+
+
+def test_upcoming_fires_of_a_job_that_never_fires_again_is_empty() -> None:
+    past_at = Job("j", "@at 2023-12-31T00:00:00Z")
+    assert upcoming_fires(past_at, T0, first=None, cursor=None) == []
+    expired = Job("j", "@every 1m")
+    assert upcoming_fires(expired, T0, first=None, cursor=None, expires_at=T0) == []
+    never = Job("j", "@manually")
+    assert upcoming_fires(never, T0, first=None, cursor=None, count=5) == []

@@ -143,7 +143,6 @@ from dkron.proto_sansio.swim import (
 )
 from dkron.proto_sansio.swim import MemberStatus as SwimStatus
 from dkron.proto_sansio.swim_wire import Keyring, key_fingerprint
-from dkron.schedule import fire_times
 from dkron.state import (
     ApplyResult,
     ClaimSlot,
@@ -1802,9 +1801,8 @@ class _Backend:
     async def busy(self) -> list[Execution]:
         return self.agent.state.running_executions()
 
-    def next_fire_times(self, job: Job, count: int) -> list[datetime]:
-        now = _wall()
-        return list(fire_times(job, now, now + timedelta(days=3660), limit=count))
+    def now(self) -> datetime:
+        return _wall()
 
     async def propose(self, cmd: Command) -> ApplyResult:
         return await self.agent.propose(cmd)

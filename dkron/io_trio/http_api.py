@@ -60,7 +60,7 @@ from dkron.model import (
     job_to_json,
     validate_job,
 )
-from dkron.schedule import fire_times, parse_schedule, validate_timezone
+from dkron.schedule import fire_times, parse_schedule, upcoming_fires, validate_timezone
 from dkron.state import (
     ApplyResult,
     Command,
@@ -185,8 +185,7 @@ class ApiBackend(Protocol):
     """What the handlers need from the agent.
 
     Reads are local and synchronous; writes go through Raft and may raise
-    :class:`BackendError` (mapped to 503).  ``next_fire_times`` may raise
-    ``ValueError`` for a job whose schedule cannot fire (a child job).
+    :class:`BackendError` (mapped to 503).
     """
 
     @property
@@ -213,7 +212,8 @@ class ApiBackend(Protocol):
     async def busy(self) -> list[Execution]:
         """Executions currently running anywhere in the region."""
 
-    def next_fire_times(self, job: Job, count: int) -> list[_dt.datetime]: ...
+    def now(self) -> _dt.datetime:
+        """The agent's wall clock (UTC): what fire times are counted from."""
 
     async def propose(self, cmd: Command) -> ApplyResult:
         """Commit ``cmd`` through the leader and return its apply result."""
@@ -494,12 +494,40 @@ def _job_or_none(call: Call) -> Job | None:
     return call.backend.state.get_job(call.params["job"])
 
 
-def _next_ns(backend: ApiBackend, job: Job) -> int | None:
+def _next_fire_times(backend: ApiBackend, job: Job, count: int) -> list[_dt.datetime]:
+    """The fire times of ``job`` from now, ``@every`` anchored now (as a new
+    cron entry is); ``[]`` for a job without a schedule."""
+    now = backend.now()
     try:
-        times = backend.next_fire_times(job, 1)
+        return list(fire_times(job, now, now + _HORIZON, limit=count))
     except ValueError:
-        return None
+        return []
+
+
+def _next_ns(backend: ApiBackend, job: Job) -> int | None:
+    """The first slot of a job being saved (stored as its ``next``)."""
+    times = _next_fire_times(backend, job, 1)
     return _to_ns(times[0]) if times else None
+
+
+def _shown_next(backend: ApiBackend, job: Job) -> int | None:
+    """The ``next`` a job is shown with: the slot its scheduler fires next.
+
+    The stored ``next`` is the job's first slot, fixed when it was saved;
+    Dkron rewrites it at every run.  Here it is worked out on reading, from
+    the replicated cursor, so that every server shows the same slot without
+    a write per run.  A disabled job keeps the stored value, as in Dkron
+    (its entry is out of the cron and nothing refreshes it); a job that will
+    not fire again (expired, a past ``@at``) shows the zero time.
+    """
+    if job.disabled:
+        return job.next
+    times = _job_fires(backend, job, 1)
+    return _to_ns(times[0]) if times else None
+
+
+def _job_json(backend: ApiBackend, job: Job) -> dict[str, object]:
+    return job_to_json(job, next_ns=_shown_next(backend, job))
 
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
@@ -689,15 +717,16 @@ async def _list_jobs(call: Call) -> Response:
         query = JobQuery.parse(call.request.query)
     except QueryError as exc:
         return _error(400, str(exc))
-    total, page = select_jobs(call.backend.state, query)
-    return _json(200, [job_to_json(j) for j in page], call, _total(total))
+    backend = call.backend
+    total, page = select_jobs(backend.state, query, next_of=lambda j: _shown_next(backend, j))
+    return _json(200, [_job_json(backend, j) for j in page], call, _total(total))
 
 
 async def _get_job(call: Call) -> Response:
     job = _job_or_none(call)
     if job is None:
         return _empty(404)
-    return _json(200, job_to_json(job), call)
+    return _json(200, _job_json(call.backend, job), call)
 
 
 async def _delete_job(call: Call) -> Response:
@@ -722,8 +751,7 @@ async def _run_job(call: Call) -> Response:
         return _error(503, str(exc))
     if started is None:
         return _empty(404)
-    body = job_to_json(job, next_ns=_next_ns(call.backend, job))
-    return _json(200, body, call, _location(job.name))
+    return _json(200, _job_json(call.backend, job), call, _location(job.name))
 
 
 async def _toggle_job(call: Call) -> Response:
@@ -733,7 +761,7 @@ async def _toggle_job(call: Call) -> Response:
     except BackendError as exc:
         return _error(503, str(exc))
     if result.ok and result.job is not None:
-        return _json(200, job_to_json(result.job), call, _location(name))
+        return _json(200, _job_json(call.backend, result.job), call, _location(name))
     return _empty(404 if result.reason == "not_found" else 422)
 
 
@@ -805,10 +833,7 @@ async def _next_times(call: Call) -> Response:
         if not valid or not 1 <= int(raw) <= MAX_NEXT_COUNT:
             return _error(400, f"count must be an integer from 1 to {MAX_NEXT_COUNT}")
         count = int(raw)
-    try:
-        times = call.backend.next_fire_times(job, count)[:count]
-    except ValueError:
-        times = []
+    times = _job_fires(call.backend, job, count)
     body = [format_rfc3339nano(_to_ns(t)) for t in times]
     return _json(200, body, call, _total(len(body)))
 
@@ -887,8 +912,8 @@ async def _schedule_preview(call: Call) -> Response:
     """Fire times of a schedule that is not saved yet: the job form validates as you type.
 
     The spec is parsed by the same code as a job's (so the error text is the
-    one a create would give), and the times come from the backend's
-    ``next_fire_times`` so that "now" and the server's zone are the agent's.
+    one a create would give), and counted from the agent's clock, ``@every``
+    anchored now, as a job saved now would be.
     """
     query = call.request.query
     spec = first_param(query, "schedule") or ""
@@ -908,15 +933,11 @@ async def _schedule_preview(call: Call) -> Response:
     except ValueError as exc:
         return _error(400, f"can't parse job schedule: {exc}")
     probe = Job(name=name, schedule=spec, timezone=zone)
-    try:
-        times = call.backend.next_fire_times(probe, count)[:count]
-    except ValueError:
-        times = []
+    times = _next_fire_times(call.backend, probe, count)
     body = [format_rfc3339nano(_to_ns(t)) for t in times]
     return _json(200, body, call, _total(len(body)))
 
 
-_ONE_MICROSECOND = _dt.timedelta(microseconds=1)
 _HORIZON = _dt.timedelta(days=3660)
 
 
@@ -924,20 +945,28 @@ def _from_ns(ns: int) -> _dt.datetime:
     return _EPOCH + _dt.timedelta(microseconds=ns // 1000)
 
 
+def _opt_time(ns: int | None) -> _dt.datetime | None:
+    return None if ns is None else _from_ns(ns)
+
+
 def _job_fires(backend: ApiBackend, job: Job, count: int) -> list[_dt.datetime]:
-    """The next fires the scheduler would really use: none before ``starts_at``
-    (it jumps there) and none after ``expires_at``."""
+    """The next slots the scheduler will fire for a saved job (``upcoming_fires``):
+    in the phase of its own slots, none before ``starts_at``, none after
+    ``expires_at``; ``[]`` for a job that never fires on its own."""
+    if job.parent_job or not job.schedule:
+        return []
     try:
-        times = backend.next_fire_times(job, count)[:count]
-        if job.starts_at is not None and times and times[0] < _from_ns(job.starts_at):
-            start = _from_ns(job.starts_at) - _ONE_MICROSECOND
-            times = list(fire_times(job, start, start + _HORIZON, limit=count))
+        return upcoming_fires(
+            job,
+            backend.now(),
+            first=_opt_time(job.next),
+            cursor=_opt_time(backend.state.cursor(job.name)),
+            starts_at=_opt_time(job.starts_at),
+            expires_at=_opt_time(job.expires_at),
+            count=count,
+        )
     except ValueError:
         return []
-    if job.expires_at is not None:
-        end = _from_ns(job.expires_at)
-        times = [t for t in times if t <= end]
-    return times
 
 
 def _upcoming(backend: ApiBackend, limit: int) -> list[tuple[_dt.datetime, str]]:

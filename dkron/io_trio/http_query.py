@@ -163,12 +163,19 @@ def _window(total: int, start: int, end: int | None) -> tuple[int, int]:
     return (start, stop) if start < stop else (0, 0)
 
 
-def select_jobs(state: StateMachine, query: JobQuery) -> tuple[int, list[Job]]:
+def select_jobs(
+    state: StateMachine,
+    query: JobQuery,
+    *,
+    next_of: Callable[[Job], int | None] | None = None,
+) -> tuple[int, list[Job]]:
     """The total after filtering and the requested page.
 
     Listing by name without filters reads only the page from the state's
     sorted index, so it costs the same with 10 jobs or 100,000; every other
     combination scans.  Ties sort by name, and descending reverses both.
+    ``next_of`` gives the ``next`` a job is shown with (the stored one if
+    absent), so that sorting by ``next`` sorts what the client sees.
     """
     if not query.filtered and query.sort == "name":
         total = state.job_count()
@@ -181,7 +188,9 @@ def select_jobs(state: StateMachine, query: JobQuery) -> tuple[int, list[Job]]:
     jobs = [j for j in state.iter_jobs() if query.matches(j)]
     if query.descending:
         jobs.reverse()  # name-descending, so that a stable sort breaks ties that way
-    if query.sort != "name":
+    if query.sort == "next" and next_of is not None:
+        jobs.sort(key=lambda j: _time_key(next_of(j)), reverse=query.descending)
+    elif query.sort != "name":
         jobs.sort(key=_JOB_KEYS[query.sort], reverse=query.descending)
     start, stop = _window(len(jobs), query.start, query.end)
     return len(jobs), jobs[start:stop]

@@ -36,7 +36,6 @@ from dkron.io_trio.http_api import (
 from dkron.io_trio.http_server import Request, Response, ServerLimits, serve
 from dkron.io_trio.streams import EventHub
 from dkron.model import Execution, Job, format_rfc3339nano
-from dkron.schedule import fire_times
 from dkron.state import (
     ApplyResult,
     ClaimSlot,
@@ -68,7 +67,7 @@ class LocalBackend:
     def __init__(self, state: StateMachine | None = None) -> None:
         self.state = state or StateMachine()
         self.node_name = NODE
-        self.now = NOW
+        self.wall = NOW
         self._paused = False
         self.index = self.state.applied_index
         self.failure: BackendError | None = None
@@ -111,8 +110,8 @@ class LocalBackend:
             raise self.failure
         return self.state.running_executions()
 
-    def next_fire_times(self, job: Job, count: int) -> list[dt.datetime]:
-        return list(fire_times(job, self.now, FAR, limit=count))
+    def now(self) -> dt.datetime:
+        return self.wall
 
     async def propose(self, cmd: Command) -> ApplyResult:
         if self.failure is not None:
@@ -760,6 +759,58 @@ async def test_next_fire_times() -> None:
             assert refused.status == 400, bad
         assert (await client.request("GET", "/v1/jobs/child/next")).json() == []
         assert (await client.request("GET", "/v1/jobs/nope/next")).status == 404
+
+
+async def test_next_is_the_slot_the_scheduler_fires_next() -> None:
+    """``next`` is the job's upcoming slot, not the first slot stored at save time
+    (Dkron rewrites it at every run): it follows the replicated cursor and keeps
+    an ``@every`` job's own phase; the list sorts by what it shows."""
+
+    def at(hhmmss: str) -> dt.datetime:
+        return dt.datetime.fromisoformat(f"2025-01-01T{hhmmss}+00:00")
+
+    def ns(t: dt.datetime) -> int:
+        return int(t.timestamp()) * 1_000_000_000
+
+    def rfc(t: dt.datetime) -> str:
+        return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    async with served() as (client, backend):
+        backend.wall = at("09:00:00")
+        await create(client, "hourly", schedule="@every 1h")  # first slot 10:00
+        backend.wall = NOW
+        await create(client, "minutely")  # @every 1m: first slot 10:01
+        await create(client, "phase", schedule="@every 90s")  # 10:01:30, 10:03:00, ...
+        await create(client, "off")
+        await create(client, "short", expires_at=rfc(at("10:02:00")))
+        backend.wall = at("10:05:30")
+        for name, slot in (("minutely", "10:05:00"), ("phase", "10:04:30"), ("hourly", "10:00:00")):
+            claim = ClaimSlot(name, ns(at(slot)), 1, "schedule", ns(at(slot)), (NODE,), 1)
+            assert (await backend.propose(claim)).ok
+        shown = {
+            "minutely": "10:06:00",
+            "phase": "10:06:00",  # anchored at now it would be 10:06:30
+            "hourly": "11:00:00",
+        }
+        for name, want in shown.items():
+            job = (await client.request("GET", f"/v1/jobs/{name}")).json()
+            assert job["next"] == rfc(at(want)), name
+        upcoming = (await client.request("GET", "/v1/jobs/phase/next?count=3")).json()
+        assert upcoming == [rfc(at(t)) for t in ("10:06:00", "10:07:30", "10:09:00")]
+        # Expired: nothing will fire, so the zero time.
+        short = (await client.request("GET", "/v1/jobs/short")).json()
+        assert short["next"] == "0001-01-01T00:00:00Z"
+        # Disabled: the stored value, which nothing refreshes (as in Dkron).
+        toggled = (await client.request("POST", "/v1/jobs/off/toggle")).json()
+        assert toggled["next"] == rfc(at("10:01:00"))
+        ran = (await client.request("POST", "/v1/jobs/minutely")).json()
+        assert ran["next"] == rfc(at("10:06:00"))
+        # Stored: hourly 10:00 before minutely 10:01; shown: minutely 10:06 first.
+        listed = (await client.request("GET", "/v1/jobs?_sort=next&_order=ASC")).json()
+        assert [j["name"] for j in listed] == ["short", "off", "minutely", "phase", "hourly"]
+        by_name = {j["name"]: j["next"] for j in listed}
+        assert by_name["minutely"] == rfc(at("10:06:00"))
+        assert by_name["off"] == rfc(at("10:01:00"))
 
 
 # -- restore ------------------------------------------------------------------------------

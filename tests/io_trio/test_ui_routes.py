@@ -88,8 +88,8 @@ class Backend:
     async def busy(self) -> list[Execution]:
         return self.state.running_executions()
 
-    def next_fire_times(self, job: Job, count: int) -> list[dt.datetime]:
-        return list(fire_times(job, NOW, FAR, limit=count))
+    def now(self) -> dt.datetime:
+        return NOW
 
     async def propose(self, cmd: Command) -> ApplyResult:
         return self.apply(cmd)
