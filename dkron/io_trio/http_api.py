@@ -709,7 +709,7 @@ async def _upsert(call: Call) -> Response:
     stored = result.job
     if call.has("runoncreate"):
         call.api.run_in_background(stored.name)
-    return _json(201, job_to_json(stored), call, _location(stored.name))
+    return _json(201, _job_json(call.backend, stored), call, _location(stored.name))
 
 
 async def _list_jobs(call: Call) -> Response:
@@ -792,7 +792,7 @@ async def _delete_executions(call: Call) -> Response:
     except BackendError as exc:
         return _error(503, str(exc))
     if result.ok and result.job is not None:
-        return _json(200, job_to_json(result.job), call)
+        return _json(200, _job_json(call.backend, result.job), call)
     if result.reason == "not_found":
         return _empty(404)
     return _error(500, result.error or "executions were not deleted")

@@ -783,6 +783,9 @@ async def test_next_is_the_slot_the_scheduler_fires_next() -> None:
         await create(client, "phase", schedule="@every 90s")  # 10:01:30, 10:03:00, ...
         await create(client, "off")
         await create(client, "short", expires_at=rfc(at("10:02:00")))
+        # The create answer shows it too: nothing fires before starts_at.
+        later = await create(client, "later", schedule="0 0 * * * *", starts_at=rfc(at("12:30:00")))
+        assert later.json()["next"] == rfc(at("13:00:00"))
         backend.wall = at("10:05:30")
         for name, slot in (("minutely", "10:05:00"), ("phase", "10:04:30"), ("hourly", "10:00:00")):
             claim = ClaimSlot(name, ns(at(slot)), 1, "schedule", ns(at(slot)), (NODE,), 1)
@@ -807,7 +810,8 @@ async def test_next_is_the_slot_the_scheduler_fires_next() -> None:
         assert ran["next"] == rfc(at("10:06:00"))
         # Stored: hourly 10:00 before minutely 10:01; shown: minutely 10:06 first.
         listed = (await client.request("GET", "/v1/jobs?_sort=next&_order=ASC")).json()
-        assert [j["name"] for j in listed] == ["short", "off", "minutely", "phase", "hourly"]
+        order = ["short", "off", "minutely", "phase", "hourly", "later"]
+        assert [j["name"] for j in listed] == order
         by_name = {j["name"]: j["next"] for j in listed}
         assert by_name["minutely"] == rfc(at("10:06:00"))
         assert by_name["off"] == rfc(at("10:01:00"))
