@@ -614,6 +614,10 @@ class Schedule(abc.ABC):
         ``wall`` must be timezone-aware (any zone); a naive one is a caller bug.
         """
 
+    def first_from(self, start: datetime) -> datetime | None:
+        """The first fire at or after ``start`` (a job's ``starts_at``), as UTC."""
+        return self.next_after(start - timedelta(microseconds=1))
+
 
 @dataclass(frozen=True, slots=True)
 class NeverSchedule(Schedule):
@@ -642,6 +646,13 @@ class EverySchedule(Schedule):
             return (t.replace(microsecond=0) if t.microsecond else t) + self.interval
         except OverflowError:
             return None
+
+    def first_from(self, start: datetime) -> datetime | None:
+        # The chain starts at ``start`` itself (on a whole second, as its slots
+        # are): next_after(start - 1 µs) would truncate to the second before
+        # and put every slot a second short of the interval (12:59:59, ...).
+        t = _as_utc(start)
+        return t.replace(microsecond=0) + _ONE_SECOND if t.microsecond else t
 
 
 @dataclass(frozen=True, slots=True)
@@ -1071,7 +1082,7 @@ def upcoming_fires(
     else:
         nxt = sched.next_after(now if cursor is None else cursor)
     if starts_at is not None and nxt is not None and nxt < starts_at:
-        nxt = sched.next_after(starts_at - timedelta(microseconds=1))
+        nxt = sched.first_from(starts_at)
     walked = 0
     while nxt is not None and nxt <= now:
         walked += 1

@@ -791,3 +791,36 @@ def test_upcoming_fires_of_a_job_that_never_fires_again_is_empty() -> None:
     assert upcoming_fires(expired, T0, first=None, cursor=None, expires_at=T0) == []
     never = Job("j", "@manually")
     assert upcoming_fires(never, T0, first=None, cursor=None, count=5) == []
+
+
+def test_an_every_chain_starts_at_starts_at() -> None:
+    """``@every 1h`` with ``starts_at`` 05:00 fires at 05:00, 06:00, ...: the
+    chain starts at ``starts_at`` itself (it used to be anchored a microsecond
+    before it, which truncated to the second before: 05:59:59, 06:59:59)."""
+    job = Job("j", "@every 1h")
+    sched = job_schedule(job)
+    start = T0 + timedelta(hours=5)
+    assert sched.first_from(start) == start
+    assert sched.first_from(start + timedelta(microseconds=1)) == start + timedelta(seconds=1)
+    engine = Scheduler()
+    first = sched.next_after(T0)
+    engine.set_job(
+        ScheduledJob(name="j", schedule=sched, anchor=T0, first=first, starts_at=start), T0
+    )
+    fired: list[datetime] = []
+    while len(fired) < 2:
+        deadline = engine.next_deadline()
+        assert deadline is not None
+        engine.advance(deadline)
+        fired += [o.scheduled for o in engine.drain() if isinstance(o, FireSlot)]
+    assert fired == [start, start + timedelta(hours=1)]
+    shown = upcoming_fires(job, T0, first=first, cursor=None, starts_at=start, count=2)
+    assert shown == fired
+
+
+def test_first_from_includes_a_cron_fire_at_the_start() -> None:
+    hourly = parse_schedule("0 0 * * * *")
+    start = T0 + timedelta(hours=5)
+    assert hourly.first_from(start) == start
+    assert hourly.first_from(start + timedelta(seconds=1)) == start + timedelta(hours=1)
+    assert parse_schedule("@manually").first_from(start) is None

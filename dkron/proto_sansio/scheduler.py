@@ -57,6 +57,9 @@ class ScheduleLike(Protocol):
     def next_after(self, wall: datetime, /) -> datetime | None:
         """The first fire time strictly after ``wall`` (tz-aware UTC), or None: never."""
 
+    def first_from(self, start: datetime, /) -> datetime | None:
+        """The first fire time at or after ``start`` (a job's ``starts_at``), or None."""
+
 
 class CatchUp(enum.Enum):
     SKIP = "skip"
@@ -191,7 +194,7 @@ class Scheduler:
             nxt = job.schedule.next_after(job.anchor if job.cursor is None else job.cursor)
         if job.starts_at is not None and nxt is not None and nxt < job.starts_at:
             # Nothing fires before starts_at; those instants are not slots at all.
-            nxt = job.schedule.next_after(job.starts_at - timedelta(microseconds=1))
+            nxt = job.schedule.first_from(job.starts_at)
         entry = _Entry(job, version, nxt)
         self._jobs[job.name] = entry
         self._catch_up(entry, wall)

@@ -408,10 +408,10 @@ async def test_stats_upcoming_honours_starts_at_and_expires_at() -> None:
     async with served(be) as port:
         upcoming = (await request(port, "/v1/stats")).json()["upcoming"]
     short = [NOW + dt.timedelta(minutes=k) for k in (1, 2)]
-    # The scheduler jumps to starts_at: @every is anchored just before it.
-    late = list(fire_times(late_job, later - dt.timedelta(microseconds=1), FAR, limit=20))
+    # The scheduler jumps to starts_at: an @every chain starts at it.
+    late = [later, *fire_times(late_job, later, FAR, limit=19)]
     expected = sorted([(t, "short") for t in short] + [(t, "late") for t in late])[:20]
-    assert [u["job"] for u in upcoming] == [name for _, name in expected]
+    assert upcoming == [{"job": name, "at": rfc(t)} for t, name in expected]
     assert upcoming[:2] == [{"job": "short", "at": rfc(t)} for t in short]
     assert all(u["job"] != "gone" for u in upcoming)
     assert all(u["at"] >= rfc(later) for u in upcoming if u["job"] == "late")
@@ -448,12 +448,11 @@ def test_upcoming_is_the_first_fires_of_all_eligible_jobs(
         be.apply(UpsertJob(job))
         if disabled:
             continue
-        anchor = NOW
-        if start is not None and NOW + dt.timedelta(seconds=seconds) < NOW + dt.timedelta(
-            seconds=start
-        ):
-            anchor = NOW + dt.timedelta(seconds=start) - dt.timedelta(microseconds=1)
-        times = list(fire_times(job, anchor, FAR, limit=limit))
+        times = list(fire_times(job, NOW, FAR, limit=limit))
+        if start is not None and times and times[0] < NOW + dt.timedelta(seconds=start):
+            # Nothing before starts_at: the @every chain starts at it.
+            begin = NOW + dt.timedelta(seconds=start)
+            times = [begin, *fire_times(job, begin, FAR, limit=limit - 1)]
         if end is not None:
             times = [t for t in times if t <= NOW + dt.timedelta(seconds=end)]
         brute.extend((t, job.name) for t in times)

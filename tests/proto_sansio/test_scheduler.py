@@ -40,6 +40,9 @@ class Every:
         k = int((base - T0).total_seconds()) // self.seconds + 1
         return T0 + k * step
 
+    def first_from(self, start: datetime, /) -> datetime | None:
+        return self.next_after(start - timedelta(microseconds=1))
+
 
 def slots_between(every: int, after: datetime, until: datetime) -> list[datetime]:
     out = []
