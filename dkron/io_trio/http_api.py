@@ -516,12 +516,11 @@ def _shown_next(backend: ApiBackend, job: Job) -> int | None:
     The stored ``next`` is the job's first slot, fixed when it was saved;
     Dkron rewrites it at every run.  Here it is worked out on reading, from
     the replicated cursor, so that every server shows the same slot without
-    a write per run.  A disabled job keeps the stored value, as in Dkron
-    (its entry is out of the cron and nothing refreshes it); a job that will
-    not fire again (expired, a past ``@at``) shows the zero time.
+    a write per run.  A job that will not fire (disabled, expired, a past
+    ``@at``) shows the zero time, Dkron's "none".
     """
     if job.disabled:
-        return job.next
+        return None
     times = _job_fires(backend, job, 1)
     return _to_ns(times[0]) if times else None
 
