@@ -510,23 +510,48 @@ def _next_ns(backend: ApiBackend, job: Job) -> int | None:
     return _to_ns(times[0]) if times else None
 
 
-def _shown_next(backend: ApiBackend, job: Job) -> int | None:
-    """The ``next`` a job is shown with: the slot its scheduler fires next.
+class _NextCache:
+    """The ``next`` each job is shown with: the slot its scheduler fires next.
 
     The stored ``next`` is the job's first slot, fixed when it was saved;
     Dkron rewrites it at every run.  Here it is worked out on reading, from
     the replicated cursor, so that every server shows the same slot without
     a write per run.  A job that will not fire (disabled, expired, a past
     ``@at``) shows the zero time, Dkron's "none".
+
+    Sorting 10,000 jobs by ``next`` needs all of them, and a cron walk costs
+    microseconds; so each answer is kept, with what it was computed from,
+    until that slot has passed (an answer of "none" stays true as time
+    goes on; a clock that went back recomputes).
     """
-    if job.disabled:
-        return None
-    times = _job_fires(backend, job, 1)
-    return _to_ns(times[0]) if times else None
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[object, ...], int, int | None]] = {}
+
+    def shown(self, backend: ApiBackend, job: Job, now: _dt.datetime) -> int | None:
+        if job.disabled:
+            return None
+        cursor = backend.state.cursor(job.name)
+        inputs: tuple[object, ...] = (job.schedule, job.timezone, job.parent_job, job.next)
+        inputs += (cursor, job.starts_at, job.expires_at)
+        now_ns = _to_ns(now)
+        hit = self._entries.get(job.name)
+        if hit is not None:
+            held, since, value = hit
+            if held == inputs and since <= now_ns and (value is None or now_ns < value):
+                return value
+        times = _job_fires(backend, job, 1, now=now, cursor=cursor)
+        value = _to_ns(times[0]) if times else None
+        entries = self._entries
+        if len(entries) > 2 * backend.state.job_count() + 64:
+            entries.clear()  # deleted jobs' entries
+        entries[job.name] = (inputs, now_ns, value)
+        return value
 
 
-def _job_json(backend: ApiBackend, job: Job) -> dict[str, object]:
-    return job_to_json(job, next_ns=_shown_next(backend, job))
+def _job_json(call: Call, job: Job) -> dict[str, object]:
+    backend = call.backend
+    return job_to_json(job, next_ns=call.api.next_cache.shown(backend, job, backend.now()))
 
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
@@ -708,7 +733,7 @@ async def _upsert(call: Call) -> Response:
     stored = result.job
     if call.has("runoncreate"):
         call.api.run_in_background(stored.name)
-    return _json(201, _job_json(call.backend, stored), call, _location(stored.name))
+    return _json(201, _job_json(call, stored), call, _location(stored.name))
 
 
 async def _list_jobs(call: Call) -> Response:
@@ -716,16 +741,17 @@ async def _list_jobs(call: Call) -> Response:
         query = JobQuery.parse(call.request.query)
     except QueryError as exc:
         return _error(400, str(exc))
-    backend = call.backend
-    total, page = select_jobs(backend.state, query, next_of=lambda j: _shown_next(backend, j))
-    return _json(200, [_job_json(backend, j) for j in page], call, _total(total))
+    backend, cache, now = call.backend, call.api.next_cache, call.backend.now()
+    total, page = select_jobs(backend.state, query, next_of=lambda j: cache.shown(backend, j, now))
+    body = [job_to_json(j, next_ns=cache.shown(backend, j, now)) for j in page]
+    return _json(200, body, call, _total(total))
 
 
 async def _get_job(call: Call) -> Response:
     job = _job_or_none(call)
     if job is None:
         return _empty(404)
-    return _json(200, _job_json(call.backend, job), call)
+    return _json(200, _job_json(call, job), call)
 
 
 async def _delete_job(call: Call) -> Response:
@@ -750,7 +776,7 @@ async def _run_job(call: Call) -> Response:
         return _error(503, str(exc))
     if started is None:
         return _empty(404)
-    return _json(200, _job_json(call.backend, job), call, _location(job.name))
+    return _json(200, _job_json(call, job), call, _location(job.name))
 
 
 async def _toggle_job(call: Call) -> Response:
@@ -760,7 +786,7 @@ async def _toggle_job(call: Call) -> Response:
     except BackendError as exc:
         return _error(503, str(exc))
     if result.ok and result.job is not None:
-        return _json(200, _job_json(call.backend, result.job), call, _location(name))
+        return _json(200, _job_json(call, result.job), call, _location(name))
     return _empty(404 if result.reason == "not_found" else 422)
 
 
@@ -791,7 +817,7 @@ async def _delete_executions(call: Call) -> Response:
     except BackendError as exc:
         return _error(503, str(exc))
     if result.ok and result.job is not None:
-        return _json(200, _job_json(call.backend, result.job), call)
+        return _json(200, _job_json(call, result.job), call)
     if result.reason == "not_found":
         return _empty(404)
     return _error(500, result.error or "executions were not deleted")
@@ -948,18 +974,27 @@ def _opt_time(ns: int | None) -> _dt.datetime | None:
     return None if ns is None else _from_ns(ns)
 
 
-def _job_fires(backend: ApiBackend, job: Job, count: int) -> list[_dt.datetime]:
+def _job_fires(
+    backend: ApiBackend,
+    job: Job,
+    count: int,
+    *,
+    now: _dt.datetime | None = None,
+    cursor: int | None = None,
+) -> list[_dt.datetime]:
     """The next slots the scheduler will fire for a saved job (``upcoming_fires``):
     in the phase of its own slots, none before ``starts_at``, none after
     ``expires_at``; ``[]`` for a job that never fires on its own."""
     if job.parent_job or not job.schedule:
         return []
+    if cursor is None:
+        cursor = backend.state.cursor(job.name)
     try:
         return upcoming_fires(
             job,
-            backend.now(),
+            backend.now() if now is None else now,
             first=_opt_time(job.next),
-            cursor=_opt_time(backend.state.cursor(job.name)),
+            cursor=_opt_time(cursor),
             starts_at=_opt_time(job.starts_at),
             expires_at=_opt_time(job.expires_at),
             count=count,
@@ -1263,6 +1298,7 @@ class HttpApi:
         self.keyring = keyring
         #: ``tls_handshake_failed``, ``connections_refused``, ``auth_refused``...
         self.counters: collections.Counter[str] = collections.Counter()
+        self.next_cache = _NextCache()
         self._background: trio.Nursery | None = None
 
     # -- App protocol -------------------------------------------------------------

@@ -32,6 +32,8 @@ from dkron.io_trio.http_api import (
     MemberStatus,
     NotLeaderError,
     Unavailable,
+    _job_fires,
+    _NextCache,
 )
 from dkron.io_trio.http_server import Request, Response, ServerLimits, serve
 from dkron.io_trio.streams import EventHub
@@ -43,6 +45,7 @@ from dkron.state import (
     ExecutionFinished,
     ExecutionStarted,
     StateMachine,
+    ToggleJob,
     UpsertJob,
     encode_command,
 )
@@ -815,6 +818,79 @@ async def test_next_is_the_slot_the_scheduler_fires_next() -> None:
         by_name = {j["name"]: j["next"] for j in listed}
         assert by_name["minutely"] == rfc(at("10:06:00"))
         assert by_name["off"] == "0001-01-01T00:00:00Z"
+
+
+_CACHE_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("clock"), st.integers(-120, 600)),
+        st.tuples(st.just("claim"), st.integers(0, 2), st.integers(1, 3)),
+        st.tuples(
+            st.just("save"),
+            st.integers(0, 2),
+            st.sampled_from(
+                ["@every 1m", "@every 7s", "0 */5 * * * *", "@at 2025-01-01T10:30:00Z"]
+            ),
+        ),
+        st.tuples(st.just("bounds"), st.integers(0, 2), st.integers(-600, 3600)),
+        st.tuples(st.just("toggle"), st.integers(0, 2)),
+    ),
+    max_size=25,
+)
+
+
+@given(steps=_CACHE_STEPS)
+def test_the_next_cache_answers_what_a_fresh_computation_would(
+    steps: list[tuple[Any, ...]],
+) -> None:
+    """Whatever happens between reads (time passing or going back, slots being
+    claimed, schedules and bounds edited, jobs toggled), a cached ``next``
+    equals the one computed afresh."""
+    backend = LocalBackend()
+    names = ["a", "b", "c"]
+    for name in names:
+        backend.state.apply_command(
+            backend.index + 1,
+            UpsertJob(Job(name=name, schedule="@every 1m", next=NOW_NS + 60 * 10**9)),
+        )
+        backend.index += 1
+    cache = _NextCache()
+
+    def check() -> None:
+        now = backend.now()
+        for name in names:
+            job = backend.state.get_job(name)
+            assert job is not None
+            assert cache.shown(backend, job, now) == _NextCache().shown(backend, job, now), name
+
+    def commit(cmd: Any) -> None:
+        backend.index += 1
+        backend.state.apply_command(backend.index, cmd)
+
+    for step in steps:
+        kind = step[0]
+        if kind == "clock":
+            backend.wall += dt.timedelta(seconds=step[1])
+        elif kind == "claim":
+            job = backend.state.get_job(names[step[1]])
+            assert job is not None
+            # The leader claims the slot shown, or a later one when its clock
+            # runs ahead of this server's.
+            ahead = _job_fires(backend, job, step[2])
+            if ahead:
+                slot = int(ahead[-1].timestamp()) * 10**9
+                commit(ClaimSlot(job.name, slot, 1, "schedule", slot, (NODE,), 1))
+        elif kind == "save":
+            job = backend.state.get_job(names[step[1]])
+            assert job is not None
+            commit(UpsertJob(dataclasses.replace(job, schedule=step[2])))
+        elif kind == "bounds":
+            job = backend.state.get_job(names[step[1]])
+            assert job is not None
+            at = int(backend.now().timestamp()) * 10**9 + step[2] * 10**9
+            commit(UpsertJob(dataclasses.replace(job, starts_at=at, expires_at=at + 600 * 10**9)))
+        else:
+            commit(ToggleJob(names[step[1]]))
+        check()
 
 
 # -- restore ------------------------------------------------------------------------------
