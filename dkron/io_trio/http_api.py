@@ -527,14 +527,16 @@ class _NextCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[tuple[object, ...], int, int | None]] = {}
+        self._now: tuple[_dt.datetime, int] | None = None  # one request's "now", in ns
 
     def shown(self, backend: ApiBackend, job: Job, now: _dt.datetime) -> int | None:
-        if job.disabled:
+        if job.disabled or job.parent_job or job.schedule in ("", "@manually"):
             return None
+        if self._now is None or self._now[0] is not now:
+            self._now = (now, _to_ns(now))
+        now_ns = self._now[1]
         cursor = backend.state.cursor(job.name)
-        inputs: tuple[object, ...] = (job.schedule, job.timezone, job.parent_job, job.next)
-        inputs += (cursor, job.starts_at, job.expires_at)
-        now_ns = _to_ns(now)
+        inputs = (job.schedule, job.timezone, job.next, cursor, job.starts_at, job.expires_at)
         hit = self._entries.get(job.name)
         if hit is not None:
             held, since, value = hit
