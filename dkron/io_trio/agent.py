@@ -38,7 +38,7 @@ import signal
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -201,6 +201,17 @@ PROFILES: Mapping[str, SwimConfig] = {"lan": LAN, "wan": WAN, "local": LOCAL}
 
 class AgentError(Exception):
     """A condition that stops the agent with exit status 1 (join failed, bad address...)."""
+
+
+def _listen_error(
+    addr: tuple[str, int], flag: str, group: BaseExceptionGroup[OSError]
+) -> AgentError:
+    """A port that cannot be bound stops the agent with one line naming the flag
+    that chose it, not a traceback (the listeners start in nurseries, so the
+    ``OSError`` may arrive in a group)."""
+    exc = next(e for e in _leaves(group) if isinstance(e, OSError))
+    where = _format_addr(addr[0] or "*", addr[1])
+    return AgentError(f"cannot listen on {where} ({flag}): {exc.strerror or exc}")
 
 
 class AgentOptions(Protocol):
@@ -622,7 +633,10 @@ class Agent:
             self.keyring = await trio.to_thread.run_sync(load_keyring, keyring_path, opts.encrypt)
             if self.keyring is not None and not await trio.to_thread.run_sync(keyring_path.exists):
                 await trio.to_thread.run_sync(save_keyring, keyring_path, self.keyring)
-            self.gossip = await GossipEndpoint.open(bind)
+            try:
+                self.gossip = await GossipEndpoint.open(bind)
+            except* OSError as group:
+                raise _listen_error(bind, "--bind-addr", group) from None
             try:
                 await self._serve(bind, peers_from_file, task_status)
             finally:
@@ -655,7 +669,10 @@ class Agent:
         )
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            listen = await nursery.start(self.rpc.run, (bind[0], opts.rpc_port))
+            try:
+                listen = await nursery.start(self.rpc.run, (bind[0], opts.rpc_port))
+            except* OSError as group:
+                raise _listen_error((bind[0], opts.rpc_port), "--rpc-port", group) from None
             self.rpc_addr = (adv[0], opts.advertise_rpc_port or listen[1])
             for peer, addr in peers_from_file.items():
                 if peer != self.name:
@@ -683,7 +700,10 @@ class Agent:
                     backend, metrics=self.metrics, ui=self.opts.ui, auth=auth, keyring=backend
                 )
                 serve_api = functools.partial(api.serve, ssl_context=https)
-                listeners = await nursery.start(serve_api, host or None, http_port)
+                try:
+                    listeners = await nursery.start(serve_api, host or None, http_port)
+                except* OSError as group:
+                    raise _listen_error((host or "", http_port), "--http-addr", group) from None
                 self.http_port = listeners[0].socket.getsockname()[1]
                 log.info("node %s serving the API on port %s", self.name, self.http_port)
             await self._join(opts.join, retry=False)
@@ -731,17 +751,22 @@ class Agent:
         return peers
 
     async def _join(self, addresses: Sequence[str], *, retry: bool) -> bool:
-        """Push-pull with the given seeds; True when at least one answered."""
+        """Push-pull with the given seeds; True when at least one answered.
+
+        As in Dkron, a ``--join`` that fails only logs a warning: the agent
+        runs on alone, and members that start later can join it (servers
+        started together must not die for having started first).  Only an
+        exhausted ``--retry-join`` stops the agent.
+        """
         swim, gossip = self.swim, self.gossip
         assert swim is not None and gossip is not None
+        flag = "--retry-join" if retry else "--join"
         seeds: list[tuple[str, int]] = []
         for text in addresses:
             try:
                 seeds.extend(await _resolve(text))
             except (OSError, AddressError) as exc:
-                if not retry:
-                    raise AgentError(f"--join {text!r}: {exc}") from None
-                log.warning("cannot resolve %r: %s", text, exc)
+                log.warning("%s %r: cannot resolve it: %s", flag, text, exc)
         seeds = [s for s in seeds if s != self.gossip_addr]
         if not seeds:
             return not addresses
@@ -749,10 +774,11 @@ class Agent:
         swim.join(seeds, trio.current_time())
         gossip.poke()
         await self._joined.wait()
-        if self._join_contacted == 0 and not retry:
-            raise AgentError(f"--join: no seed answered ({', '.join(addresses)})")
+        if self._join_contacted == 0:
+            log.warning("%s: no seed answered (%s)", flag, ", ".join(addresses))
+            return False
         log.info("joined through %d of %d seeds", self._join_contacted, len(seeds))
-        return self._join_contacted > 0
+        return True
 
     async def _retry_join(self) -> None:
         """Dkron's ``--retry-join``: try until a seed answers, ``retry_max`` times (0: forever)."""
@@ -1919,10 +1945,19 @@ async def run(opts: AgentOptions, reload: Callable[[], AgentOptions] | None = No
                 await agent.run()
                 nursery.cancel_scope.cancel()
     except* AgentError as group:
-        failed.extend(e for e in group.exceptions if isinstance(e, AgentError))
+        # The error may sit in a nursery inside the agent's: take every leaf.
+        failed.extend(e for e in _leaves(group) if isinstance(e, AgentError))
     for exc in failed:
         log.error("%s", exc)
     return 1 if failed else 0
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
 
 
 def _default_reload(opts: AgentOptions) -> Callable[[], AgentOptions] | None:

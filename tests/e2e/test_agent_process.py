@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pathlib
 import signal
+import socket
 from collections.abc import Iterator
 
 import pytest
 
-from dkron.testing.procs import AgentProc, ProcCluster, executions, wait_for
+from dkron.testing.procs import AgentProc, ProcCluster, cli, executions, free_port, wait_for
 
 
 @pytest.fixture
@@ -98,3 +99,54 @@ def test_sighup_rereads_the_config_file_and_publishes_the_new_tags(
     # Reserved tags are the agent's own, whatever the file says.
     assert now["server"] == "true" and now["role"] == "dkron"
     node.ensure_running()
+
+
+@pytest.mark.parametrize("flag", ["--bind-addr", "--rpc-port", "--http-addr"])
+def test_a_port_in_use_stops_the_agent_with_one_line_naming_the_flag(
+    tmp_path: pathlib.Path, flag: str
+) -> None:
+    ports = {"--bind-addr": free_port(), "--rpc-port": free_port(), "--http-addr": free_port()}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports[flag]))
+        taken.listen()
+        done = cli(
+            "agent",
+            "--server",
+            "--bootstrap-expect",
+            "1",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--bind-addr",
+            f"127.0.0.1:{ports['--bind-addr']}",
+            "--rpc-port",
+            str(ports["--rpc-port"]),
+            "--http-addr",
+            f"127.0.0.1:{ports['--http-addr']}",
+            timeout=60,
+        )
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{ports[flag]} ({flag}): " in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_exhausted_retry_join_exits_1_with_the_reason(tmp_path: pathlib.Path) -> None:
+    """The error is raised deep in the agent's nurseries; it still reaches the
+    exit status and the log (it used to exit 0, silently)."""
+    nobody = free_port()
+    done = cli(
+        "agent",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--bind-addr",
+        f"127.0.0.1:{free_port()}",
+        "--rpc-port",
+        str(free_port()),
+        "--retry-join",
+        f"127.0.0.1:{nobody}",
+        "--retry-max",
+        "1",
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "--retry-join: no seed answered after 1 attempts" in done.stderr
+    assert "Traceback" not in done.stderr
