@@ -616,12 +616,16 @@ class Agent:
             advertise_addr(bind, opts.advertise_addr or None)  # fail before touching disk
         except AddressError as exc:
             raise AgentError(f"--bind-addr/--advertise-addr: {exc}") from None
-        await trio.to_thread.run_sync(lambda: data.mkdir(parents=True, exist_ok=True))
         try:
             peers_from_file: dict[str, tuple[str, int]] = {}
-            if opts.server:
-                peers_from_file = await self._open_raft(data / "raft")
-            interrupted = await trio.to_thread.run_sync(self.journal.load)
+            try:
+                await trio.to_thread.run_sync(lambda: data.mkdir(parents=True, exist_ok=True))
+                if opts.server:
+                    peers_from_file = await self._open_raft(data / "raft")
+                interrupted = await trio.to_thread.run_sync(self.journal.load)
+            except OSError as exc:
+                # Missing, read-only, full: one line naming the flag, not a traceback.
+                raise AgentError(f"--data-dir {opts.data_dir}: {exc}") from None
             self.worker = ExecutionWorker(
                 self.name,
                 self.exec_config,

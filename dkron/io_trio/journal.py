@@ -130,7 +130,6 @@ class RunJournal:
         self._live: dict[RunKey, Execution] = {}
         self._records = 0  # records in the file, live or dead
         self._fd: int | None = None
-        path.mkdir(parents=True, exist_ok=True)
 
     @property
     def file(self) -> pathlib.Path:
@@ -147,6 +146,7 @@ class RunJournal:
         The journal is rewritten compactly on the way, which also folds in
         and removes the old one-file-per-attempt entries.
         """
+        self.path.mkdir(parents=True, exist_ok=True)
         self.close()
         live: dict[RunKey, Execution] = {}
         self._replay(live)

@@ -150,3 +150,26 @@ def test_an_exhausted_retry_join_exits_1_with_the_reason(tmp_path: pathlib.Path)
     assert done.returncode == 1, done.stderr
     assert "--retry-join: no seed answered after 1 attempts" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_unusable_data_dir_stops_the_agent_with_one_line(tmp_path: pathlib.Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    done = cli(
+        "agent",
+        "--server",
+        "--bootstrap-expect",
+        "1",
+        "--data-dir",
+        str(blocker / "data"),
+        "--bind-addr",
+        f"127.0.0.1:{free_port()}",
+        "--rpc-port",
+        str(free_port()),
+        "--http-addr",
+        f"127.0.0.1:{free_port()}",
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"--data-dir {blocker / 'data'}: " in done.stderr
+    assert "Traceback" not in done.stderr
