@@ -97,6 +97,13 @@ class Planner:
         self._retry_info: dict[tuple[str, int, str], PendingRetry] = {}
         self._parked: list[tuple[datetime, str]] = []  # (retry at, job) waiting for targets
         self._parked_names: set[str] = set()
+        # The last cron slot this planner decided per job (claimed or counted
+        # missed), committed or not yet: the replicated cursor lags behind
+        # proposals in flight, so a job put back into the scheduler (unparked,
+        # updated, toggled) resumes after whichever is later.  Resuming from
+        # the cursor alone re-emitted slots still in flight, and a missed range
+        # re-emitted across one of them counted it twice.
+        self._decided: dict[str, int] = {}
         self.no_targets = 0
         self._out: list[Command] = []
         self._wall = wall
@@ -124,6 +131,8 @@ class Planner:
         if isinstance(cmd, UpsertJob | ToggleJob | DeleteJob):
             name = cmd.job.name if isinstance(cmd, UpsertJob) else cmd.name
             current = self.state.get_job(name)
+            if current is None:
+                self._decided.pop(name, None)  # its cursor went with it
             sj = None if current is None else self._scheduled(current)
             if sj is None:
                 self.scheduler.remove_job(name)
@@ -137,6 +146,7 @@ class Planner:
                 self._add_retry(event.retry)
             elif isinstance(event, JobDeleted):
                 self.scheduler.remove_job(event.name)
+                self._decided.pop(event.name, None)
             elif isinstance(event, GroupCompleted):
                 for child in event.dependents:
                     self._owe_dependent(child, event.execution_group)
@@ -162,11 +172,11 @@ class Planner:
             if type(decided) is FireSlot:
                 self._claim_slot(decided)
             elif isinstance(decided, MissedSlots):
+                last = to_ns(decided.last)
                 self._out.append(
-                    RecordMissed(
-                        decided.job, to_ns(decided.last), decided.reason.value, decided.count
-                    )
+                    RecordMissed(decided.job, last, decided.reason.value, decided.count)
                 )
+                self._note_decided(decided.job, last)
         now_ns = to_ns(wall)
         while self._retries and self._retries[0][0] <= now_ns:
             _, job_name, group, node = heapq.heappop(self._retries)
@@ -213,6 +223,9 @@ class Planner:
         if isinstance(schedule, NeverSchedule):
             return None
         cursor = self.state.cursor(job.name)
+        mine = self._decided.get(job.name)
+        if mine is not None and (cursor is None or mine > cursor):
+            cursor = mine
         try:
             window = timedelta(microseconds=parse_go_duration(job.catchup_window) // 1_000)
         except ValueError:
@@ -262,6 +275,12 @@ class Planner:
         else:
             claim = ClaimSlot(job.name, ns, term, slot.trigger.value, ns, targets, 1)
         self._out.append(claim)
+        self._note_decided(job.name, ns)
+
+    def _note_decided(self, name: str, ns: int) -> None:
+        held = self._decided.get(name)
+        if held is None or ns > held:
+            self._decided[name] = ns
 
     def _add_retry(self, retry: PendingRetry) -> None:
         key = (retry.job, retry.execution_group, retry.node_name)

@@ -198,6 +198,25 @@ def check_outcome(sim: ClusterSim, created: Any) -> None:
         (("crash_leader",), 2.0),
     ],
 )
+@example(  # regression (thorough profile): a job put back into the scheduler after
+    # waiting for targets resumed from the committed cursor while its own
+    # missed-slot record was still in flight, and counted that slot twice
+    seed=472,
+    schedule=[
+        (("partition", "s1"), 30.0),
+        (("crash", "a4"), 90.0),
+        (("loss", 0.2), 90.0),
+        (("restart", "a1"), 90.0),
+        (("heal",), 2.0),
+        (("crash_leader",), 90.0),
+        (("heal",), 2.0),
+        (("restart", "a1"), 30.0),
+        (("crash", "a4"), 30.0),
+        (("crash", "a4"), 30.0),
+        (("replay",), 10.0),
+        (("slow", "s1", 0.5), 2.0),
+    ],
+)
 def test_no_lost_duplicated_or_stuck_runs(seed: int, schedule: Any) -> None:
     sim, created = build(seed)
     run_faults(sim, schedule)

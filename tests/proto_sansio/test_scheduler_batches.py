@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dkron.model import Execution, Job
@@ -21,6 +21,7 @@ from dkron.proto_sansio.scheduler import SchedulerConfig
 from dkron.state import (
     ClaimSlot,
     ClaimSlots,
+    Command,
     ExecutionFinished,
     ExecutionsFinished,
     ExecutionsStarted,
@@ -192,3 +193,66 @@ def test_claims_built_per_slot_equal_claim_slot_and_fail_its_checks_alike(
     assert all(
         encode_command(a) == encode_command(b) for a, b in zip(claims, expected, strict=True)
     )
+
+
+_PLANNER_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["tick", "commit", "targets", "no_targets", "touch"]),
+        st.integers(1, 40),
+    ),
+    max_size=60,
+)
+
+
+@given(ops=_PLANNER_OPS)
+# Slot 5 s counted missed, slot 10 s waits for targets; 5 s later the job comes
+# back while the missed record is still in flight.
+@example(ops=[("no_targets", 1), ("tick", 15), ("tick", 5)])
+def test_a_slot_is_decided_once_while_the_planners_proposals_are_in_flight(
+    ops: list[tuple[str, int]],
+) -> None:
+    """Proposals commit late (in log order); meanwhile the job loses and regains
+    its targets (it waits out of the scheduler) and is saved again (it is put
+    back).  However the job comes back, every cron slot is claimed or counted
+    missed at most once: resuming from the committed cursor alone re-emitted
+    slots still in flight, and a missed range across one counted it twice."""
+    every = timedelta(seconds=5)
+    job = Job("j", schedule="@every 5s", executor="shell", next=to_ns(T0 + every))
+    sm, index = loaded([job])
+    targets: list[tuple[str, ...]] = [("w1",)]
+    planner = Planner(sm, term=1, wall=T0, select_targets=lambda _job: targets[0])
+    wall = T0
+    log: list[Command] = []  # proposed, not yet committed, in log order
+    decided: list[int] = []
+
+    def commit(count: int) -> None:
+        nonlocal index
+        for cmd in log[:count]:
+            index += 1
+            _, result = sm.apply_entry(index, encode_command(cmd))
+            parts = result.parts or (result,)
+            singles = cmd.claims if isinstance(cmd, ClaimSlots) else (cmd,)
+            for one, part in zip(singles, parts, strict=True):
+                if isinstance(one, ClaimSlot) and part.ok:
+                    decided.append(one.scheduled_time_ns)
+                elif isinstance(one, RecordMissed) and part.ok:
+                    last = one.scheduled_time_ns
+                    step = to_ns(T0 + every) - to_ns(T0)
+                    decided.extend(last - k * step for k in range(one.count))
+            planner.observe(cmd, result, wall)
+        del log[:count]
+
+    for op, n in ops:
+        if op == "tick":
+            wall += timedelta(seconds=n)
+            log.extend(planner.tick(wall))
+        elif op == "commit":
+            commit(n)
+        elif op == "targets":
+            targets[0] = ("w1",)
+        elif op == "no_targets":
+            targets[0] = ()
+        else:  # the job saved again, unchanged: the planner puts it back when it commits
+            log.append(UpsertJob(job))
+    commit(len(log))
+    assert len(decided) == len(set(decided)), sorted(decided)
