@@ -504,8 +504,22 @@ def _next_fire_times(backend: ApiBackend, job: Job, count: int) -> list[_dt.date
         return []
 
 
-def _next_ns(backend: ApiBackend, job: Job) -> int | None:
-    """The first slot of a job being saved (stored as its ``next``)."""
+def _first_slot(backend: ApiBackend, job: Job) -> int | None:
+    """The ``next`` stored with a job being saved: the first slot of its chain.
+
+    An update that keeps the schedule and the zone keeps the job's slots:
+    the scheduler goes on from its cursor, and an ``@every`` job keeps its
+    phase.  (Dkron re-adds the cron entry, which re-anchors ``@every`` at the
+    save and skips the slot in between: editing a command moved the job.)
+    Otherwise the chain starts at the first fire from now.
+    """
+    stored = backend.state.get_job(job.name)
+    if (
+        stored is not None
+        and stored.next is not None
+        and (stored.schedule, stored.timezone) == (job.schedule, job.timezone)
+    ):
+        return stored.next
     times = _next_fire_times(backend, job, 1)
     return _to_ns(times[0]) if times else None
 
@@ -721,7 +735,7 @@ async def _upsert(call: Call) -> Response:
         validate_job(job)
     except ValidationError as exc:
         return _text(400, exc.http_body())
-    job = dataclasses.replace(job, next=_next_ns(call.backend, job))
+    job = dataclasses.replace(job, next=_first_slot(call.backend, job))
     try:
         result = await call.backend.propose(UpsertJob(job))
     except BackendError as exc:
@@ -909,7 +923,7 @@ async def _restore(call: Call) -> Response:
     try:
         while pending:
             job = pending.pop()
-            job = dataclasses.replace(job, next=_next_ns(call.backend, job))
+            job = dataclasses.replace(job, next=_first_slot(call.backend, job))
             result = await call.backend.propose(UpsertJob(job))
             outcome[job.name] = result.ok
             if result.ok:

@@ -803,6 +803,18 @@ async def test_next_is_the_slot_the_scheduler_fires_next() -> None:
             assert job["next"] == rfc(at(want)), name
         upcoming = (await client.request("GET", "/v1/jobs/phase/next?count=3")).json()
         assert upcoming == [rfc(at(t)) for t in ("10:06:00", "10:07:30", "10:09:00")]
+        # An update that keeps the schedule keeps the phase (Dkron re-anchors
+        # @every at the save: 10:07:00, skipping 10:06:00).
+        body = job_body("phase", schedule="@every 90s", executor_config={"command": "date"})
+        updated = await client.request("PUT", "/v1/jobs/phase", body)
+        assert updated.status == 201 and updated.json()["next"] == rfc(at("10:06:00"))
+        # A new schedule starts afresh from now.
+        body = job_body("phase", schedule="@every 2m", executor_config={"command": "date"})
+        changed = await client.request("PUT", "/v1/jobs/phase", body)
+        assert changed.json()["next"] == rfc(at("10:07:30"))
+        body = job_body("phase", schedule="@every 90s", executor_config={"command": "date"})
+        restored = await client.request("PUT", "/v1/jobs/phase", body)
+        assert restored.json()["next"] == rfc(at("10:07:00"))
         # Expired: nothing will fire, so the zero time.
         short = (await client.request("GET", "/v1/jobs/short")).json()
         assert short["next"] == "0001-01-01T00:00:00Z"
