@@ -1019,25 +1019,29 @@ def _job_fires(
         return []
 
 
-def _upcoming(backend: ApiBackend, limit: int) -> list[tuple[_dt.datetime, str]]:
+def _upcoming(
+    backend: ApiBackend, limit: int, cache: _NextCache | None = None
+) -> list[tuple[_dt.datetime, str]]:
     """The next ``limit`` fires over all enabled jobs, ordered by (time, job).
 
     Only jobs whose first fire is among the ``limit`` earliest first fires
     can own one of the ``limit`` earliest fires, so the cost is one time per
-    job plus ``limit`` times for at most ``limit`` jobs, not ``limit`` per job.
+    job (read from the kept ``next`` of each job: the dashboard asks on every
+    event) plus ``limit`` times for at most ``limit`` jobs.
     """
-    firsts: list[tuple[_dt.datetime, str]] = []
+    cache = cache or _NextCache()
+    now = backend.now()
+    firsts: list[tuple[int, str]] = []
     for job in backend.state.iter_jobs():
-        if job.disabled or not job.schedule:
-            continue
-        times = _job_fires(backend, job, 1)
-        if times:
-            firsts.append((times[0], job.name))
+        first = cache.shown(backend, job, now)  # None when disabled or never firing
+        if first is not None:
+            firsts.append((first, job.name))
     fires: list[tuple[_dt.datetime, str]] = []
     for _, name in heapq.nsmallest(limit, firsts):
         candidate = backend.state.get_job(name)
         if candidate is not None:
-            fires.extend((t, name) for t in _job_fires(backend, candidate, limit))
+            times = _job_fires(backend, candidate, limit, now=now)
+            fires.extend((t, name) for t in times)
     return heapq.nsmallest(limit, fires)
 
 
@@ -1056,7 +1060,7 @@ async def _stats(call: Call) -> Response:
             missed[job.name] = counts
     upcoming = [
         {"job": name, "at": format_rfc3339nano(_to_ns(t))}
-        for t, name in _upcoming(call.backend, UPCOMING_LIMIT)
+        for t, name in _upcoming(call.backend, UPCOMING_LIMIT, call.api.next_cache)
     ]
     body = {
         "jobs": state.job_count(),
