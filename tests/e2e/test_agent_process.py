@@ -101,75 +101,52 @@ def test_sighup_rereads_the_config_file_and_publishes_the_new_tags(
     node.ensure_running()
 
 
-@pytest.mark.parametrize("flag", ["--bind-addr", "--rpc-port", "--http-addr"])
-def test_a_port_in_use_stops_the_agent_with_one_line_naming_the_flag(
-    tmp_path: pathlib.Path, flag: str
-) -> None:
-    ports = {"--bind-addr": free_port(), "--rpc-port": free_port(), "--http-addr": free_port()}
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", ports[flag]))
-        taken.listen()
-        done = cli(
-            "agent",
-            "--server",
-            "--bootstrap-expect",
-            "1",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--bind-addr",
-            f"127.0.0.1:{ports['--bind-addr']}",
-            "--rpc-port",
-            str(ports["--rpc-port"]),
-            "--http-addr",
-            f"127.0.0.1:{ports['--http-addr']}",
-            timeout=60,
-        )
+def failed_start(data_dir: pathlib.Path, *extra: str, **ports: int) -> str:
+    """Start a single-server agent that must fail at start-up: its stderr, after
+    checking the exit status and that the reason came as a line, not a traceback."""
+    port = {k: ports.get(k) or free_port() for k in ("gossip", "rpc", "http")}
+    done = cli(
+        "agent",
+        "--data-dir",
+        str(data_dir),
+        "--bind-addr",
+        f"127.0.0.1:{port['gossip']}",
+        "--rpc-port",
+        str(port["rpc"]),
+        "--http-addr",
+        f"127.0.0.1:{port['http']}",
+        *extra,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stderr
-    assert f"cannot listen on 127.0.0.1:{ports[flag]} ({flag}): " in done.stderr
     assert "Traceback" not in done.stderr
+    return done.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "key"), [("--bind-addr", "gossip"), ("--rpc-port", "rpc"), ("--http-addr", "http")]
+)
+def test_a_port_in_use_stops_the_agent_with_one_line_naming_the_flag(
+    tmp_path: pathlib.Path, flag: str, key: str
+) -> None:
+    busy = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", busy))
+        taken.listen()
+        err = failed_start(tmp_path / "data", "--server", "--bootstrap-expect", "1", **{key: busy})
+    assert f"cannot listen on 127.0.0.1:{busy} ({flag}): " in err
 
 
 def test_an_exhausted_retry_join_exits_1_with_the_reason(tmp_path: pathlib.Path) -> None:
     """The error is raised deep in the agent's nurseries; it still reaches the
     exit status and the log (it used to exit 0, silently)."""
-    nobody = free_port()
-    done = cli(
-        "agent",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--bind-addr",
-        f"127.0.0.1:{free_port()}",
-        "--rpc-port",
-        str(free_port()),
-        "--retry-join",
-        f"127.0.0.1:{nobody}",
-        "--retry-max",
-        "1",
-        timeout=120,
-    )
-    assert done.returncode == 1, done.stderr
-    assert "--retry-join: no seed answered after 1 attempts" in done.stderr
-    assert "Traceback" not in done.stderr
+    nobody = f"127.0.0.1:{free_port()}"
+    err = failed_start(tmp_path / "data", "--retry-join", nobody, "--retry-max", "1")
+    assert "--retry-join: no seed answered after 1 attempts" in err
 
 
 def test_an_unusable_data_dir_stops_the_agent_with_one_line(tmp_path: pathlib.Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    done = cli(
-        "agent",
-        "--server",
-        "--bootstrap-expect",
-        "1",
-        "--data-dir",
-        str(blocker / "data"),
-        "--bind-addr",
-        f"127.0.0.1:{free_port()}",
-        "--rpc-port",
-        str(free_port()),
-        "--http-addr",
-        f"127.0.0.1:{free_port()}",
-        timeout=60,
-    )
-    assert done.returncode == 1, done.stderr
-    assert f"--data-dir {blocker / 'data'}: " in done.stderr
-    assert "Traceback" not in done.stderr
+    err = failed_start(blocker / "data", "--server", "--bootstrap-expect", "1")
+    assert f"--data-dir {blocker / 'data'}: " in err
