@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import ClassVar, Protocol
 
 from dkron.golang import go_quote
+from dkron.proto_sansio.scheduler import resume_slot
 
 __all__ = [
     "UTC",
@@ -1066,8 +1067,8 @@ def upcoming_fires(
     anchors it at the job's own slots (``first``, the slot computed when the
     job was saved, until the replicated ``cursor`` passes it, then each slot
     after the one before), so only this walk gives an ``@every`` job's real
-    phase.  The same rules as ``Scheduler.set_job``: nothing before
-    ``starts_at``, nothing after ``expires_at``.  Slots at or before ``now``
+    phase.  It starts where the engine resumes a job (``resume_slot``):
+    nothing before ``starts_at``; and nothing after ``expires_at``.  Slots at or before ``now``
     are being decided, not next; a cursor after ``now`` is a slot the leader
     claimed a moment early (its lookahead is shorter than any interval), and
     is still to come.
@@ -1075,14 +1076,10 @@ def upcoming_fires(
     sched = job_schedule(job, local_tz=local_tz)
     now = _as_utc(now)
     nxt: datetime | None
-    if first is not None and (cursor is None or first > cursor):
-        nxt = _as_utc(first)
-    elif cursor is not None and cursor > now:
+    if cursor is not None and cursor > now and (first is None or first <= cursor):
         nxt = _as_utc(cursor)  # claimed ahead of its instant (the leader's lookahead)
     else:
-        nxt = sched.next_after(now if cursor is None else cursor)
-    if starts_at is not None and nxt is not None and nxt < starts_at:
-        nxt = sched.first_from(starts_at)
+        nxt = resume_slot(sched, anchor=now, cursor=cursor, first=first, starts_at=starts_at)
     walked = 0
     while nxt is not None and nxt <= now:
         walked += 1

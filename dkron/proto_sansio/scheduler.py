@@ -61,6 +61,33 @@ class ScheduleLike(Protocol):
         """The first fire time at or after ``start`` (a job's ``starts_at``), or None."""
 
 
+def resume_slot(
+    schedule: ScheduleLike,
+    *,
+    anchor: datetime,
+    cursor: datetime | None,
+    first: datetime | None,
+    starts_at: datetime | None,
+) -> datetime | None:
+    """The slot a job (re)entering the engine goes on from; None: it never fires.
+
+    ``first`` (the slot computed when the job was saved) wins while it is
+    later than the ``cursor`` (the last decided slot), so a changed schedule
+    starts afresh; otherwise the slot after the cursor, or after ``anchor``
+    when nothing was decided.  Nothing fires before ``starts_at``: those
+    instants are not slots at all.  The API shows a job's next slot by the
+    same rule (``dkron.schedule.upcoming_fires``).
+    """
+    nxt: datetime | None
+    if first is not None and (cursor is None or first > cursor):
+        nxt = first
+    else:
+        nxt = schedule.next_after(anchor if cursor is None else cursor)
+    if starts_at is not None and nxt is not None and nxt < starts_at:
+        nxt = schedule.first_from(starts_at)
+    return nxt
+
+
 class CatchUp(enum.Enum):
     SKIP = "skip"
     LATEST = "latest"
@@ -187,14 +214,13 @@ class Scheduler:
     def set_job(self, job: ScheduledJob, wall: datetime) -> None:
         """Add or replace a job; slots between its cursor and ``wall`` are resolved now."""
         version = next(self._versions)
-        nxt: datetime | None
-        if job.first is not None and (job.cursor is None or job.first > job.cursor):
-            nxt = job.first
-        else:
-            nxt = job.schedule.next_after(job.anchor if job.cursor is None else job.cursor)
-        if job.starts_at is not None and nxt is not None and nxt < job.starts_at:
-            # Nothing fires before starts_at; those instants are not slots at all.
-            nxt = job.schedule.first_from(job.starts_at)
+        nxt = resume_slot(
+            job.schedule,
+            anchor=job.anchor,
+            cursor=job.cursor,
+            first=job.first,
+            starts_at=job.starts_at,
+        )
         entry = _Entry(job, version, nxt)
         self._jobs[job.name] = entry
         self._catch_up(entry, wall)
