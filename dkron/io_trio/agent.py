@@ -48,7 +48,12 @@ import trio
 from dkron import __version__
 from dkron.config import AgentConfig, ConfigError, read_token_file
 from dkron.io_trio.executors import get_executor
-from dkron.io_trio.executors.base import EXECUTOR_NOT_PRESENT, RunContext, final_output
+from dkron.io_trio.executors.base import (
+    EXECUTOR_NOT_PRESENT,
+    NO_EXECUTOR,
+    RunContext,
+    final_output,
+)
 from dkron.io_trio.forward import FORWARD_CODEC, Op, Reply, Request
 from dkron.io_trio.http_api import (
     ApiAuth,
@@ -1480,7 +1485,9 @@ class Agent:
         executor = get_executor(job.executor)
         success, output = False, ""
         with scope:
-            if executor is None:
+            if not job.executor:
+                output = NO_EXECUTOR
+            elif executor is None:
                 output = EXECUTOR_NOT_PRESENT
             else:
                 ctx = RunContext(

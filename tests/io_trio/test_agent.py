@@ -87,6 +87,36 @@ async def test_a_failing_job_is_retried_per_its_policy(tmp_path: pathlib.Path) -
             nursery.cancel_scope.cancel()
 
 
+async def test_a_job_without_a_usable_executor_fails_with_dkrons_texts(
+    tmp_path: pathlib.Path,
+) -> None:
+    """An empty ``executor`` and an unknown one are different mistakes, and
+    Dkron tells them apart; clients grep for these texts."""
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            agent = await nursery.start(Agent(Options(data_dir=str(tmp_path))).run)
+            port = agent.http_port
+            assert port is not None
+            await wait_leader(port)
+            for name, executor in (("none", ""), ("docker", "docker")):
+                job = {"name": name, "schedule": "@manually", "executor": executor}
+                assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
+                assert (await call(port, "POST", f"/v1/jobs/{name}/run"))[0] == 200
+            outputs: dict[str, str] = {}
+            while len(outputs) < 2:
+                await trio.sleep(0.2)
+                for name in ("none", "docker"):
+                    for e in (await call(port, "GET", f"/v1/jobs/{name}/executions"))[1]:
+                        if e["finished_at"][:4] != "0001":
+                            assert not e["success"]
+                            outputs[name] = e["output"]
+            assert outputs == {
+                "none": "grpc_agent: No executor defined, nothing to do",
+                "docker": "grpc_agent: Specified executor is not present",
+            }
+            nursery.cancel_scope.cancel()
+
+
 def test_http_addr_forms() -> None:
     assert http_listen_addr(":8080") == (None, 8080)
     assert http_listen_addr("") == (None, 8080)
