@@ -174,6 +174,11 @@ RECONCILE_INTERVAL = 1.0
 LEAVE_ANSWER_GRACE = 1.0
 FORWARD_TIMEOUT = 30.0
 RECENT_RESULTS = 4096
+#: How much of a running execution's live output ``/v1/busy`` shows (its end).
+BUSY_OUTPUT_BYTES = 4096
+#: How long ``/v1/busy`` on a follower waits for the leader's output before
+#: answering without it.
+BUSY_OUTPUT_WAIT = 2.0
 #: The leader claims a slot this long before it is due, so that the Raft
 #: commit (an fsync) and the dispatch are done when the slot comes: at the
 #: due instant only the run journal's fsync and the spawn remain.
@@ -1591,6 +1596,11 @@ class Agent:
                 key = RunKey(job, group, target, attempt)
                 chunks = await self.live_output_local(key, int(seq), float(wait))
                 body = cbor2.dumps([[n, d] for n, d in chunks])
+            elif req.op is Op.RECENT_OUTPUT:
+                keys = [
+                    RunKey(str(j), int(g), str(n), int(a)) for j, g, n, a in cbor2.loads(req.body)
+                ]
+                body = cbor2.dumps(self.recent_output_local(keys))
         except (NotLeaderError, Unavailable) as exc:
             ok, error = False, str(exc)
         except (ValueError, TypeError, RemoteProtocolError, cbor2.CBORError) as exc:
@@ -1752,6 +1762,25 @@ class Agent:
                 await self._output_changed.wait()
         return []
 
+    async def recent_output(self, keys: Sequence[RunKey]) -> list[bytes]:
+        """For ``/v1/busy``: the end of each run's live output, from the leader's buffer."""
+        if not keys:
+            return []
+        if self.is_leader():
+            return self.recent_output_local(keys)
+        body = cbor2.dumps([[k.job, k.group, k.node, k.attempt] for k in keys])
+        reply = await self._forward(Op.RECENT_OUTPUT, body)
+        tails = cbor2.loads(reply.body)
+        if not isinstance(tails, list) or len(tails) != len(keys):
+            raise Unavailable("the leader answered a different number of outputs")
+        return [bytes(t) for t in tails]
+
+    def recent_output_local(self, keys: Sequence[RunKey]) -> list[bytes]:
+        lead = self.exec_leader
+        if lead is None or not self.is_leader():
+            raise NotLeaderError("this node is not the leader")
+        return [_tail(lead.live_output(key), BUSY_OUTPUT_BYTES) for key in keys]
+
     async def _cancel_local(self, key: RunKey) -> bool:
         if not self.is_leader():
             raise NotLeaderError("this node is not the leader")
@@ -1759,6 +1788,18 @@ class Agent:
         await self._send_in.send(("cancel", (key, flag)))
         await flag.event.wait()
         return flag.result
+
+
+def _tail(chunks: Sequence[tuple[int, bytes]], limit: int) -> bytes:
+    """The last ``limit`` bytes of ``chunks``, joining only the chunks it needs."""
+    parts: list[bytes] = []
+    size = 0
+    for _, data in reversed(chunks):
+        parts.append(data)
+        size += len(data)
+        if size >= limit:
+            break
+    return b"".join(reversed(parts))[-limit:] if parts else b""
 
 
 async def _resolve(text: str) -> list[tuple[str, int]]:
@@ -1836,7 +1877,23 @@ class _Backend:
         }
 
     async def busy(self) -> list[Execution]:
-        return self.agent.state.running_executions()
+        """The running records with the end of their live output, as Dkron's busy list
+        carries the latest chunk; the records come from this replica, the output from
+        the leader, and a leader that cannot answer costs the output, not the list."""
+        running = self.agent.state.running_executions()
+        keys = [RunKey(e.job_name, e.group, e.node_name, e.attempt) for e in running]
+        tails: list[bytes] | None = None
+        with trio.move_on_after(BUSY_OUTPUT_WAIT):
+            try:
+                tails = await self.agent.recent_output(keys)
+            except (NotLeaderError, Unavailable) as exc:
+                log.debug("busy: live output not available now: %s", exc)
+        if tails is None:
+            return running
+        return [
+            dataclasses.replace(e, output=t.decode("utf-8", errors="replace")) if t else e
+            for e, t in zip(running, tails, strict=True)
+        ]
 
     def now(self) -> datetime:
         return _wall()

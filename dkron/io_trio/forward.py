@@ -26,6 +26,7 @@ class Op(enum.IntEnum):
     LIVE_OUTPUT = (
         5  # body: CBOR [job, group, node, attempt, after_seq, wait_s]; CBOR [[seq, bytes]]
     )
+    RECENT_OUTPUT = 6  # body: CBOR [[job, group, node, attempt], ...]; CBOR [bytes, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

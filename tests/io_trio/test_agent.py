@@ -13,8 +13,10 @@ from typing import Any
 
 import trio
 import trio.lowlevel
+from hypothesis import given
+from hypothesis import strategies as st
 
-from dkron.io_trio.agent import Agent, http_listen_addr
+from dkron.io_trio.agent import Agent, _tail, http_listen_addr
 from dkron.io_trio.live import Options, call, wait_leader
 
 
@@ -284,3 +286,12 @@ async def test_a_run_cancelled_while_it_waits_for_its_slot_never_starts(
     assert cancelled.status == "cancelled" and not cancelled.success
     assert [_sched_ns(line) for line in out.read_text().split()] != []
     assert key.group not in [_sched_ns(line) for line in out.read_text().split()]
+
+
+@given(
+    chunks=st.lists(st.binary(max_size=40), max_size=12),
+    limit=st.integers(min_value=1, max_value=200),
+)
+def test_busy_output_is_the_end_of_the_buffered_chunks(chunks: list[bytes], limit: int) -> None:
+    numbered = [(i + 1, data) for i, data in enumerate(chunks)]
+    assert _tail(numbered, limit) == b"".join(chunks)[-limit:]

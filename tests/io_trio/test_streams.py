@@ -232,3 +232,47 @@ async def test_a_stream_survives_a_leader_crash_mid_run(tmp_path: pathlib.Path) 
             assert messages[-1]["type"] == "result"
             assert messages[-1]["execution"]["success"] is True
             assert messages[-1]["execution"]["output"] == "".join(f"tick{i}\n" for i in range(1, 7))
+
+
+async def test_busy_shows_the_end_of_the_live_output_on_every_server(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Dkron's busy list carries the latest output; Dkron's UI shows it in the
+    busy panel. A follower gets it from the leader's buffer."""
+    flag = tmp_path / "finish"
+    job = {
+        "name": "waits",
+        "schedule": "@manually",
+        "executor": "shell",
+        "executor_config": {
+            "command": f"echo first; while [ ! -e {flag} ]; do sleep 0.05; done; echo last",
+            "shell": "true",
+        },
+    }
+    with trio.fail_after(90):
+        async with cluster(tmp_path) as c:
+            for i in (1, 2, 3):
+                await c.start(f"s{i}", bootstrap_expect=3)
+            leader = await eventually(c.leader, "a leader")
+            follower = next(n for n in c.live() if n is not leader)
+            assert (await call(follower.port, "POST", "/v1/jobs", job))[0] == 201
+            assert (await call(follower.port, "POST", "/v1/jobs/waits/run"))[0] == 200
+
+            async def busy_outputs(port: int) -> list[str]:
+                while True:
+                    status, items = await call(port, "GET", "/v1/busy")
+                    assert status == 200, items
+                    outputs = [e.get("output", "") for e in items]
+                    if outputs and all(outputs):
+                        return outputs
+                    await trio.sleep(0.05)
+
+            for node in (follower, leader):
+                assert await busy_outputs(node.port) == ["first\n"] * 3  # one per server
+            flag.touch()
+            while True:
+                if not (await call(follower.port, "GET", "/v1/busy"))[1]:
+                    break
+                await trio.sleep(0.05)
+            execs = (await call(follower.port, "GET", "/v1/jobs/waits/executions"))[1]
+            assert sorted(e["output"] for e in execs) == ["first\nlast\n"] * 3
