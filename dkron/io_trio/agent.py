@@ -37,7 +37,7 @@ import random
 import signal
 import ssl
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -548,6 +548,11 @@ class Agent:
         self._send_in: trio.MemorySendChannel[tuple[str, Any]]
         self._recv_in: trio.MemoryReceiveChannel[tuple[str, Any]]
         self._send_in, self._recv_in = trio.open_memory_channel(4096)
+        # Execution messages this node sends itself (leader and worker in one
+        # process). The core task produces them and is the channel's only
+        # reader, so they cannot wait for room in it: they queue here, as many
+        # as the runs the core has in hand, and go first in its next turn.
+        self._local: deque[tuple[str, Any]] = deque()
         self._nursery: trio.Nursery | None = None
 
     # -- tags and members -------------------------------------------------------------
@@ -953,11 +958,14 @@ class Agent:
         task_status.started()
         await self._flush()
         while True:
-            deadline = self._deadline()
-            item: tuple[str, Any] | None = None
-            with trio.move_on_at(deadline):
-                item = await self._recv_in.receive()
-            items = [item] if item is not None else []
+            items: list[tuple[str, Any]] = []
+            if self._local:
+                items.extend(self._local)
+                self._local.clear()
+                await trio.lowlevel.checkpoint()
+            else:
+                with trio.move_on_at(self._deadline()):
+                    items.append(await self._recv_in.receive())
             while len(items) < 4096:  # take everything queued: one persist for all of it
                 try:
                     items.append(self._recv_in.receive_nowait())
@@ -1290,7 +1298,7 @@ class Agent:
     def _send_exec(self, dst: str, msg: ExecMessage) -> None:
         if dst == self.name:
             # Messages are immutable: the local peer gets the object itself.
-            self._send_in.send_nowait(("exec", msg))
+            self._local.append(("exec", msg))
             return
         rpc = self.rpc
         if rpc is None:

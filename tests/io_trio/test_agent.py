@@ -295,3 +295,51 @@ async def test_a_run_cancelled_while_it_waits_for_its_slot_never_starts(
 def test_busy_output_is_the_end_of_the_buffered_chunks(chunks: list[bytes], limit: int) -> None:
     numbered = [(i + 1, data) for i, data in enumerate(chunks)]
     assert _tail(numbered, limit) == b"".join(chunks)[-limit:]
+
+
+async def test_a_full_inbox_does_not_stop_the_node_messaging_itself(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Under load the core's inbox can be full (output, peers' messages) while the
+    core, its only reader, sends execution messages to itself (the leader is also
+    a worker). Those must not need room in the inbox: the agent once died of
+    ``trio.WouldBlock`` there."""
+    agent = Agent(Options(data_dir=str(tmp_path)))
+    armed = False
+    fills = 0
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            port = agent.http_port
+            assert port is not None and agent.storage is not None
+            await wait_leader(port)
+            persist = agent.storage.persist
+
+            async def persist_while_the_inbox_fills(records: Any) -> None:
+                # The core waits for the disk; meanwhile its inbox fills up.
+                nonlocal fills
+                if armed:
+                    fills += 1
+                    while True:
+                        try:
+                            agent._send_in.send_nowait(("noop", None))
+                        except trio.WouldBlock:
+                            break
+                await persist(records)
+
+            agent.storage.persist = persist_while_the_inbox_fills  # type: ignore[method-assign]
+            job = {
+                "name": "j",
+                "schedule": "@manually",
+                "executor": "shell",
+                "executor_config": {"command": "echo ok"},
+            }
+            assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
+            armed = True
+            assert (await call(port, "POST", "/v1/jobs/j/run"))[0] == 200
+            execs: list[dict[str, Any]] = []
+            while not execs or execs[0]["finished_at"][:4] == "0001":
+                await trio.sleep(0.1)
+                execs = (await call(port, "GET", "/v1/jobs/j/executions"))[1]
+            assert fills >= 2 and execs[0]["success"] and execs[0]["output"] == "ok\n"
+            nursery.cancel_scope.cancel()
