@@ -6,7 +6,7 @@
 import { EventFeed, api, getToken, setToken } from "/ui/api.js";
 import { badge, clear, formatTime, h, relative, throttle } from "/ui/dom.js";
 import { jobForm } from "/ui/form.js";
-import { executionPage, jobDetail, jobsList } from "/ui/jobs.js";
+import { executionPage, jobDetail, jobsList, runningList } from "/ui/jobs.js";
 
 const feed = new EventFeed();
 
@@ -73,7 +73,7 @@ function dashboard(root, _params, ctx) {
       "div",
       { class: "stats" },
       h("div", { class: "stat", "data-testid": "stat-jobs", "data-count": s.jobs }, h("b", {}, s.jobs), " jobs"),
-      h("div", { class: "stat", "data-testid": "stat-running", "data-count": s.running }, h("b", {}, s.running), " running"),
+      h("a", { class: "stat", href: "#/running", "data-testid": "stat-running", "data-count": s.running }, h("b", {}, s.running), " running"),
       h("div", { class: "stat" }, h("b", {}, s.disabled ?? 0), " disabled"),
       Object.entries(s.by_status).map(([status, n]) =>
         h(
@@ -150,6 +150,7 @@ function parseHash() {
 
 function resolve({ parts, query }) {
   if (parts.length === 0) return ["dashboard", dashboard, {}];
+  if (parts.length === 1 && parts[0] === "running") return ["running", runningList, {}];
   if (parts[0] !== "jobs") return null;
   if (parts.length === 1) return ["jobs", jobsList, { query }];
   if (parts.length === 2 && parts[1] === "new") return ["new", jobForm, { name: null }];

@@ -442,3 +442,73 @@ export function executionPage(root, { name, id }, ctx) {
     clearInterval(ticker);
   };
 }
+
+// -- running executions -----------------------------------------------------------------
+
+// What runs now across the cluster (/v1/busy, Dkron's "Busy" list), with the
+// end of each run's output and a way to stop it. Reloads on execution events
+// and every few seconds, so that the durations and the output keep moving.
+export function runningList(root, _params, ctx) {
+  const body = h("div", {});
+  clear(
+    root,
+    h("div", { class: "page-head" }, h("h1", {}, "Running")),
+    h("section", { class: "card" }, body),
+  );
+
+  async function cancel(ex, button) {
+    button.disabled = true;
+    try {
+      await api("POST", `${jobPath(ex.job_name, "executions", ex.id)}/cancel`);
+      ctx.flash(`Cancel requested for ${ex.job_name}; the result follows when the worker stops it.`);
+    } catch (err) {
+      ctx.flash(err.message, "error");
+      button.disabled = false;
+    }
+  }
+
+  let loads = 0;
+  async function load() {
+    const mine = ++loads;
+    const { data } = await api("GET", "/v1/busy");
+    if (!ctx.alive() || mine !== loads) return;
+    const rows = data.map((ex) => {
+      const button = h("button", { class: "btn btn-small btn-danger", "data-testid": "cancel-running", onclick: () => cancel(ex, button) }, "Cancel");
+      return h(
+        "tr",
+        { "data-running": ex.id, "data-job": ex.job_name },
+        h("td", {}, h("a", { href: jobHash(ex.job_name) }, ex.job_name)),
+        h("td", {}, h("a", { href: jobHash(ex.job_name, "executions", ex.id), "data-testid": "running-link" }, formatTime(ex.started_at))),
+        h("td", { class: "num" }, duration(ex.started_at, null)),
+        h("td", {}, ex.node_name || ""),
+        h("td", {}, ex.trigger || "", ex.attempt > 1 ? ` #${ex.attempt}` : ""),
+        h("td", {}, h("code", { class: "output-preview", "data-testid": "running-output" }, lastLine(ex.output))),
+        h("td", {}, button),
+      );
+    });
+    clear(
+      body,
+      rows.length
+        ? h(
+            "table",
+            { class: "table", "data-testid": "running-table" },
+            h("thead", {}, h("tr", {}, ["Job", "Started", "For", "Node", "Trigger", "Output (last line)", ""].map((x) => h("th", {}, x)))),
+            h("tbody", {}, rows),
+          )
+        : h("p", { class: "muted", "data-testid": "none-running" }, "Nothing is running."),
+    );
+  }
+
+  const reload = () => load().catch((err) => ctx.alive() && ctx.flash(err.message, "error"));
+  const refresh = throttle(reload, 1000);
+  reload();
+  const unsubscribe = ctx.feed.subscribe((event) => {
+    if (event.type === "execution" || event.type === "resync") refresh();
+  });
+  const timer = setInterval(refresh, 3000);
+  return () => {
+    unsubscribe();
+    clearInterval(timer);
+    refresh.cancel();
+  };
+}

@@ -252,3 +252,48 @@ def test_cancel_a_running_execution_then_delete_the_job(
     wait(driver).until(lambda d: d.current_url.endswith("#/jobs"), "the jobs list")
     visible(driver, "no-jobs")
     assert agent.call("GET", "/v1/jobs/sleeper")[0] == 404
+
+
+def test_the_running_page_lists_live_runs_with_their_output_and_cancels_them(
+    agent: AgentProc, driver: webdriver.Chrome
+) -> None:
+    job = {
+        "name": "waiter",
+        "schedule": "@manually",
+        "executor": "shell",
+        "executor_config": {"command": "echo first; echo second; sleep 60", "shell": "true"},
+    }
+    assert agent.call("POST", "/v1/jobs", job)[0] == 201
+    driver.get(f"http://127.0.0.1:{agent.api}/ui/#/running")
+    visible(driver, "none-running")
+    assert agent.call("POST", "/v1/jobs/waiter/run")[0] == 200
+
+    # The run appears by itself, and its output's last line follows.
+    row = visible(driver, "running-table").find_element(By.CSS_SELECTOR, 'tr[data-job="waiter"]')
+    wait(driver).until(
+        lambda d: (
+            d.find_element(
+                By.CSS_SELECTOR, 'tr[data-job="waiter"] [data-testid="running-output"]'
+            ).text
+            == "second"
+        ),
+        "the end of the output",
+    )
+    assert (row.find_element(By.LINK_TEXT, "waiter").get_attribute("href") or "").endswith(
+        "#/jobs/waiter"
+    )
+
+    # The dashboard counts it and links here.
+    driver.find_element(By.CSS_SELECTOR, '[data-nav="dashboard"]').click()
+    wait(driver).until(lambda d: count(d, "stat-running") == "1", "the running count")
+    driver.find_element(*by_testid("stat-running")).click()
+    wait(driver).until(lambda d: d.current_url.endswith("#/running"), "the running page")
+
+    # Cancel from the list: the run stops and leaves it.
+    visible(driver, "cancel-running").click()
+    visible(driver, "none-running")
+    status, execs = agent.call("GET", "/v1/jobs/waiter/executions")
+    assert status == 200 and [e["status"] for e in execs] == ["cancelled"]
+
+    logs = driver.get_log("browser")  # type: ignore[no-untyped-call]
+    assert [e for e in logs if e.get("level") == "SEVERE" and e.get("source") != "network"] == []
