@@ -350,7 +350,7 @@ async def test_a_server_keeps_no_results_of_the_leaders_own_batches(
 ) -> None:
     """A server keeps recent results for forwarded writes to pick up. The leader's
     batches of claims, starts and results are not such writes, and each of their
-    results holds a copy of every job it touched: keeping them cost about 100 MB
+    results holds a copy of every job it touched: keeping them cost about 165 MB
     on a server running 200 jobs a second."""
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
