@@ -183,8 +183,11 @@ RECENT_RESULTS = 4096
 #: touched, so keeping 4,096 of them held about 165 MB on a server running
 #: 200 jobs a second.
 _NOT_AWAITED = (ClaimSlots, ExecutionsStarted, ExecutionsFinished)
-#: How much of a running execution's live output ``/v1/busy`` shows (its end).
+#: How much of a running execution's live output ``/v1/busy`` shows (its end)...
 BUSY_OUTPUT_BYTES = 4096
+#: ...within this much for all of them: the answer to a follower is one RPC
+#: frame, whose limit is 16 MiB, however many executions run.
+BUSY_OUTPUT_TOTAL = 8 * 1024 * 1024
 #: How long ``/v1/busy`` on a follower waits for the leader's output before
 #: answering without it.
 BUSY_OUTPUT_WAIT = 2.0
@@ -1797,7 +1800,8 @@ class Agent:
         lead = self.exec_leader
         if lead is None or not self.is_leader():
             raise NotLeaderError("this node is not the leader")
-        return [_tail(lead.live_output(key), BUSY_OUTPUT_BYTES) for key in keys]
+        limit = busy_output_limit(len(keys))
+        return [_tail(lead.live_output(key), limit) for key in keys]
 
     async def _cancel_local(self, key: RunKey) -> bool:
         if not self.is_leader():
@@ -1808,8 +1812,15 @@ class Agent:
         return flag.result
 
 
+def busy_output_limit(running: int) -> int:
+    """How much of each running execution's output ``/v1/busy`` shows."""
+    return min(BUSY_OUTPUT_BYTES, BUSY_OUTPUT_TOTAL // max(1, running))
+
+
 def _tail(chunks: Sequence[tuple[int, bytes]], limit: int) -> bytes:
     """The last ``limit`` bytes of ``chunks``, joining only the chunks it needs."""
+    if limit <= 0:
+        return b""
     parts: list[bytes] = []
     size = 0
     for _, data in reversed(chunks):

@@ -11,13 +11,16 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import cbor2
 import trio
 import trio.lowlevel
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dkron.io_trio.agent import Agent, _tail, http_listen_addr
+from dkron.io_trio.agent import Agent, _tail, busy_output_limit, http_listen_addr
+from dkron.io_trio.forward import FORWARD_CODEC, Reply
 from dkron.io_trio.live import Options, call, wait_leader
+from dkron.io_trio.rpc import RpcConfig
 
 
 async def test_jobs_run_with_the_run_context_and_manual_runs_work(tmp_path: pathlib.Path) -> None:
@@ -290,11 +293,11 @@ async def test_a_run_cancelled_while_it_waits_for_its_slot_never_starts(
 
 @given(
     chunks=st.lists(st.binary(max_size=40), max_size=12),
-    limit=st.integers(min_value=1, max_value=200),
+    limit=st.integers(min_value=0, max_value=200),
 )
 def test_busy_output_is_the_end_of_the_buffered_chunks(chunks: list[bytes], limit: int) -> None:
     numbered = [(i + 1, data) for i, data in enumerate(chunks)]
-    assert _tail(numbered, limit) == b"".join(chunks)[-limit:]
+    assert _tail(numbered, limit) == (b"".join(chunks)[-limit:] if limit else b"")
 
 
 async def test_a_full_inbox_does_not_stop_the_node_messaging_itself(
@@ -376,3 +379,16 @@ async def test_a_server_keeps_no_results_of_the_leaders_own_batches(
             assert len(kept) >= 20  # the creates, which a follower could have forwarded
             assert [r for r in kept if r.parts] == []
             nursery.cancel_scope.cancel()
+
+
+@given(running=st.integers(min_value=0, max_value=200_000))
+def test_a_busy_answer_to_a_follower_fits_one_rpc_frame(running: int) -> None:
+    """However many executions run, the leader's answer to a follower's
+    ``RECENT_OUTPUT`` stays within the RPC frame limit (``rpc.send`` refuses
+    a larger one)."""
+    limit = busy_output_limit(running)
+    assert 0 <= limit <= 4096
+    worst = cbor2.dumps([b"\xff" * limit] * running)
+    reply = FORWARD_CODEC.encode(Reply(1, True, "", 0, worst, "leader"))
+    assert len(reply) <= RpcConfig().max_frame
+    assert running == 0 or limit >= 40  # still a useful line each
