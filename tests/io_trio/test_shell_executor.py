@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -646,3 +647,27 @@ def test_parse_go_bool() -> None:
         assert parse_go_bool(text) is False
     with pytest.raises(ValueError, match=r'strconv.ParseBool: parsing "yes": invalid syntax'):
         parse_go_bool("yes")
+
+
+async def test_runs_waiting_for_a_spawner_hold_no_descriptors() -> None:
+    """An overloaded node queues runs for its spawner threads. A queued run must
+    not hold its pipes yet: with them made on arrival, thousands of waiting runs
+    once took every descriptor the agent had (EMFILE on accept and open)."""
+    executor = ShellExecutor(spawn_concurrency=1)
+    runs = 300
+    results: list[ExecResult] = []
+
+    async def one() -> None:
+        results.append(await executor.run({"command": "true"}, CTX, Sink()))
+
+    before = len(os.listdir("/proc/self/fd"))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(runs):
+                nursery.start_soon(one)
+            # Every run has queued itself; one batch at most is being spawned.
+            await trio.testing.wait_all_tasks_blocked()
+            held = len(os.listdir("/proc/self/fd")) - before
+            assert held <= 4 * shell.SPAWN_BATCH, held
+    assert len(results) == runs and all(r.error == "" for r in results)
+    assert len(os.listdir("/proc/self/fd")) <= before

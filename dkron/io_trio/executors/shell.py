@@ -28,6 +28,7 @@ import binascii
 import contextlib
 import ctypes
 import errno
+import fcntl
 import functools
 import grp
 import logging
@@ -569,25 +570,70 @@ SPAWN_BATCH = 16
 
 @dataclass(slots=True, eq=False)
 class _Request:
-    """One process to start.  ``out_w``/``in_r`` are the child's ends of its pipes:
-    the spawner closes them once it is done with the request (or the requester,
-    if the spawner never took it)."""
+    """One process to start, and its pipes.
+
+    The pipes are made only when the process is about to start
+    (:meth:`open_pipes`): a queue of runs waiting for a spawner, which an
+    overloaded node builds up, holds no descriptors.  (With the pipes made on
+    arrival, thousands of waiting runs once exhausted the agent's descriptors,
+    and with them its ability to accept connections and open files.)
+    ``out_w``/``in_r`` are the child's ends, closed once the spawn is done;
+    ``out_r``/``in_w`` are the requester's.
+    """
 
     spec: _Spec
-    out_w: int
-    in_r: int
     done: trio.Event
+    out_r: int = -1
+    out_w: int = -1
+    in_r: int = -1
+    in_w: int = -1
     pid: int = 0
     popen: subprocess.Popen[bytes] | None = None
     error: OSError | None = None
     taken: bool = False
     abandoned: bool = False
 
+    def open_pipes(self) -> None:
+        """Output pipe (the child's end as its stdout and stderr), and an input pipe
+        for a payload; close-on-exec, the child's ends above stdio (the spawn
+        ``dup2``s them onto 0, 1 and 2)."""
+        out_r, out_w = os.pipe()
+        fds = [out_r, out_w]
+        try:
+            out_w = fds[1] = _above_stdio(out_w)
+            in_r = in_w = -1
+            if self.spec.payload:
+                in_r, in_w = os.pipe()
+                fds += [in_r, in_w]
+                in_r = fds[2] = _above_stdio(in_r)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self.out_r, self.out_w, self.in_r, self.in_w = out_r, out_w, in_r, in_w
+
     def close_child_ends(self) -> None:
         for fd in (self.out_w, self.in_r):
             if fd >= 0:
                 os.close(fd)
         self.out_w = self.in_r = -1
+
+    def close_parent_ends(self) -> None:
+        for fd in (self.out_r, self.in_w):
+            if fd >= 0:
+                os.close(fd)
+        self.out_r = self.in_w = -1
+
+
+def _above_stdio(fd: int) -> int:
+    """``fd``, or a close-on-exec copy numbered 3 or more (only when the agent
+    itself runs without a stdin, stdout or stderr)."""
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
 
 
 class _Spawner:
@@ -603,11 +649,9 @@ class _Spawner:
         self._started = False
 
     async def spawn(self, spec: _Spec) -> _Child:
-        out_r, out_w = os.pipe()  # close-on-exec: the child gets the write end as 1 and 2
-        in_r, in_w = os.pipe() if spec.payload else (-1, -1)
-        req = _Request(spec, out_w, in_r, trio.Event())
+        req = _Request(spec, trio.Event())
         try:
-            if self._libc is not None and spec.cwd is None and spec.uid is None and out_w > 2:
+            if self._libc is not None and spec.cwd is None and spec.uid is None:
                 self._start_workers()
                 self._queue[0].send_nowait(req)
                 await req.done.wait()
@@ -617,18 +661,14 @@ class _Spawner:
             req.abandoned = True
             if not req.taken:
                 req.close_child_ends()
-            for fd in (out_r, in_w):
-                if fd >= 0:
-                    os.close(fd)
+            req.close_parent_ends()
             if req.pid:  # started, but nobody will run it: nothing of it may survive
                 _kill_and_reap_soon(req.pid)
             raise
         if req.error is not None:
-            os.close(out_r)
-            if in_w >= 0:
-                os.close(in_w)
+            req.close_parent_ends()
             raise req.error
-        return _Child(req.pid, out_r, None if in_w < 0 else in_w, req.popen)
+        return _Child(req.pid, req.out_r, None if req.in_w < 0 else req.in_w, req.popen)
 
     def _start_workers(self) -> None:
         if not self._started:
@@ -644,11 +684,15 @@ class _Spawner:
             batch: list[_Request] = []
             req = await inbox.receive()
             while True:
-                if req.abandoned:
-                    req.close_child_ends()
-                else:
-                    req.taken = True
-                    batch.append(req)
+                if not req.abandoned:
+                    try:
+                        req.open_pipes()
+                    except OSError as exc:  # out of descriptors: this run fails alone
+                        req.error = exc
+                        req.done.set()
+                    else:
+                        req.taken = True
+                        batch.append(req)
                 if len(batch) >= SPAWN_BATCH:
                     break
                 try:
@@ -667,31 +711,36 @@ class _Spawner:
 
     async def _popen(self, req: _Request) -> None:
         spec = req.spec
-        req.taken = True
-        try:
-            popen = await trio.to_thread.run_sync(
-                lambda: subprocess.Popen(
-                    spec.argv,
-                    stdin=subprocess.DEVNULL if req.in_r < 0 else req.in_r,
-                    stdout=req.out_w,
-                    stderr=req.out_w,
-                    start_new_session=True,
-                    env=spec.env,
-                    cwd=spec.cwd,
-                    executable=spec.executable,
-                    user=spec.uid,
-                    group=spec.gid,
-                    extra_groups=[] if spec.uid is not None else None,
-                ),
-                limiter=self._limiter,
-            )
-        except OSError as exc:
-            req.error = exc
-        else:
-            req.popen = popen
-            req.pid = popen.pid
-        finally:
-            req.close_child_ends()
+        async with self._limiter:
+            try:
+                req.open_pipes()
+            except OSError as exc:
+                req.error = exc
+                return
+            req.taken = True
+            try:
+                popen = await trio.to_thread.run_sync(
+                    lambda: subprocess.Popen(
+                        spec.argv,
+                        stdin=subprocess.DEVNULL if req.in_r < 0 else req.in_r,
+                        stdout=req.out_w,
+                        stderr=req.out_w,
+                        start_new_session=True,
+                        env=spec.env,
+                        cwd=spec.cwd,
+                        executable=spec.executable,
+                        user=spec.uid,
+                        group=spec.gid,
+                        extra_groups=[] if spec.uid is not None else None,
+                    ),
+                )
+            except OSError as exc:
+                req.error = exc
+            else:
+                req.popen = popen
+                req.pid = popen.pid
+            finally:
+                req.close_child_ends()
 
 
 def _spawn_batch(libc: _LibcSpawn, batch: list[_Request]) -> None:
