@@ -174,6 +174,8 @@ log = logging.getLogger("dkron.agent")
 SNAPSHOT_EVERY = 10_000
 RECONCILE_INTERVAL = 1.0
 LEAVE_ANSWER_GRACE = 1.0
+#: While leaving, how often the agent says how many local executions it waits for.
+LEAVE_PROGRESS_EVERY = 5.0
 FORWARD_TIMEOUT = 30.0
 #: Results of the last entries a forwarded write may still ask for (a follower
 #: learns its entry's index from the leader's reply, possibly after applying it).
@@ -950,8 +952,12 @@ class Agent:
         # Dkron waits for the local executions without a bound; their results
         # then need a leader to commit them, which gets a bound.
         worker = self.worker
+        said = -math.inf
         while worker is not None and worker.running():
-            log.info("waiting for %d local executions", len(worker.running()))
+            # The core wakes this loop on every turn: say it every few seconds.
+            if trio.current_time() - said >= LEAVE_PROGRESS_EVERY:
+                said = trio.current_time()
+                log.info("waiting for %d local executions", len(worker.running()))
             await self._idle_wait()
         with trio.move_on_after(10.0):
             while worker is not None and worker.outstanding_results():
