@@ -24,6 +24,7 @@ import inspect
 import json
 import logging
 import os
+import resource
 import secrets
 import ssl
 import sys
@@ -321,6 +322,7 @@ def _agent(args: Sequence[str], runner: Runner | None, out: TextIO, err: TextIO)
             return 1
         _configure_logging(config, err)
         _tune_collector()
+        _raise_open_files_limit()
     result = _call_runner(runner, config)
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
@@ -339,6 +341,23 @@ def _tune_collector() -> None:
     """Set the process's collector for a long-lived agent (not for embedders,
     whose process is theirs: only the real runtime's command does this)."""
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def _raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard limit, as Go's runtime does
+    for Dkron at start-up.
+
+    Every running shell job holds a pipe and every HTTP job a socket: with the
+    soft limit many systems start with (1,024), a few hundred long runs would
+    leave the agent unable to accept connections or open its Raft files, where
+    Dkron, under the same account, would have the hard limit.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < hard != resource.RLIM_INFINITY:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:  # a sandbox may refuse; the agent runs on
+        logging.getLogger("dkron.agent").warning("cannot raise the open files limit: %s", exc)
 
 
 #: logrus level names to the logging module's

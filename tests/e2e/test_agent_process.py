@@ -7,6 +7,7 @@ they assert outcomes with generous deadlines, never timings.
 from __future__ import annotations
 
 import pathlib
+import resource
 import signal
 import socket
 from collections.abc import Iterator
@@ -150,3 +151,33 @@ def test_an_unusable_data_dir_stops_the_agent_with_one_line(tmp_path: pathlib.Pa
     blocker.write_text("not a directory")
     err = failed_start(blocker / "data", "--server", "--bootstrap-expect", "1")
     assert f"--data-dir {blocker / 'data'}: " in err
+
+
+def test_the_agent_lifts_its_open_files_limit_as_go_does(cluster: ProcCluster) -> None:
+    """Dkron (Go) runs with the hard limit on open files; a Python agent left at
+    a soft limit of 1,024 would run out with a few hundred long runs. The job
+    reads the limit it inherited from the agent."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard < 512:
+        pytest.skip(f"needs a finite hard limit on open files of 512 or more, not {hard}")
+    low = 256
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        node = cluster.add("node1")  # inherits the low soft limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    wait_for(lambda: node.leader_name() == "node1", timeout=30, what="the agent to lead")
+    job = {
+        "name": "limits",
+        "schedule": "@manually",
+        "executor": "shell",
+        "executor_config": {"command": "ulimit -n", "shell": "true"},
+    }
+    assert node.call("POST", "/v1/jobs", job)[0] == 201
+    assert node.call("POST", "/v1/jobs/limits/run")[0] == 200
+    done = wait_for(
+        lambda: [e for e in executions(node.api, "limits") if e["finished_at"][:4] != "0001"],
+        timeout=30,
+        what="the run",
+    )
+    assert done[0]["output"].strip() == str(hard)
