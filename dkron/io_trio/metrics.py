@@ -15,6 +15,7 @@ Names follow Dkron's where Dkron has one (``dkron_job_executions_*_total``,
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ from dkron.state import (
     Command,
     ExecutionFinished,
     ExecutionStarted,
+    JobDeleted,
     SlotSkipped,
     each_applied,
 )
@@ -210,6 +212,17 @@ class Metrics:
             for event in part.events:
                 if isinstance(event, SlotSkipped):
                     self.missed.labels(event.reason).inc(event.count)
+                elif isinstance(event, JobDeleted):
+                    self._forget_job(event.name)
+
+    def _forget_job(self, name: str) -> None:
+        """A deleted job's per-job series go with it: a cluster that creates and
+        deletes jobs (ephemeral ones, say) would otherwise grow every scrape for
+        ever. A job created again under the name starts from zero, which
+        Prometheus reads as a counter reset."""
+        for counter in (self.job_succeeded, self.job_failed):
+            with contextlib.suppress(KeyError):
+                counter.remove(name)
 
     def _finished(self, ex: Execution) -> None:
         status = "succeeded" if ex.success else (ex.status or "failed")

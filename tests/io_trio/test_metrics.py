@@ -71,6 +71,12 @@ async def test_metrics_follow_runs_requests_and_raft(tmp_path: pathlib.Path) -> 
                 if (await trio.to_thread.run_sync(scrape, port)).get(missed, 0) >= 1:
                     break
                 await trio.sleep(0.2)
+            # A deleted job's series go with it; the others stay.
+            assert (await call(port, "DELETE", "/v1/jobs/bad"))[0] == 200
+            m = await trio.to_thread.run_sync(scrape, port)
+            assert not [k for k in m if ("job_name", "bad") in k[1]]
+            assert m[("dkron_job_executions_succeeded_total", (("job_name", "ok"),))] >= 2
+            assert m[("dkron_executions_finished_total", (("status", "failed"),))] >= 2
             nursery.cancel_scope.cancel()
 
 
