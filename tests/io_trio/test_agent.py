@@ -7,7 +7,8 @@ with generous ``fail_after`` deadlines rather than asserting timings.
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -23,13 +24,21 @@ from dkron.io_trio.live import Options, call, wait_leader
 from dkron.io_trio.rpc import RpcConfig
 
 
+@asynccontextmanager
+async def serving(data_dir: pathlib.Path) -> AsyncIterator[tuple[Agent, int]]:
+    """One server on loopback, leading, with its API port; stopped after the block."""
+    async with trio.open_nursery() as nursery:
+        agent = await nursery.start(Agent(Options(data_dir=str(data_dir))).run)
+        port = agent.http_port
+        assert port is not None
+        await wait_leader(port)
+        yield agent, port
+        nursery.cancel_scope.cancel()
+
+
 async def test_jobs_run_with_the_run_context_and_manual_runs_work(tmp_path: pathlib.Path) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            agent = await nursery.start(Agent(Options(data_dir=str(tmp_path))).run)
-            port = agent.http_port
-            assert port is not None
-            await wait_leader(port)
+        async with serving(tmp_path) as (_agent, port):
             job = {
                 "name": "ctx",
                 "schedule": "@every 1s",
@@ -61,16 +70,11 @@ async def test_jobs_run_with_the_run_context_and_manual_runs_work(tmp_path: path
                     for e in (await call(port, "GET", "/v1/jobs/ctx/executions"))[1]
                     if e["output"] == "ctx manual 1\n"
                 ]
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_failing_job_is_retried_per_its_policy(tmp_path: pathlib.Path) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            agent = await nursery.start(Agent(Options(data_dir=str(tmp_path))).run)
-            port = agent.http_port
-            assert port is not None
-            await wait_leader(port)
+        async with serving(tmp_path) as (_agent, port):
             job = {
                 "name": "flaky",
                 "schedule": "@manually",
@@ -89,7 +93,6 @@ async def test_a_failing_job_is_retried_per_its_policy(tmp_path: pathlib.Path) -
             assert all(not e["success"] for e in execs)
             stored = (await call(port, "GET", "/v1/jobs/flaky"))[1]
             assert stored["error_count"] == 3 and stored["status"] == "failed"
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_job_without_a_usable_executor_fails_with_dkrons_texts(
@@ -98,11 +101,7 @@ async def test_a_job_without_a_usable_executor_fails_with_dkrons_texts(
     """An empty ``executor`` and an unknown one are different mistakes, and
     Dkron tells them apart; clients grep for these texts."""
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            agent = await nursery.start(Agent(Options(data_dir=str(tmp_path))).run)
-            port = agent.http_port
-            assert port is not None
-            await wait_leader(port)
+        async with serving(tmp_path) as (_agent, port):
             for name, executor in (("none", ""), ("docker", "docker")):
                 job = {"name": name, "schedule": "@manually", "executor": executor}
                 assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
@@ -119,7 +118,6 @@ async def test_a_job_without_a_usable_executor_fails_with_dkrons_texts(
                 "none": "grpc_agent: No executor defined, nothing to do",
                 "docker": "grpc_agent: Specified executor is not present",
             }
-            nursery.cancel_scope.cancel()
 
 
 def test_http_addr_forms() -> None:
@@ -307,15 +305,11 @@ async def test_a_full_inbox_does_not_stop_the_node_messaging_itself(
     core, its only reader, sends execution messages to itself (the leader is also
     a worker). Those must not need room in the inbox: the agent once died of
     ``trio.WouldBlock`` there."""
-    agent = Agent(Options(data_dir=str(tmp_path)))
     armed = False
     fills = 0
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(agent.run)
-            port = agent.http_port
-            assert port is not None and agent.storage is not None
-            await wait_leader(port)
+        async with serving(tmp_path) as (agent, port):
+            assert agent.storage is not None
             persist = agent.storage.persist
 
             async def persist_while_the_inbox_fills(records: Any) -> None:
@@ -345,7 +339,6 @@ async def test_a_full_inbox_does_not_stop_the_node_messaging_itself(
                 await trio.sleep(0.1)
                 execs = (await call(port, "GET", "/v1/jobs/j/executions"))[1]
             assert fills >= 2 and execs[0]["success"] and execs[0]["output"] == "ok\n"
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_server_keeps_no_results_of_the_leaders_own_batches(
@@ -356,11 +349,7 @@ async def test_a_server_keeps_no_results_of_the_leaders_own_batches(
     results holds a copy of every job it touched: keeping them cost about 165 MB
     on a server running 200 jobs a second."""
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            agent = await nursery.start(Agent(Options(data_dir=str(tmp_path))).run)
-            port = agent.http_port
-            assert port is not None
-            await wait_leader(port)
+        async with serving(tmp_path) as (agent, port):
             for i in range(20):
                 job = {
                     "name": f"j{i}",
@@ -378,7 +367,6 @@ async def test_a_server_keeps_no_results_of_the_leaders_own_batches(
             kept = list(agent._recent.values())
             assert len(kept) >= 20  # the creates, which a follower could have forwarded
             assert [r for r in kept if r.parts] == []
-            nursery.cancel_scope.cancel()
 
 
 @given(running=st.integers(min_value=0, max_value=200_000))

@@ -14,7 +14,7 @@ import trio
 import trio_websocket
 
 from dkron.io_trio.agent import Agent
-from dkron.io_trio.live import Options, call, cluster, eventually, wait_leader
+from dkron.io_trio.live import Cluster, Node, Options, call, cluster, eventually, wait_leader
 from dkron.io_trio.streams import EventHub
 
 SLOW_JOB = {
@@ -79,6 +79,14 @@ def upgrade_status(port: int, path: str) -> tuple[int, str]:
         conn.close()
 
 
+async def three_servers(c: Cluster) -> tuple[Node, Node]:
+    """Start s1..s3 and return the leader they elect and one follower."""
+    for i in (1, 2, 3):
+        await c.start(f"s{i}", bootstrap_expect=3)
+    leader = await eventually(c.leader, "a leader")
+    return leader, next(n for n in c.live() if n is not leader)
+
+
 async def next_event(ws: trio_websocket.WebSocketConnection, kind: str) -> dict[str, Any]:
     """The next event of one type: a subscriber also hears the others (a
     ``leader`` event can follow the moment a test saw the leader over HTTP)."""
@@ -140,10 +148,7 @@ async def test_output_streams_live_then_the_result_and_events_are_published(
 async def test_a_follower_streams_output_through_the_leader(tmp_path: pathlib.Path) -> None:
     with trio.fail_after(90):
         async with cluster(tmp_path) as c:
-            for i in (1, 2, 3):
-                await c.start(f"s{i}", bootstrap_expect=3)
-            leader = await eventually(c.leader, "a leader")
-            follower = next(n for n in c.live() if n is not leader)
+            _leader, follower = await three_servers(c)
             async with websocket(follower.port, "/v1/events") as events:
                 assert (await call(follower.port, "POST", "/v1/jobs", SLOW_JOB))[0] == 201
                 assert (await call(follower.port, "POST", "/v1/jobs/slow/run"))[0] == 200
@@ -189,10 +194,7 @@ async def test_a_stream_survives_a_leader_crash_mid_run(tmp_path: pathlib.Path) 
     """The follower serving the stream asks the new leader for what follows its last seq."""
     with trio.fail_after(120):
         async with cluster(tmp_path) as c:
-            for i in (1, 2, 3):
-                await c.start(f"s{i}", bootstrap_expect=3)
-            leader = await eventually(c.leader, "a leader")
-            follower = next(n for n in c.live() if n is not leader)
+            leader, follower = await three_servers(c)
             job = {
                 "name": "long",
                 "schedule": "@manually",
@@ -251,10 +253,7 @@ async def test_busy_shows_the_end_of_the_live_output_on_every_server(
     }
     with trio.fail_after(90):
         async with cluster(tmp_path) as c:
-            for i in (1, 2, 3):
-                await c.start(f"s{i}", bootstrap_expect=3)
-            leader = await eventually(c.leader, "a leader")
-            follower = next(n for n in c.live() if n is not leader)
+            leader, follower = await three_servers(c)
             assert (await call(follower.port, "POST", "/v1/jobs", job))[0] == 201
             assert (await call(follower.port, "POST", "/v1/jobs/waits/run"))[0] == 200
 
