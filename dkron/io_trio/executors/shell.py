@@ -630,10 +630,9 @@ def _above_stdio(fd: int) -> int:
     itself runs without a stdin, stdout or stderr)."""
     if fd > 2:
         return fd
-    try:
-        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-    finally:
-        os.close(fd)
+    copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)  # on failure the caller closes fd
+    os.close(fd)
+    return copy
 
 
 class _Spawner:
