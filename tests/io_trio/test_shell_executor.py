@@ -8,6 +8,8 @@ import datetime as dt
 import os
 import shlex
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -671,3 +673,29 @@ async def test_runs_waiting_for_a_spawner_hold_no_descriptors() -> None:
             assert held <= 4 * shell.SPAWN_BATCH, held
     assert len(results) == runs and all(r.error == "" for r in results)
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_command_runs_when_the_agent_has_no_stdin_stdout_or_stderr(tmp_path: Path) -> None:
+    """A daemonised agent may run with 0, 1 and 2 closed; a new pipe then gets
+    those numbers, and the spawn's dup2 onto 0, 1 and 2 must not clobber it
+    (its ends are moved above stdio first)."""
+    report = tmp_path / "report.txt"
+    script = (
+        "import os, trio\n"
+        "from dkron.io_trio.executors import RunContext, ShellExecutor\n"
+        "ctx = RunContext(job_name='j', execution_id='1-n', scheduled_time=None,\n"
+        "                 attempt=1, trigger='manual', node_name='n')\n"
+        "async def main():\n"
+        "    for fd in (0, 1, 2):\n"
+        "        os.close(fd)  # the run's pipes will be 0 and 1, its payload's 2 and 3\n"
+        "    async def sink(chunk): pass\n"
+        "    config = {'command': 'cat', 'payload': 'aGk='}\n"
+        "    return await ShellExecutor().run(config, ctx, sink)\n"
+        "r = trio.run(main)\n"
+        f"open({str(report)!r}, 'w').write(repr((r.success, r.output, r.error)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parents[2], timeout=60, check=False
+    )
+    assert done.returncode == 0
+    assert report.read_text() == repr((True, b"hi", ""))
