@@ -80,7 +80,7 @@ from dkron.io_trio.net import (
 )
 from dkron.io_trio.notify import Notifier
 from dkron.io_trio.processors import run_processors
-from dkron.io_trio.storage import RaftStorage
+from dkron.io_trio.storage import RaftStorage, StorageError
 from dkron.io_trio.streams import EventHub
 from dkron.model import Execution, Job, execution_to_json
 from dkron.proto_sansio.codec import decode_message, encode_message
@@ -1269,13 +1269,12 @@ class Agent:
             progressed = False
             if self._pending_bootstrap and self.storage is not None:
                 records, self._pending_bootstrap = self._pending_bootstrap, []
-                await self.storage.persist(records)
+                await self._persist(records)
             while node is not None and node.has_ready():
                 progressed = True
                 ready = node.drain()
                 if ready.persist:
-                    assert self.storage is not None
-                    await self.storage.persist(ready.persist)
+                    await self._persist(ready.persist)
                 for dst, msg in ready.messages:
                     self._send_raft(dst, msg)
                 if ready.restore is not None:
@@ -1300,14 +1299,28 @@ class Agent:
             if starts or forgets:
                 progressed = True
                 # The journal is on disk before any executor starts (fsync off the loop).
-                await trio.to_thread.run_sync(
-                    self._journal_batch, starts, forgets, limiter=self._disk
-                )
+                try:
+                    await trio.to_thread.run_sync(
+                        self._journal_batch, starts, forgets, limiter=self._disk
+                    )
+                except OSError as exc:
+                    raise AgentError(
+                        _disk_error("the run journal", self.journal.path, exc)
+                    ) from exc
                 for start in starts:
                     self._start(start.job, start.execution)
             if not progressed:
                 return
         log.warning("the core kept producing output; yielding")
+
+    async def _persist(self, records: Sequence[PersistRecord]) -> None:
+        """Raft records made durable. A disk that refuses (full, read-only, failing)
+        stops the node with one line: the store refuses every later write anyway."""
+        assert self.storage is not None
+        try:
+            await self.storage.persist(records)
+        except (OSError, StorageError) as exc:
+            raise AgentError(_disk_error("the Raft log", self.storage.sync.directory, exc)) from exc
 
     def _send_raft(self, dst: str, msg: Any) -> None:
         if self.rpc is not None:
@@ -2053,6 +2066,14 @@ async def run(opts: AgentOptions, reload: Callable[[], AgentOptions] | None = No
     for exc in failed:
         log.error("%s", exc)
     return 1 if failed else 0
+
+
+def _disk_error(what: str, where: object, exc: BaseException) -> str:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return (
+        f"cannot write {what} in {where}: {reason}; stopping "
+        "(a restart recovers everything up to the last complete write)"
+    )
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

@@ -181,3 +181,47 @@ def test_the_agent_lifts_its_open_files_limit_as_go_does(cluster: ProcCluster) -
         what="the run",
     )
     assert done[0]["output"].strip() == str(hard)
+
+
+def test_a_full_disk_stops_the_agent_with_one_line_and_keeps_what_it_acknowledged(
+    cluster: ProcCluster,
+) -> None:
+    """A file size limit makes the Raft log's writes fail as a full disk does
+    (``EFBIG``; Python ignores ``SIGXFSZ``). The agent stops with status 1 and
+    one line naming the log; restarted with room, it has every job it said 201
+    to."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, hard))
+    try:
+        node = cluster.add("node1")  # inherits the limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    wait_for(lambda: node.leader_name() == "node1", timeout=30, what="the agent to lead")
+    acknowledged: list[str] = []
+    for i in range(100):
+        name = f"big{i}"
+        job = {
+            "name": name,
+            "schedule": "@manually",
+            "executor": "shell",
+            "executor_config": {"command": "true", "padding": "x" * 10_000},
+        }
+        try:
+            status, _ = node.call("POST", "/v1/jobs", job)
+        except OSError:  # the agent stopped while answering
+            break
+        if status != 201:
+            break
+        acknowledged.append(name)
+    assert node.proc is not None
+    assert node.proc.wait(timeout=60) == 1
+    log = node.log_path.read_text()
+    assert "cannot write the Raft log in " in log and "File too large" in log
+    assert "Traceback" not in log
+    assert 5 < len(acknowledged) < 100
+
+    node.start()
+    wait_for(lambda: node.leader_name() == "node1", timeout=30, what="the agent to lead again")
+    status, jobs = node.call("GET", "/v1/jobs")
+    assert status == 200
+    assert set(acknowledged) <= {j["name"] for j in jobs}
