@@ -590,7 +590,6 @@ class _Request:
     pid: int = 0
     popen: subprocess.Popen[bytes] | None = None
     error: OSError | None = None
-    taken: bool = False
     abandoned: bool = False
 
     def open_pipes(self) -> None:
@@ -658,8 +657,8 @@ class _Spawner:
                 await self._popen(req)
         except BaseException:
             req.abandoned = True
-            if not req.taken:
-                req.close_child_ends()
+            # The child's ends belong to whoever opened them (a spawner, which
+            # closes them after its spawn); nothing is open for an untaken request.
             req.close_parent_ends()
             if req.pid:  # started, but nobody will run it: nothing of it may survive
                 _kill_and_reap_soon(req.pid)
@@ -690,7 +689,6 @@ class _Spawner:
                         req.error = exc
                         req.done.set()
                     else:
-                        req.taken = True
                         batch.append(req)
                 if len(batch) >= SPAWN_BATCH:
                     break
@@ -716,7 +714,6 @@ class _Spawner:
             except OSError as exc:
                 req.error = exc
                 return
-            req.taken = True
             try:
                 popen = await trio.to_thread.run_sync(
                     lambda: subprocess.Popen(
