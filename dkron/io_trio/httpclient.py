@@ -33,6 +33,7 @@ __all__ = [
     "Url",
     "canonical_header",
     "connect",
+    "default_tls",
     "header_value",
     "lower_first",
     "net_error_text",
@@ -151,6 +152,25 @@ def lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+_default_tls: ssl.SSLContext | None = None
+_default_tls_loading = trio.Lock()
+
+
+async def default_tls() -> ssl.SSLContext:
+    """The system trust store, loaded once per process and off the event loop.
+
+    Loading it reads every system CA, tens of milliseconds of CPU: per
+    request (a Cronitor ping per run) or on the event loop that would stall
+    the agent, and concurrent first requests wait for one load.
+    """
+    global _default_tls
+    if _default_tls is None:
+        async with _default_tls_loading:
+            if _default_tls is None:
+                _default_tls = await trio.to_thread.run_sync(ssl.create_default_context)
+    return _default_tls
+
+
 async def connect(url: Url, tls: ssl.SSLContext | None) -> trio.abc.Stream:
     try:
         tcp = await trio.open_tcp_stream(url.host, url.port)
@@ -159,7 +179,7 @@ async def connect(url: Url, tls: ssl.SSLContext | None) -> trio.abc.Stream:
     if not url.https:
         return tcp
     if tls is None:
-        tls = ssl.create_default_context()
+        tls = await default_tls()
     stream = trio.SSLStream(tcp, tls, server_hostname=url.host, https_compatible=True)
     try:
         await stream.do_handshake()

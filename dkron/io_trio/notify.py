@@ -38,7 +38,7 @@ import trio
 
 import dkron
 from dkron.gotemplate import TemplateError, render_payload
-from dkron.io_trio.httpclient import RequestError, canonical_header, request
+from dkron.io_trio.httpclient import RequestError, canonical_header, default_tls, request
 from dkron.model import Execution, Job
 
 __all__ = [
@@ -314,7 +314,7 @@ async def send_mail(
         encrypted = False
         if "STARTTLS" in ext:
             await _command(stream, reader, "STARTTLS", (220,))
-            context = tls if tls is not None else await _default_tls()
+            context = tls if tls is not None else await default_tls()
             tls_stream = trio.SSLStream(stream, context, server_hostname=host)
             await tls_stream.do_handshake()
             stream, reader, encrypted = tls_stream, _Reader(tls_stream), True
@@ -349,17 +349,6 @@ async def _hello(stream: trio.abc.Stream, reader: _Reader, local_name: str) -> d
         return _extensions(texts)
     await _command(stream, reader, f"HELO {local_name}", (250,))
     return {}
-
-
-_tls_default: ssl.SSLContext | None = None
-
-
-async def _default_tls() -> ssl.SSLContext:
-    """The system trust store, loaded once off the event loop (it reads files)."""
-    global _tls_default
-    if _tls_default is None:
-        _tls_default = await trio.to_thread.run_sync(ssl.create_default_context)
-    return _tls_default
 
 
 def _clean(text: str) -> str:

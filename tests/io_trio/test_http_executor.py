@@ -21,7 +21,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from dkron.io_trio import httpclient
 from dkron.io_trio.executors import ExecResult, HttpExecutor, RunContext
+from dkron.io_trio.executors import http as http_executor
 from dkron.io_trio.executors.http import _Out
 from dkron.io_trio.httpclient import RequestError as _RequestError
 from dkron.io_trio.httpclient import parse_url as _parse_url
@@ -703,6 +705,57 @@ async def test_tls_contexts_are_cached_per_settings(server: Server, pki: Pki) ->
         await run({"method": "GET", "url": url, "tlsNoVerifyPeer": "true"}, executor=ex)
     ).success
     assert len(ex._tls) == 2
+
+
+async def test_runs_starting_together_build_one_tls_context(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many runs with settings not yet cached (an agent's first second): one build.
+
+    Each build reads every system CA; 50 builds at once cost seconds of CPU.
+    """
+    builds: list[str] = []
+    build = http_executor._build_tls
+
+    def counted(*args: str) -> tuple[ssl.SSLContext, tuple[str, ...]]:
+        builds.append(args[0])
+        return build(*args)
+
+    monkeypatch.setattr(http_executor, "_build_tls", counted)
+    ex = HttpExecutor()
+    results: list[ExecResult] = []
+
+    async def one() -> None:
+        results.append(await run({"method": "GET", "url": server.url("/echo")}, executor=ex))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(50):
+            nursery.start_soon(one)
+    assert len(results) == 50 and all(r.success for r in results)
+    assert builds == [""]
+
+
+async def test_the_system_trust_store_is_loaded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests without their own context (webhooks, Cronitor) share one, loaded off the loop."""
+    loads: list[bool] = []
+    create = ssl.create_default_context
+
+    def counted() -> ssl.SSLContext:
+        loads.append(True)
+        return create()
+
+    monkeypatch.setattr(httpclient, "_default_tls", None)
+    monkeypatch.setattr(httpclient.ssl, "create_default_context", counted)
+    contexts: list[ssl.SSLContext] = []
+
+    async def one() -> None:
+        contexts.append(await httpclient.default_tls())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(one)
+    assert len(loads) == 1
+    assert len(contexts) == 20 and all(c is contexts[0] for c in contexts)
 
 
 # -- hostile configuration ---------------------------------------------------------

@@ -134,6 +134,10 @@ class HttpExecutor:
         self._tls: OrderedDict[tuple[object, ...], tuple[ssl.SSLContext, tuple[str, ...]]] = (
             OrderedDict()
         )
+        # Building a context reads every system CA (tens of ms of CPU): when
+        # many runs with new settings start at once, one builds it and the
+        # others wait for it rather than each building its own.
+        self._tls_building = trio.Lock()
 
     async def run(
         self, config: Mapping[str, str], ctx: RunContext, output: OutputSink
@@ -269,15 +273,18 @@ class HttpExecutor:
         )
         key: tuple[object, ...] = (config.get("tlsNoVerifyPeer", ""), *files, *map(_mtime, files))
         cached = self._tls.get(key)
-        if cached is None:
-            cached = await trio.to_thread.run_sync(
-                _build_tls, config.get("tlsNoVerifyPeer", ""), *files
-            )
-            self._tls[key] = cached
-            while len(self._tls) > _TLS_CACHE_SIZE:
-                self._tls.popitem(last=False)
-        else:
+        if cached is not None:
             self._tls.move_to_end(key)
+            return cached
+        async with self._tls_building:
+            cached = self._tls.get(key)  # built while this run waited
+            if cached is None:
+                cached = await trio.to_thread.run_sync(
+                    _build_tls, config.get("tlsNoVerifyPeer", ""), *files
+                )
+                self._tls[key] = cached
+                while len(self._tls) > _TLS_CACHE_SIZE:
+                    self._tls.popitem(last=False)
         return cached
 
     # -- the exchange -------------------------------------------------------
