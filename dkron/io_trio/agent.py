@@ -740,8 +740,7 @@ class Agent:
                 self.http_port = listeners[0].socket.getsockname()[1]
                 log.info("node %s serving the API on port %s", self.name, self.http_port)
             await self._join(opts.join, retry=False)
-            if opts.retry_join:
-                nursery.start_soon(self._retry_join)
+            nursery.start_soon(self._stay_joined)
             log.info(
                 "node %s gossiping on %s, RPC on %s",
                 self.name,
@@ -823,6 +822,48 @@ class Agent:
             if self.opts.retry_max and attempt >= self.opts.retry_max:
                 raise AgentError(f"--retry-join: no seed answered after {attempt} attempts")
             await trio.sleep(self.opts.retry_interval)
+
+    async def _stay_joined(self) -> None:
+        """After ``--retry-join``, join the seeds again whenever no server is alive.
+
+        Gossip never reconnects to members that left gracefully, so once every
+        server has restarted (an upgrade, a single-server cluster's restart)
+        the other agents would stay cut off for good and every run would find
+        no target; Serf leaves them so until they are restarted.  An agent
+        that sees no other server alive at one of its ``--retry-interval``
+        checks tries its ``--join`` and ``--retry-join`` seeds again, at each
+        check, until it sees one.
+        """
+        opts = self.opts
+        if opts.retry_join:
+            await self._retry_join()
+        seeds = (*opts.join, *opts.retry_join)
+        if not seeds:
+            return
+        cut_off = False
+        while True:
+            await trio.sleep(opts.retry_interval)
+            if self.stopping:
+                return
+            if not self._cut_off():
+                cut_off = False
+                continue
+            if not cut_off:
+                log.warning(
+                    "no other server is alive: joining the seeds again every %gs (%s)",
+                    opts.retry_interval,
+                    ", ".join(seeds),
+                )
+                cut_off = True
+            await self._join(seeds, retry=True)
+
+    def _cut_off(self) -> bool:
+        """No other server alive, unless this is the cluster's only server."""
+        alive = any(s.name != self.name and s.status is SwimStatus.ALIVE for s in self.servers())
+        if alive:
+            return False
+        node = self.node
+        return node is None or bool(node.membership.voters - {self.name})
 
     def _on_swim(self, action: SwimAction) -> None:
         """Gossip's events: called from the gossip task, handed to the core task."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import socket
 from typing import Any
 
 import pytest
@@ -228,3 +229,61 @@ async def test_reloaded_tags_reach_every_member_and_move_tagged_jobs(
                 ),
                 "the run on the retagged agent",
             )
+
+
+def _free_port() -> int:
+    """A loopback port free for both gossip sockets (TCP and UDP) right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        tcp.bind(("127.0.0.1", 0))
+        port: int = tcp.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", port))
+    return port
+
+
+async def test_a_worker_rejoins_after_every_server_restarted(tmp_path: pathlib.Path) -> None:
+    """Servers that leave gracefully are not reconnected to by gossip: the worker rejoins."""
+    with trio.fail_after(120):
+        async with cluster(tmp_path) as c:
+            gossip = f"127.0.0.1:{_free_port()}"
+            server = await c.start("s1", bind_addr=gossip)
+            await eventually(c.leader, "a leader")
+            worker = await c.start(
+                "w1",
+                server=False,
+                join=(),
+                retry_join=(gossip,),
+                retry_interval=0.2,
+                tags={"pool": "workers"},
+            )
+
+            def alive(node: Node, name: str) -> bool:
+                return any(m.name == name and int(m.status) == 1 for m in node.agent.members())
+
+            await eventually(lambda: alive(server, "w1"), "the server sees the worker")
+            await server.agent.leave()
+            server.scope.cancel()
+            await server.done.wait()
+            await eventually(lambda: not alive(worker, "s1"), "the worker sees the server leave")
+
+            # The server restarts alone (no seeds): only the worker can bring them together.
+            server = await c.start("s1", bind_addr=gossip, join=())
+            await eventually(c.leader, "the server leads again")
+            await eventually(lambda: alive(server, "w1"), "the worker rejoined")
+            job = {
+                "name": "tagged",
+                "schedule": "@manually",
+                "tags": {"pool": "workers:1"},
+                "executor": "shell",
+                "executor_config": {"command": "echo $DKRON_NODE_NAME", "shell": "true"},
+            }
+            assert (await call(server.port, "POST", "/v1/jobs", job))[0] == 201
+            assert (await call(server.port, "POST", "/v1/jobs/tagged"))[0] == 200
+
+            def ran() -> bool:
+                return any(
+                    ex.success and ex.output == "w1\n"
+                    for ex in server.agent.state.executions("tagged")
+                )
+
+            await eventually(ran, "the job ran on the worker")
