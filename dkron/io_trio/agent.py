@@ -1165,8 +1165,14 @@ class Agent:
                 "member": {"name": m.name, "addr": m.addr, "status": int(m.status)},
             }
         )
-        if event.kind is EventKind.FAILED and self.exec_leader is not None:
-            self.exec_leader.member_failed(event.member.name, now, to_ns(_wall()))
+        lead = self.exec_leader
+        if lead is not None:
+            if event.kind is EventKind.FAILED:
+                lead.member_failed(m.name, now, to_ns(_wall()))
+            elif event.kind in (EventKind.LEAVE, EventKind.REAP):
+                lead.member_gone(m.name)
+            elif event.kind is EventKind.JOIN:
+                lead.member_alive(m.name)
         self._next_reconcile = now  # react now, not at the next interval
         self._maybe_bootstrap()
 
@@ -1490,7 +1496,10 @@ class Agent:
                 select_targets=self._select,
                 config=SchedulerConfig(lookahead=self.claim_lookahead),
             )
-            self.exec_leader = ExecutionLeader(self.name, node.term, self.exec_config, now=now)
+            gone = (m.name for m in self.members() if m.status is not SwimStatus.ALIVE)
+            self.exec_leader = ExecutionLeader(
+                self.name, node.term, self.exec_config, now=now, gone=gone
+            )
             self.exec_leader.load(self.state, now)
             self._next_reconcile = now
             log.info("node %s leads term %d", self.name, node.term)

@@ -95,6 +95,7 @@ LOST_FAILED = "lost: worker {node} was declared failed while running the executi
 LOST_LEASE = "lost: no heartbeat from worker {node} for {seconds:g} s"
 LOST_DISPATCH = "lost: worker {node} did not start the execution within {seconds:g} s"
 LOST_RESTART = "lost: worker {node} restarted while the execution was running"
+LOST_GONE = "lost: worker {node} is gone (failed or left), so the execution was not dispatched"
 CANCELLED = "cancelled: the execution was cancelled before it started"
 
 
@@ -461,10 +462,22 @@ class _Timers:
 class ExecutionLeader:
     """The leader's half: dispatch, leases, lost and cancelled verdicts, live output."""
 
-    def __init__(self, node: str, term: int, config: ExecutionConfig, *, now: float) -> None:
+    def __init__(
+        self,
+        node: str,
+        term: int,
+        config: ExecutionConfig,
+        *,
+        now: float,
+        gone: Iterable[str] = (),
+    ) -> None:
         self.node = node
         self.term = term
         self.config = config
+        # Members SWIM reports failed or left: a run claimed for one (a retry
+        # targets the node that failed) is lost at once, not after
+        # dispatch_timeout, as Dkron fails it with "retry node is gone".
+        self._gone: set[str] = set(gone)
         self._runs: dict[RunKey, _LeaderRun] = {}
         self._jobs: dict[str, Job] = {}
         self._out: list[Action] = []
@@ -552,9 +565,18 @@ class ExecutionLeader:
     def member_failed(self, node: str, now: float, wall_ns: int) -> None:
         """SWIM declared ``node`` failed: its runs are lost (then retried per policy)."""
         self._now = now
+        self._gone.add(node)
         for run in list(self._runs.values()):
             if run.key.node == node and not run.verdict_proposed:
                 self._lose(run, wall_ns, LOST_FAILED.format(node=node))
+
+    def member_gone(self, node: str) -> None:
+        """SWIM says ``node`` left or was reaped: runs claimed for it from now on are lost."""
+        self._gone.add(node)
+
+    def member_alive(self, node: str) -> None:
+        """``node`` (re)joined: runs claimed for it are dispatched again."""
+        self._gone.discard(node)
 
     def cancel(self, key: RunKey, now: float, wall_ns: int) -> bool:
         """Stop a run; False when this leader does not know it."""
@@ -580,7 +602,9 @@ class ExecutionLeader:
             if run is None or run.verdict_proposed or self._wake_of(run) > now:
                 continue  # gone, decided, or superseded by a later entry
             if now >= run.deadline:
-                if run.phase is _Phase.DISPATCHING:
+                if run.phase is _Phase.DISPATCHING and run.key.node in self._gone:
+                    why = LOST_GONE.format(node=run.key.node)
+                elif run.phase is _Phase.DISPATCHING:
                     why = LOST_DISPATCH.format(node=run.key.node, seconds=cfg.dispatch_timeout)
                 else:
                     why = LOST_LEASE.format(node=run.key.node, seconds=cfg.lease_timeout)
@@ -659,6 +683,11 @@ class ExecutionLeader:
                 # One dispatch announces this leader: the worker de-duplicates it,
                 # re-points its heartbeats here and re-sends a finished result.
                 self._dispatch(run)
+            elif node in self._gone:
+                # Lost at the next timer, which has the wall clock its record needs.
+                run = _LeaderRun(key, claim, _Phase.DISPATCHING, self._now, math.inf)
+                self._runs[key] = run
+                self._schedule(run)
             else:
                 run = _LeaderRun(
                     key, claim, _Phase.DISPATCHING, self._now + self.config.dispatch_timeout, 0.0

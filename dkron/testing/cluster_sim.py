@@ -460,8 +460,14 @@ class ServerNode(_Member, SchedHost):
         if self.planner is None:
             self.exec_leader = None
         elif self.exec_leader is None and self.node is not None:
+            swim = self.swim
+            members = () if swim is None else swim.members()
             self.exec_leader = ExecutionLeader(
-                self.name, self.node.term, self.sim.exec_config, now=self.loop.now
+                self.name,
+                self.node.term,
+                self.sim.exec_config,
+                now=self.loop.now,
+                gone=(m.name for m in members if m.status is not MemberStatus.ALIVE),
             )
             self.exec_leader.load(self.state, self.loop.now)
         self._flush_leader()
@@ -515,8 +521,16 @@ class ServerNode(_Member, SchedHost):
             self._send_exec(leader, msg)
 
     def _on_member_event(self, event: MemberEvent) -> None:
-        if event.kind is EventKind.FAILED and self.exec_leader is not None:
-            self.exec_leader.member_failed(event.member.name, self.loop.now, self.sim.wall_ns())
+        lead = self.exec_leader
+        if lead is None:
+            return
+        name = event.member.name
+        if event.kind is EventKind.FAILED:
+            lead.member_failed(name, self.loop.now, self.sim.wall_ns())
+        elif event.kind in (EventKind.LEAVE, EventKind.REAP):
+            lead.member_gone(name)
+        elif event.kind is EventKind.JOIN:
+            lead.member_alive(name)
 
 
 class ClusterSim(SchedCluster):

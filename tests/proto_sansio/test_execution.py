@@ -18,6 +18,7 @@ from dkron.model import MAX_TIME_NS, MIN_TIME_NS, TRIGGERS, Execution, Job
 from dkron.proto_sansio.errors import RemoteProtocolError
 from dkron.proto_sansio.execution import (
     EXECUTION_CODEC,
+    LOST_GONE,
     Cancel,
     Dispatch,
     ExecutionConfig,
@@ -267,6 +268,46 @@ def test_a_failed_member_loses_its_runs_and_the_state_schedules_the_retry() -> N
     assert isinstance(lost, ExecutionFinished)
     res = sm.apply(3, encode_command(lost))
     assert res.ok and any(type(e).__name__ == "RetryScheduled" for e in res.events)
+
+
+def test_a_retry_for_a_gone_node_is_lost_at_once_and_dispatched_once_it_is_back() -> None:
+    """Dkron fails a retry at once with "retry node is gone"; waiting 30 s helps nobody."""
+    sm = StateMachine()
+    sm.apply(1, encode_command(UpsertJob(Job("job", schedule="@every 1s", retries=2))))
+    sm.apply(2, encode_command(ClaimSlot("job", T0, 1, "schedule", T0, ("w1",), 1)))
+    lead = ExecutionLeader("s1", 1, CFG, now=0.0)
+    lead.load(sm, 0.0)
+    lead.drain()
+    lead.member_failed("w1", 0.5, T0 + 1)
+    (lost,) = proposals(lead.drain())
+    assert sm.apply(3, encode_command(lost)).ok
+    retry = ClaimSlot("job", T0, 1, "retry", T0, ("w1",), 2)
+    lead.observe(retry, sm.apply(4, encode_command(retry)), sm, 1.0)
+    assert sends(lead.drain()) == []  # nothing is sent to a gone node
+    assert lead.next_deadline() == 1.0
+    lead.handle_timer(1.0, T0 + 2)
+    (gone,) = proposals(lead.drain())
+    assert isinstance(gone, ExecutionFinished)
+    assert gone.execution.attempt == 2 and gone.execution.status == "lost"
+    assert gone.execution.output == LOST_GONE.format(node="w1")
+    assert sm.apply(5, encode_command(gone)).ok
+    # Back again: the last attempt is dispatched as usual.
+    lead.member_alive("w1")
+    last = ClaimSlot("job", T0, 1, "retry", T0, ("w1",), 3)
+    lead.observe(last, sm.apply(6, encode_command(last)), sm, 2.0)
+    ((dst, msg),) = sends(lead.drain())
+    assert dst == "w1" and isinstance(msg, Dispatch) and msg.key.attempt == 3
+
+
+def test_a_new_leader_knows_the_gone_nodes_from_its_members() -> None:
+    sm, _ = claimed_state(("w1", "w2"))
+    lead = ExecutionLeader("s1", 1, CFG, now=0.0, gone=["w2"])
+    lead.load(sm, 0.0)
+    assert [dst for dst, _ in sends(lead.drain())] == ["w1"]
+    lead.handle_timer(0.0, T0 + 1)
+    (lost,) = proposals(lead.drain())
+    assert isinstance(lost, ExecutionFinished) and lost.execution.node_name == "w2"
+    assert "is gone" in lost.execution.output
 
 
 def test_never_started_runs_are_lost_after_the_dispatch_deadline() -> None:
