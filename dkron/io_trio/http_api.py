@@ -97,6 +97,9 @@ log = logging.getLogger("dkron.http")
 
 MAX_UPLOAD_BYTES = 64 << 20
 """Body limit of ``POST /v1/restore``: a backup of many thousand jobs is megabytes."""
+
+#: Restore writes this many jobs at a time (the leader batches what is queued).
+RESTORE_IN_FLIGHT = 512
 MAX_NEXT_COUNT = 100
 UPCOMING_LIMIT = 20
 """How many fires ``GET /v1/stats`` lists under ``upcoming``."""
@@ -901,6 +904,24 @@ def _load_backup(data: bytes) -> list[Job]:
     return jobs
 
 
+async def _propose_jobs(backend: ApiBackend, jobs: list[Job], outcome: dict[str, bool]) -> None:
+    """Write independent jobs concurrently, so that the leader commits them in batches.
+
+    One at a time, each write waits for its own replicated fsync: a backup of
+    5,000 jobs took a minute on three servers.
+    """
+    limit = trio.CapacityLimiter(RESTORE_IN_FLIGHT)
+
+    async def one(job: Job) -> None:
+        async with limit:
+            job = dataclasses.replace(job, next=_first_slot(backend, job))
+            outcome[job.name] = (await backend.propose(UpsertJob(job))).ok
+
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(one, job)
+
+
 async def _restore(call: Call) -> Response:
     ctype = call.request.header("content-type") or ""
     try:
@@ -919,18 +940,19 @@ async def _restore(call: Call) -> Response:
     for job in latest.values():
         (children.setdefault(job.parent_job, []) if job.parent_job else roots).append(job)
     outcome: dict[str, bool] = {}
-    pending = list(reversed(roots))  # parents before children, file order
+    level = roots  # parents before children: one generation at a time
+    failure: BaseException | None = None
     try:
-        while pending:
-            job = pending.pop()
-            job = dataclasses.replace(job, next=_first_slot(call.backend, job))
-            result = await call.backend.propose(UpsertJob(job))
-            outcome[job.name] = result.ok
-            if result.ok:
-                pending.extend(reversed(children.get(job.name, [])))
-    except BackendError as exc:
+        while level:
+            await _propose_jobs(call.backend, level, outcome)
+            level = [c for job in level if outcome[job.name] for c in children.get(job.name, [])]
+    except* BackendError as group:
+        failure = group
+        while isinstance(failure, BaseExceptionGroup):  # the first write that failed
+            failure = failure.exceptions[0]
+    if failure is not None:
         done = sum(outcome.values())
-        return _error(503, f"restore stopped after {done} of {len(latest)} jobs: {exc}")
+        return _error(503, f"restore stopped after {done} of {len(latest)} jobs: {failure}")
     report = [f"{'success' if outcome.get(name) else 'fail'} create {name}" for name in latest]
     return _json(200, _go_dumps(report), call)
 

@@ -21,6 +21,7 @@ from typing import Any
 import h11
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -947,6 +948,52 @@ async def test_restore_creates_parents_before_children() -> None:
         assert "fail" not in again.json()
         child = backend.state.get_job("child")
         assert child is not None and child.dependent_jobs == ("grandchild",)
+
+
+class BatchingBackend(LocalBackend):
+    """Commits what is queued together, as the leader does: one turn, one batch."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self._queued: list[str] = []
+        self._fail_after = fail_after
+
+    async def propose(self, cmd: Command) -> ApplyResult:
+        assert isinstance(cmd, UpsertJob)
+        self._queued.append(cmd.job.name)
+        await trio.testing.wait_all_tasks_blocked()
+        if self._queued:
+            self.batches.append(self._queued)
+            self._queued = []
+        if self._fail_after is not None and self.index >= self._fail_after:
+            raise BackendError("no leader")
+        return await super().propose(cmd)
+
+
+async def test_restore_writes_a_generation_of_jobs_together() -> None:
+    """One write at a time, each waited for its replicated fsync: minutes for a big backup."""
+    backup = [job_body(f"root{i:03d}") for i in range(100)]
+    backup += [job_body(f"child{i}", parent_job=f"root{i:03d}", schedule="") for i in range(3)]
+    backend = BatchingBackend()
+    async with served(backend) as (client, _):
+        reply = await restore(client, json.dumps(backup).encode())
+        assert reply.status == 200, reply.body
+        assert json.loads(reply.json()) == [f"success create {j['name']}" for j in backup]
+    roots, *rest = backend.batches
+    assert sorted(roots) == [f"root{i:03d}" for i in range(100)]
+    assert sorted(name for batch in rest for name in batch) == ["child0", "child1", "child2"]
+    assert backend.state.get_job("root001").dependent_jobs == ("child1",)  # type: ignore[union-attr]
+
+
+async def test_restore_stops_with_503_when_the_cluster_cannot_write() -> None:
+    backend = BatchingBackend(fail_after=2)
+    async with served(backend) as (client, _):
+        backup = [job_body("a"), job_body("b"), job_body("c", parent_job="a", schedule="")]
+        reply = await restore(client, json.dumps(backup).encode())
+        assert reply.status == 503
+        assert reply.json() == {"error": "restore stopped after 2 of 3 jobs: no leader"}
+        assert backend.state.get_job("c") is None
 
 
 async def test_restore_refusals() -> None:
