@@ -196,6 +196,11 @@ BUSY_OUTPUT_WAIT = 2.0
 #: The leader claims a slot this long before it is due, so that the Raft
 #: commit (an fsync) and the dispatch are done when the slot comes: at the
 #: due instant only the run journal's fsync and the spawn remain.
+#: Output chunks (up to 64 KiB each: a pipe read, an RPC output frame) that
+#: may wait in the core's inbox at once.  The inbox counts items: without
+#: this, a job printing fast while the core waits for the disk could park
+#: 4,096 chunks there, 256 MiB.
+OUTPUT_IN_INBOX = 64
 CLAIM_LOOKAHEAD = timedelta(milliseconds=100)
 #: A worker holds a dispatch that arrives before its slot at most its own
 #: lookahead plus this long (a bound against clock skew between the leader
@@ -567,6 +572,10 @@ class Agent:
         # reader, so they cannot wait for room in it: they queue here, as many
         # as the runs the core has in hand, and go first in its next turn.
         self._local: deque[tuple[str, Any]] = deque()
+        # Taken before an output chunk enters the inbox, given back when the
+        # core has handled it; a producer waits meanwhile (the executor's pipe
+        # fills, the RPC output inbox drops frames).
+        self._output_room = trio.Semaphore(OUTPUT_IN_INBOX)
         self._nursery: trio.Nursery | None = None
 
     # -- tags and members -------------------------------------------------------------
@@ -891,8 +900,19 @@ class Agent:
         async for item in inbox:
             if channel is Channel.REQUEST:
                 self._on_request(item)
+            elif channel is Channel.OUTPUT:
+                await self._send_output(("in", item))
             else:
                 await self._send_in.send(("in", item))
+
+    async def _send_output(self, item: tuple[str, Any]) -> None:
+        """Into the inbox once there is room for one more output chunk."""
+        await self._output_room.acquire()
+        try:
+            await self._send_in.send(item)
+        except BaseException:
+            self._output_room.release()
+            raise
 
     # -- the gossip keyring -----------------------------------------------------------
 
@@ -1065,12 +1085,15 @@ class Agent:
         worker = self.worker
         assert worker is not None
         if kind == "in":
+            if payload.channel is Channel.OUTPUT:
+                self._output_room.release()
             self._receive(payload, now)
         elif kind == "member":
             self._on_member(payload, now)
         elif kind == "exec":
             self._deliver_exec(self.name, payload, now)
         elif kind == "output":
+            self._output_room.release()
             key, chunk = payload
             worker.output(key, chunk, now)
         elif kind == "finished":
@@ -1597,7 +1620,7 @@ class Agent:
                 )
 
                 async def sink(chunk: bytes) -> None:
-                    await self._send_in.send(("output", (key, chunk)))
+                    await self._send_output(("output", (key, chunk)))
 
                 result = await executor.run(job.executor_config or {}, ctx, sink)
                 success = result.success

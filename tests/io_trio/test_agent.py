@@ -18,7 +18,14 @@ import trio.lowlevel
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dkron.io_trio.agent import Agent, _tail, busy_output_limit, http_listen_addr
+from dkron.io_trio.agent import (
+    OUTPUT_IN_INBOX,
+    Agent,
+    _tail,
+    busy_output_limit,
+    http_listen_addr,
+)
+from dkron.io_trio.executors.base import MAX_OUTPUT
 from dkron.io_trio.forward import FORWARD_CODEC, Reply
 from dkron.io_trio.live import Options, call, wait_leader
 from dkron.io_trio.rpc import RpcConfig
@@ -339,6 +346,43 @@ async def test_a_full_inbox_does_not_stop_the_node_messaging_itself(
                 await trio.sleep(0.1)
                 execs = (await call(port, "GET", "/v1/jobs/j/executions"))[1]
             assert fills >= 2 and execs[0]["success"] and execs[0]["output"] == "ok\n"
+
+
+async def test_output_waits_for_room_instead_of_filling_the_inbox(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The inbox counts items, and an output chunk is up to 64 KiB: a job printing
+    fast while the core waited for the disk could park 4,096 chunks (256 MiB)
+    there. Chunks wait for room instead; the run's result is unaffected."""
+    armed = False
+    queued: list[int] = []
+    with trio.fail_after(60):
+        async with serving(tmp_path) as (agent, port):
+            assert agent.storage is not None
+            persist = agent.storage.persist
+
+            async def slow_persist(records: Any) -> None:
+                if armed:
+                    await trio.sleep(0.3)  # a slow disk; the job keeps printing
+                    queued.append(agent._recv_in.statistics().current_buffer_used)
+                await persist(records)
+
+            agent.storage.persist = slow_persist  # type: ignore[method-assign]
+            job = {
+                "name": "loud",
+                "schedule": "@manually",
+                "executor": "shell",
+                "executor_config": {"command": "head -c 50000000 /dev/zero", "shell": "true"},
+            }
+            assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
+            armed = True
+            assert (await call(port, "POST", "/v1/jobs/loud/run"))[0] == 200
+            execs: list[dict[str, Any]] = []
+            while not execs or execs[0]["finished_at"][:4] == "0001":
+                await trio.sleep(0.1)
+                execs = (await call(port, "GET", "/v1/jobs/loud/executions"))[1]
+    assert execs[0]["success"] and len(execs[0]["output"]) == MAX_OUTPUT
+    assert queued and max(queued) <= OUTPUT_IN_INBOX + 8, queued
 
 
 async def test_a_server_keeps_no_results_of_the_leaders_own_batches(

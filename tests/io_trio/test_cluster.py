@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from dkron.io_trio.agent import Agent, AgentError
+from dkron.io_trio.agent import OUTPUT_IN_INBOX, Agent, AgentError
 from dkron.io_trio.live import Cluster, Node, Options, call, cluster, eventually
 
 
@@ -287,3 +287,44 @@ async def test_a_worker_rejoins_after_every_server_restarted(tmp_path: pathlib.P
                 )
 
             await eventually(ran, "the job ran on the worker")
+
+
+async def test_a_workers_output_keeps_reaching_the_leader_chunk_after_chunk(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Output chunks from the network wait for room in the core's inbox one at a
+    time: room must come back as each is handled, or live output would stop
+    after the first few dozen chunks."""
+    with trio.fail_after(120):
+        async with cluster(tmp_path) as c:
+            server = await c.start("s1")
+            await eventually(c.leader, "a leader")
+            worker = await c.start("w1", server=False, tags={"pool": "workers"})
+            await eventually(
+                lambda: any(s.name == "s1" for s in worker.agent.servers()), "w1 joined"
+            )
+            lines = 3 * OUTPUT_IN_INBOX
+            job = {
+                "name": "chatty",
+                "schedule": "@manually",
+                "tags": {"pool": "workers:1"},
+                "executor": "shell",
+                "executor_config": {
+                    "command": f"for i in $(seq 1 {lines}); do echo $i; sleep 0.005; done; "
+                    "sleep 30",
+                    "shell": "true",
+                },
+            }
+            assert (await call(server.port, "POST", "/v1/jobs", job))[0] == 201
+            assert (await call(server.port, "POST", "/v1/jobs/chatty/run"))[0] == 200
+
+            async def last_line() -> str:
+                busy = (await call(server.port, "GET", "/v1/busy"))[1]
+                output = busy[0].get("output", "") if busy else ""
+                return str(output).rstrip("\n").rsplit("\n", 1)[-1]
+
+            with trio.fail_after(60):
+                while True:
+                    if await last_line() == str(lines):
+                        break
+                    await trio.sleep(0.1)
