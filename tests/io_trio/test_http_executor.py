@@ -745,7 +745,7 @@ async def test_the_system_trust_store_is_loaded_once(monkeypatch: pytest.MonkeyP
         return create()
 
     monkeypatch.setattr(httpclient, "_default_tls", None)
-    monkeypatch.setattr(httpclient.ssl, "create_default_context", counted)
+    monkeypatch.setattr(ssl, "create_default_context", counted)
     contexts: list[ssl.SSLContext] = []
 
     async def one() -> None:

@@ -280,6 +280,7 @@ def test_a_retry_for_a_gone_node_is_lost_at_once_and_dispatched_once_it_is_back(
     lead.drain()
     lead.member_failed("w1", 0.5, T0 + 1)
     (lost,) = proposals(lead.drain())
+    assert isinstance(lost, ExecutionFinished)
     assert sm.apply(3, encode_command(lost)).ok
     retry = ClaimSlot("job", T0, 1, "retry", T0, ("w1",), 2)
     lead.observe(retry, sm.apply(4, encode_command(retry)), sm, 1.0)
