@@ -572,6 +572,28 @@ def test_snapshot_restore_roundtrip(d: Driver) -> None:
     assert other.get_job("p") == d.sm.get_job("p")
 
 
+def test_restored_records_are_encoded_ahead_of_the_next_snapshot(d: Driver) -> None:
+    """The first snapshot after a restore would otherwise encode every record at once."""
+    for i in range(7):
+        d.job(f"j{i}")
+        for k in range(3):
+            d.run(f"j{i}", group=T0 + k * S, started=T0 + k * S + 1)
+    snap = d.sm.snapshot()
+    other = StateMachine()
+    other.restore(snap)
+    records = [ex for i in range(7) for ex in other.executions(f"j{i}")]
+    assert len(records) == 21 and not any(hasattr(ex, "_cbor") for ex in records)
+    left = [other.encode_ahead(5) for _ in range(5)]
+    assert left == [16, 11, 6, 1, 0]
+    assert all(hasattr(ex, "_cbor") for ex in records)
+    assert other.encode_ahead(5) == 0
+    assert other.snapshot() == snap
+    half = StateMachine()
+    half.restore(snap)
+    half.encode_ahead(10)
+    assert half.snapshot() == snap
+
+
 def test_restore_rejects_garbage_without_damage(d: Driver) -> None:
     d.job()
     snap = d.sm.snapshot()

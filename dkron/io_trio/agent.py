@@ -172,6 +172,8 @@ __all__ = ["Agent", "AgentError", "AgentOptions", "http_listen_addr", "recover_p
 log = logging.getLogger("dkron.agent")
 
 SNAPSHOT_EVERY = 10_000
+#: Restored records encoded per step between core turns (a few milliseconds).
+ENCODE_AHEAD_BATCH = 2_000
 RECONCILE_INTERVAL = 1.0
 LEAVE_ANSWER_GRACE = 1.0
 #: While leaving, how often the agent says how many local executions it waits for.
@@ -735,6 +737,7 @@ class Agent:
             for channel in Channel:
                 nursery.start_soon(self._pump, channel)
             await nursery.start(self._core_loop)
+            nursery.start_soon(self._encode_ahead)
             if opts.server:
                 host, http_port = http_listen_addr(opts.http_addr)
                 backend = _Backend(self)
@@ -1063,6 +1066,15 @@ class Agent:
             self._tick(now)
             await self._flush()
             self._idle.set()
+
+    async def _encode_ahead(self) -> None:
+        """Encode restored records for the next snapshot a batch at a time, between
+        the core's turns (a restore at start-up or from the leader's snapshot)."""
+        while True:
+            if self.state.encode_ahead(ENCODE_AHEAD_BATCH):
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.sleep(1.0)
 
     def _deadline(self) -> float:
         times = [trio.current_time() + RECONCILE_INTERVAL]
