@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import pathlib
+import ssl
 import sys
 import threading
 from collections.abc import Iterator
@@ -472,6 +473,23 @@ def test_unreachable_server_and_bad_address() -> None:
     assert code == 2 and "argument --status: invalid choice" in err
     code, _, err = run_sync("jobs", "apply")
     assert code == 2 and "-f/--file" in err
+
+
+def test_a_client_loads_the_trust_store_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``jobs apply`` over HTTPS makes a request per job; each must not reload the CAs."""
+    loads: list[str | None] = []
+    create = ssl.create_default_context
+
+    def counted(*, cafile: str | None = None) -> ssl.SSLContext:
+        loads.append(cafile)
+        return create(cafile=cafile)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    client = jobcli.Client("https://127.0.0.1:9")
+    for _ in range(3):
+        with pytest.raises(jobcli.ApiError, match="cannot reach"):
+            client.request("GET", "/v1/jobs")
+    assert loads == [None]
 
 
 class _Recorder(BaseHTTPRequestHandler):
