@@ -39,6 +39,8 @@ import trio_websocket
 import yaml
 
 from dkron import __version__
+from dkron.io_trio.httpclient import RequestError as _RequestError
+from dkron.io_trio.httpclient import request as _http_request
 from dkron.model import (
     Job,
     ValidationError,
@@ -98,6 +100,10 @@ PROGRESS_MIN = 10
 """``apply`` reports ``applied i/n`` on stderr from this many writes on."""
 
 _HTTP_TIMEOUT = 30.0
+#: ``jobs apply`` writes this many jobs of one wave at a time.
+APPLY_IN_FLIGHT = 32
+#: The largest answer read from a write (the job as stored).
+_MAX_ANSWER = 16 * 1024 * 1024
 _PREVIEW_MAX = 1000
 _PREVIEW_WINDOW = _dt.timedelta(days=3660)  # the server's ``/next`` horizon
 _NEXT_COUNT = 5
@@ -246,12 +252,42 @@ class Client:
         not_found: str | None = None,
     ) -> Any:
         """The decoded JSON of a successful answer; an :class:`ApiError` otherwise."""
-        resp = self.request(method, path, query=query, body=body)
-        if resp.status in set(ok):
-            return resp.json()
-        if resp.status == 404 and not_found is not None and not resp.body.strip():
-            raise ApiError(not_found)
-        raise ApiError(resp.error_text())
+        return _answer(self.request(method, path, query=query, body=body), ok, not_found)
+
+    async def call_async(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        ok: Iterable[int] = (200,),
+        not_found: str | None = None,
+    ) -> Any:
+        """:meth:`call` on Trio, so that ``jobs apply`` can have many writes in flight."""
+        url = self.base_url + path
+        data = b"" if body is None else json.dumps(body).encode("utf-8")
+        try:
+            with trio.fail_after(self.timeout):
+                resp = await _http_request(
+                    method,
+                    url,
+                    headers=list(self.headers(with_body=body is not None).items()),
+                    body=data,
+                    tls=self.ssl_context() if url.startswith("https:") else None,
+                    max_body=_MAX_ANSWER,
+                )
+        except (_RequestError, trio.TooSlowError, OSError) as exc:
+            reason = "timed out" if isinstance(exc, trio.TooSlowError) else exc
+            raise ApiError(f"cannot reach {self.base_url}: {reason}") from None
+        return _answer(Response(status=resp.status, body=resp.body), ok, not_found)
+
+
+def _answer(resp: Response, ok: Iterable[int], not_found: str | None) -> Any:
+    if resp.status in set(ok):
+        return resp.json()
+    if resp.status == 404 and not_found is not None and not resp.body.strip():
+        raise ApiError(not_found)
+    raise ApiError(resp.error_text())
 
 
 def _total(raw: str | None) -> int | None:
@@ -543,6 +579,8 @@ class Change:
     spec: JobSpec | None = None
     current: Mapping[str, Any] | None = None
     """The server's job, as the API returned it."""
+    depth: int = 0
+    """How many parents the job has: writes of one depth do not depend on each other."""
 
     def __post_init__(self) -> None:
         if (self.spec is None) != (self.action is Action.DELETE):
@@ -647,14 +685,28 @@ def plan_apply(
         else:
             action = Action.UNCHANGED
         changes.append(
-            Change(action=action, name=spec.job.name, where=spec.where, spec=spec, current=current)
+            Change(
+                action=action,
+                name=spec.job.name,
+                where=spec.where,
+                spec=spec,
+                current=current,
+                depth=_depth(spec.job.name, parents) or 0,
+            )
         )
     if prune:
         server_parents = {n: str(j.get("parent_job") or "") for n, j in server.items()}
         doomed = [n for n in server if n not in declared]
         doomed.sort(key=lambda n: (-(_depth(n, server_parents) or 0), n))
         changes.extend(
-            Change(action=Action.DELETE, name=n, where="", current=server[n]) for n in doomed
+            Change(
+                action=Action.DELETE,
+                name=n,
+                where="",
+                current=server[n],
+                depth=_depth(n, server_parents) or 0,
+            )
+            for n in doomed
         )
     return changes, []
 
@@ -743,32 +795,37 @@ def _apply(ns: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> 
             print("dkron jobs apply: aborted; nothing was changed", file=err)
             return 1
     results: list[dict[str, object]] = []
-    done = 0
-    for change in changes:
-        entry: dict[str, object] = {
-            "job": change.name,
-            "action": change.action.value,
-            "file": change.where or None,
-        }
-        try:
-            entry["response"] = _write(client, change)
-        except ApiError as exc:
+    progress = _Progress(len(writes), err)
+    for wave in _waves(changes):
+        answers = trio.run(_write_wave, client, wave, progress)
+        failed = False
+        for change, answer in zip(wave, answers, strict=True):
+            if isinstance(answer, ApiError):
+                print(
+                    f"dkron jobs apply: error: {change.action.value} job {change.name}: {answer}",
+                    file=err,
+                )
+                failed = True
+                continue
+            results.append(
+                {
+                    "job": change.name,
+                    "action": change.action.value,
+                    "file": change.where or None,
+                    "response": answer,
+                }
+            )
+            if not ns.json:
+                where = f" ({change.where})" if change.where else ""
+                print(f"{_PAST[change.action]} job {change.name}{where}", file=out)
+        if failed:
             print(
-                f"dkron jobs apply: error: {change.action.value} job {change.name}: {exc}",
+                f"dkron jobs apply: applied {progress.done}/{len(writes)} before the error",
                 file=err,
             )
-            print(f"dkron jobs apply: applied {done}/{len(writes)} before the error", file=err)
             if ns.json:
                 _print_json(results, out)
             return 1
-        results.append(entry)
-        if change.action is not Action.UNCHANGED:
-            done += 1
-            if len(writes) >= PROGRESS_MIN:
-                print(f"applied {done}/{len(writes)}", file=err, flush=True)
-        if not ns.json:
-            where = f" ({change.where})" if change.where else ""
-            print(f"{_PAST[change.action]} job {change.name}{where}", file=out)
     if ns.json:
         _print_json(results, out)
     else:
@@ -776,14 +833,73 @@ def _apply(ns: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> 
     return 0
 
 
-def _write(client: Client, change: Change) -> object:
+def _waves(changes: Sequence[Change]) -> list[list[Change]]:
+    """The planned changes cut where one may depend on an earlier one.
+
+    The plan orders writes parents first and deletes children first, so a
+    run of changes of one kind and one depth holds no job and its parent:
+    they can be written together.
+    """
+    waves: list[list[Change]] = []
+    key: tuple[bool, int] | None = None
+    for change in changes:
+        this = (change.action is Action.DELETE, change.depth)
+        if this != key:
+            waves.append([])
+            key = this
+        waves[-1].append(change)
+    return waves
+
+
+class _Progress:
+    """``applied i/n`` on stderr as writes complete, for applies of many jobs."""
+
+    def __init__(self, total: int, err: TextIO) -> None:
+        self.total = total
+        self.done = 0
+        self._err = err
+
+    def one(self) -> None:
+        self.done += 1
+        if self.total >= PROGRESS_MIN:
+            print(f"applied {self.done}/{self.total}", file=self._err, flush=True)
+
+
+async def _write_wave(client: Client, wave: Sequence[Change], progress: _Progress) -> list[object]:
+    """Every change of a wave, ``APPLY_IN_FLIGHT`` at a time; an answer or an error each.
+
+    One write at a time, each waits for the cluster's replicated commit
+    (about 12 ms on three servers): a minute for 5,000 jobs.  Together the
+    leader commits them in batches.  A failed write does not stop the
+    others of its wave; the apply stops after the wave.
+    """
+    answers: list[object] = [None] * len(wave)
+    limit = trio.CapacityLimiter(APPLY_IN_FLIGHT)
+
+    async def one(i: int, change: Change) -> None:
+        if change.action is Action.UNCHANGED:
+            answers[i] = change.current
+            return
+        async with limit:
+            try:
+                answers[i] = await _write(client, change)
+            except ApiError as exc:
+                answers[i] = exc
+                return
+        progress.one()
+
+    async with trio.open_nursery() as nursery:
+        for i, change in enumerate(wave):
+            nursery.start_soon(one, i, change)
+    return answers
+
+
+async def _write(client: Client, change: Change) -> object:
     quoted = _quote(change.name)
     if change.action is Action.DELETE:
-        return client.call("DELETE", f"/v1/jobs/{quoted}", not_found="job not found")
-    if change.action is Action.UNCHANGED:
-        return change.current
+        return await client.call_async("DELETE", f"/v1/jobs/{quoted}", not_found="job not found")
     assert change.spec is not None
-    return client.call("POST", "/v1/jobs", body=change.spec.payload(), ok=(200, 201))
+    return await client.call_async("POST", "/v1/jobs", body=change.spec.payload(), ok=(200, 201))
 
 
 def _summary(changes: Sequence[Change], *, past: bool) -> str:

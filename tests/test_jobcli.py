@@ -14,6 +14,7 @@ import pathlib
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -352,6 +353,98 @@ async def test_progress_is_reported_for_long_runs(server: str, tmp_path: pathlib
     assert "applied 1/12" in err and "applied 12/12" in err
     assert "12 created" in out
     assert len(await _api_jobs(server)) == 12
+
+
+class _SlowApi(BaseHTTPRequestHandler):
+    """An API whose writes take a while, recording when each one ran."""
+
+    lock = threading.Lock()
+    active = 0
+    most = 0
+    spans: dict[str, tuple[float, float]] = {}
+    refuse = ""
+
+    def do_GET(self) -> None:
+        self._reply(200, b"[]")
+
+    def do_POST(self) -> None:
+        cls = type(self)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        name = json.loads(body)["name"]
+        with cls.lock:
+            cls.active += 1
+            cls.most = max(cls.most, cls.active)
+        start = time.monotonic()
+        time.sleep(0.05)
+        with cls.lock:
+            cls.active -= 1
+            cls.spans[name] = (start, time.monotonic())
+        if name == cls.refuse:
+            self._reply(500, b'{"error": "no room"}')
+        else:
+            self._reply(201, body)
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        del format, args
+
+
+@pytest.fixture
+def slow_api() -> Iterator[str]:
+    _SlowApi.active = _SlowApi.most = 0
+    _SlowApi.spans = {}
+    _SlowApi.refuse = ""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _SlowApi)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def _family(tmp_path: pathlib.Path) -> pathlib.Path:
+    jobs: list[dict[str, str]] = [{"name": f"p{i:02d}", "schedule": "@manually"} for i in range(20)]
+    jobs += [{"name": f"c{i:02d}", "parent_job": f"p{i:02d}"} for i in range(3)]
+    jobs += [{"name": "g00", "parent_job": "c00"}]
+    return _write(tmp_path / "family.json", json.dumps(jobs))
+
+
+def test_apply_writes_independent_jobs_together_and_parents_first(
+    slow_api: str, tmp_path: pathlib.Path
+) -> None:
+    """One write at a time, each waiting for the cluster's commit: a minute for 5,000 jobs."""
+    code, out, err = run_sync("jobs", "apply", "-f", str(_family(tmp_path)), "--address", slow_api)
+    assert code == 0, err
+    assert "24 created" in out
+    assert (
+        out.index("created job p19") < out.index("created job c00") < out.index("created job g00")
+    )
+    spans = _SlowApi.spans
+    assert len(spans) == 24 and _SlowApi.most > 1
+    for child, parent in [("c00", "p00"), ("c01", "p01"), ("c02", "p02"), ("g00", "c00")]:
+        assert spans[child][0] >= spans[parent][1]
+    assert "applied 24/24" in err
+
+
+def test_apply_finishes_the_wave_of_a_failed_write_and_stops(
+    slow_api: str, tmp_path: pathlib.Path
+) -> None:
+    _SlowApi.refuse = "p05"
+    code, out, err = run_sync("jobs", "apply", "-f", str(_family(tmp_path)), "--address", slow_api)
+    assert code == 1
+    assert set(_SlowApi.spans) == {f"p{i:02d}" for i in range(20)}  # no child was sent
+    assert "dkron jobs apply: error: create job p05: HTTP 500: no room" in err
+    assert "dkron jobs apply: applied 19/24 before the error" in err
+    assert "created job p19" in out and "created job p05" not in out
 
 
 # -- list / get / run / toggle / delete / executions / members -----------------------

@@ -852,6 +852,15 @@ async def test_cli_over_https_with_a_private_ca_and_tokens(
             assert code == 0 and "install: sent to 1 members" in out
             code, out, _ = await dkron("members", *args, "--token", READ)
             assert code == 0 and "s1" in out
+            jobs = tmp_path / "jobs.json"
+            jobs.write_text(
+                '[{"name": "a", "schedule": "@manually"}, {"name": "b", "parent_job": "a"}]'
+            )
+            await eventually(c.leader, "a leader")
+            code, _, err = await dkron("jobs", "apply", "-f", str(jobs), *args, "--token", READ)
+            assert code == 1 and "create job a: HTTP 403" in err
+            code, out, err = await dkron("jobs", "apply", "-f", str(jobs), *args, "--token", WRITE)
+            assert code == 0 and "2 created" in out, err
             code, _, err = await dkron("leave", *args, "--token", READ)
             assert code == 1 and "403" in err
             code, out, _ = await dkron("leave", *args, "--token", WRITE)
