@@ -869,8 +869,8 @@ async def _write_wave(client: Client, wave: Sequence[Change], progress: _Progres
     """Every change of a wave, ``APPLY_IN_FLIGHT`` at a time; an answer or an error each.
 
     One write at a time, each waits for the cluster's replicated commit
-    (about 12 ms on three servers): a minute for 5,000 jobs.  Together the
-    leader commits them in batches.  A failed write does not stop the
+    (2,000 jobs took 17 s on three loopback servers); together the leader
+    commits them in batches (6 s).  A failed write does not stop the
     others of its wave; the apply stops after the wave.
     """
     answers: list[object] = [None] * len(wave)
