@@ -780,7 +780,7 @@ class StateMachine:
         self._activity: dict[str, _Activity] = {}
         self._paused = False
         self._applied = 0
-        # Restored records not yet encoded, for encode_ahead() (newest last).
+        # Restored records not yet encoded, for encode_ahead().
         self._unencoded: list[Execution] = []
 
     # -- apply ----------------------------------------------------------------

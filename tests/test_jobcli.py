@@ -6,6 +6,7 @@ serves on loopback in the test's nursery.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import io
@@ -400,7 +401,14 @@ def slow_api() -> Iterator[str]:
     _SlowApi.active = _SlowApi.most = 0
     _SlowApi.spans = {}
     _SlowApi.refuse = ""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _SlowApi)
+    with _serving(_SlowApi) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A loopback HTTP server for a recording handler, as an ``--address``."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -604,15 +612,8 @@ class _Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def recorder() -> Iterator[str]:
     _Recorder.seen = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with _serving(_Recorder) as address:
+        yield address
 
 
 def test_token_flag_and_env(recorder: str, monkeypatch: pytest.MonkeyPatch) -> None:

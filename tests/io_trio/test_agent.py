@@ -305,6 +305,16 @@ def test_busy_output_is_the_end_of_the_buffered_chunks(chunks: list[bytes], limi
     assert _tail(numbered, limit) == (b"".join(chunks)[-limit:] if limit else b"")
 
 
+async def run_to_the_end(port: int, job: str) -> dict[str, Any]:
+    """Run ``job`` by hand and wait for the run's record to be finished."""
+    assert (await call(port, "POST", f"/v1/jobs/{job}/run"))[0] == 200
+    execs: list[dict[str, Any]] = []
+    while not execs or execs[0]["finished_at"][:4] == "0001":
+        await trio.sleep(0.1)
+        execs = (await call(port, "GET", f"/v1/jobs/{job}/executions"))[1]
+    return execs[0]
+
+
 async def test_a_full_inbox_does_not_stop_the_node_messaging_itself(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -340,12 +350,8 @@ async def test_a_full_inbox_does_not_stop_the_node_messaging_itself(
             }
             assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
             armed = True
-            assert (await call(port, "POST", "/v1/jobs/j/run"))[0] == 200
-            execs: list[dict[str, Any]] = []
-            while not execs or execs[0]["finished_at"][:4] == "0001":
-                await trio.sleep(0.1)
-                execs = (await call(port, "GET", "/v1/jobs/j/executions"))[1]
-            assert fills >= 2 and execs[0]["success"] and execs[0]["output"] == "ok\n"
+            ran = await run_to_the_end(port, "j")
+            assert fills >= 2 and ran["success"] and ran["output"] == "ok\n"
 
 
 async def test_output_waits_for_room_instead_of_filling_the_inbox(
@@ -376,12 +382,8 @@ async def test_output_waits_for_room_instead_of_filling_the_inbox(
             }
             assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
             armed = True
-            assert (await call(port, "POST", "/v1/jobs/loud/run"))[0] == 200
-            execs: list[dict[str, Any]] = []
-            while not execs or execs[0]["finished_at"][:4] == "0001":
-                await trio.sleep(0.1)
-                execs = (await call(port, "GET", "/v1/jobs/loud/executions"))[1]
-    assert execs[0]["success"] and len(execs[0]["output"]) == MAX_OUTPUT
+            ran = await run_to_the_end(port, "loud")
+    assert ran["success"] and len(ran["output"]) == MAX_OUTPUT
     assert queued and max(queued) <= OUTPUT_IN_INBOX + 8, queued
 
 
