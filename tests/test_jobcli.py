@@ -356,7 +356,21 @@ async def test_progress_is_reported_for_long_runs(server: str, tmp_path: pathlib
     assert len(await _api_jobs(server)) == 12
 
 
-class _SlowApi(BaseHTTPRequestHandler):
+class _JsonHandler(BaseHTTPRequestHandler):
+    """A quiet handler that answers JSON, for the CLI's recording servers."""
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        del format, args
+
+
+class _SlowApi(_JsonHandler):
     """An API whose writes take a while, recording when each one ran."""
 
     lock = threading.Lock()
@@ -384,16 +398,6 @@ class _SlowApi(BaseHTTPRequestHandler):
             self._reply(500, b'{"error": "no room"}')
         else:
             self._reply(201, body)
-
-    def _reply(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        del format, args
 
 
 @pytest.fixture
@@ -593,20 +597,12 @@ def test_a_client_loads_the_trust_store_once(monkeypatch: pytest.MonkeyPatch) ->
     assert loads == [None]
 
 
-class _Recorder(BaseHTTPRequestHandler):
+class _Recorder(_JsonHandler):
     seen: list[dict[str, str]] = []
 
     def do_GET(self) -> None:
         type(self).seen.append(dict(self.headers.items()))
-        body = b"[]"
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        del format, args
+        self._reply(200, b"[]")
 
 
 @pytest.fixture
