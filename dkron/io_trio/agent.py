@@ -1445,7 +1445,7 @@ class Agent:
         if self.planner is not None:
             self.planner.observe(cmd, result, _wall())
         if self.exec_leader is not None:
-            self.exec_leader.observe(cmd, result, self.state, now)
+            self.exec_leader.observe(cmd, result, self.state, now, wall_ns=to_ns(_wall()))
             if self.notifier is not None:
                 self._notify(cmd, result)
         node = self.node
@@ -1535,7 +1535,7 @@ class Agent:
             self.exec_leader = ExecutionLeader(
                 self.name, node.term, self.exec_config, now=now, gone=gone
             )
-            self.exec_leader.load(self.state, now)
+            self.exec_leader.load(self.state, now, wall_ns=to_ns(_wall()))
             self._next_reconcile = now
             log.info("node %s leads term %d", self.name, node.term)
 

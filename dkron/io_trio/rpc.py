@@ -41,7 +41,9 @@ __all__ = [
     "RpcEndpoint",
 ]
 
-PROTOCOL_VERSION = 1
+#: 2: a dispatch carries its start-by time.  Nodes of different versions
+#: refuse each other's connections rather than misread each other's messages.
+PROTOCOL_VERSION = 2
 _NOTSENT_LOWAT = 128 * 1024
 _MAX_HELLO = 1024
 

@@ -20,7 +20,10 @@ Leader side (:class:`ExecutionLeader`, one per leadership term)
 Worker side (:class:`ExecutionWorker`, one per node)
     Starts a run once per ``(job, group, attempt)`` however often it is
     dispatched, and **fences** a deposed leader: a dispatch carrying an older
-    term than one it already runs the slot under is refused.  It streams
+    term than one it already runs the slot under is refused, and so is one
+    that arrives after its start-by time (the leader gives up on the start
+    ``clock_skew`` later, so a dispatch a stalled connection held back never
+    starts a run already recorded as lost).  It streams
     output chunks with sequence numbers, heartbeats its running executions,
     and keeps re-sending the final result to whichever server currently
     leads until that leader acknowledges the commit.
@@ -96,6 +99,10 @@ LOST_LEASE = "lost: no heartbeat from worker {node} for {seconds:g} s"
 LOST_DISPATCH = "lost: worker {node} did not start the execution within {seconds:g} s"
 LOST_RESTART = "lost: worker {node} restarted while the execution was running"
 LOST_GONE = "lost: worker {node} is gone (failed or left), so the execution was not dispatched"
+LOST_EXPIRED = (
+    "lost: worker {node} got the dispatch after its start-by time and did not start it "
+    "(the network held the dispatch back, or {node}'s clock is ahead of the leader's)"
+)
 CANCELLED = "cancelled: the execution was cancelled before it started"
 
 
@@ -199,13 +206,21 @@ class RunKey(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Leader -> worker: run this attempt (carrying the job as the leader knows it)."""
+    """Leader -> worker: run this attempt (carrying the job as the leader knows it).
+
+    ``start_by`` (wall clock, ns) is when the leader stops waiting for the
+    start: a worker refuses the dispatch after it.  A TCP connection that
+    stalls keeps what was queued on it and delivers it when the path heals,
+    minutes later; without this bound, every dispatch held back that way
+    would start a run the leader had already recorded as lost.
+    """
 
     term: int
     key: RunKey
     job: Job
     scheduled_time: int | None
     trigger: str
+    start_by: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +364,7 @@ _propose_action: Callable[[Command], Propose] = slot_maker(Propose)
 _live_output: Callable[[RunKey, int, bytes], LiveOutput] = slot_maker(LiveOutput)
 _start_run: Callable[[Job, Execution], StartRun] = slot_maker(StartRun)
 _forget_run: Callable[[RunKey], ForgetRun] = slot_maker(ForgetRun)
-_dispatch_msg: Callable[[int, RunKey, Job, int | None, str], Dispatch] = slot_maker(Dispatch)
+_dispatch_msg: Callable[[int, RunKey, Job, int | None, str, int], Dispatch] = slot_maker(Dispatch)
 _started_msg: Callable[[Execution], Started] = slot_maker(Started)
 _result_msg: Callable[[Execution], Result] = slot_maker(Result)
 _result_ack: Callable[[RunKey], ResultAck] = slot_maker(ResultAck)
@@ -370,6 +385,11 @@ class ExecutionConfig:
     lease_timeout: float = 10.0
     dispatch_retry: float = 1.0
     dispatch_timeout: float = 30.0
+    #: How far a worker's wall clock may lag the leader's.  A dispatch must be
+    #: started within ``dispatch_timeout - clock_skew`` of the leader's wall
+    #: clock when it first sent it, so that a worker running that much behind
+    #: still never starts a run after the leader has given up on it.
+    clock_skew: float = 5.0
     result_retry: float = 1.0
     live_buffer_bytes: int = 256 * 1024
 
@@ -379,6 +399,7 @@ class ExecutionConfig:
             self.lease_timeout,
             self.dispatch_retry,
             self.dispatch_timeout,
+            self.clock_skew,
             self.result_retry,
         )
         if not all(math.isfinite(t) for t in timings):
@@ -390,6 +411,8 @@ class ExecutionConfig:
             raise ValueError("intervals must be positive")
         if self.dispatch_timeout <= self.dispatch_retry:
             raise ValueError("dispatch_timeout must exceed dispatch_retry")
+        if not 0 <= self.clock_skew < self.dispatch_timeout:
+            raise ValueError("clock_skew must be within 0..dispatch_timeout")
 
 
 class _Phase(enum.Enum):
@@ -410,6 +433,7 @@ class _LeaderRun:
     live: deque[tuple[int, bytes]] = dataclasses.field(default_factory=deque)
     live_bytes: int = 0
     live_seq: int = 0
+    start_by: int = 0  # wall clock (ns) after which no worker starts it
 
 
 class _Timers:
@@ -482,6 +506,7 @@ class ExecutionLeader:
         self._jobs: dict[str, Job] = {}
         self._out: list[Action] = []
         self._now = now
+        self._wall_ns = 0
         # Lazy timers: (wake time, run) in push order; an entry is stale when
         # the run is gone, decided, or its wake time has moved.
         self._timers = _Timers()
@@ -490,18 +515,22 @@ class ExecutionLeader:
             "lost": 0,
             "cancelled": 0,
             "stale": 0,
+            "expired": 0,
         }
 
     # -- inputs ---------------------------------------------------------------------
 
-    def load(self, state: StateMachine, now: float) -> None:
+    def load(self, state: StateMachine, now: float, *, wall_ns: int) -> None:
         """Take over from the replicated state at the start of a term."""
         self._now = now
+        self._wall_ns = wall_ns
         for job in state.iter_jobs():
             for claim in state.in_flight(job.name):
                 self._track_claim(job, claim, state)
 
-    def observe(self, cmd: Command, result: ApplyResult, state: StateMachine, now: float) -> None:
+    def observe(
+        self, cmd: Command, result: ApplyResult, state: StateMachine, now: float, *, wall_ns: int
+    ) -> None:
         """Follow every applied command (on the leader), as the planner does.
 
         A committed claim (or a retry adding a target to one) is dispatched;
@@ -509,6 +538,7 @@ class ExecutionLeader:
         followed element by element.
         """
         self._now = now
+        self._wall_ns = wall_ns
         # Batches are walked here without building each element's single command
         # (what each_applied does): this runs for every result a leader commits.
         if isinstance(cmd, ClaimSlots):
@@ -560,7 +590,21 @@ class ExecutionLeader:
             finished = one_finished(ex) if ex.finished_at is not None else ExecutionFinished(ex)
             self._out.append(_propose_action(finished))
         elif isinstance(msg, Refused):
-            self.counters["stale"] += 1
+            if msg.reason != "expired":
+                self.counters["stale"] += 1
+                return
+            # The worker will not start it: this leader's dispatches of the run
+            # all carry the same start-by time.  (A refusal of an earlier
+            # leader's dispatch says nothing about this leader's.)
+            self.counters["expired"] += 1
+            run = self._runs.get(msg.key)
+            if (
+                msg.term == self.term
+                and run is not None
+                and run.phase is _Phase.DISPATCHING
+                and not run.verdict_proposed
+            ):
+                self._lose(run, wall_ns, LOST_EXPIRED.format(node=msg.key.node))
 
     def member_failed(self, node: str, now: float, wall_ns: int) -> None:
         """SWIM declared ``node`` failed: its runs are lost (then retried per policy)."""
@@ -660,6 +704,8 @@ class ExecutionLeader:
     def _track_claim(self, job: Job, claim: InFlight, state: StateMachine) -> None:
         self._jobs[job.name] = job
         group = claim.claim.execution_group
+        cfg = self.config
+        start_by = self._wall_ns + int((cfg.dispatch_timeout - cfg.clock_skew) * 1e9)
         running = {
             (e.node_name, e.attempt): e
             for e in state.group_executions(job.name, group)
@@ -675,9 +721,10 @@ class ExecutionLeader:
                     key,
                     claim,
                     _Phase.RUNNING,
-                    self._now + self.config.lease_timeout,
+                    self._now + cfg.lease_timeout,
                     self._now,
                     started,
+                    start_by=start_by,
                 )
                 self._runs[key] = run
                 # One dispatch announces this leader: the worker de-duplicates it,
@@ -690,7 +737,12 @@ class ExecutionLeader:
                 self._schedule(run)
             else:
                 run = _LeaderRun(
-                    key, claim, _Phase.DISPATCHING, self._now + self.config.dispatch_timeout, 0.0
+                    key,
+                    claim,
+                    _Phase.DISPATCHING,
+                    self._now + cfg.dispatch_timeout,
+                    0.0,
+                    start_by=start_by,
                 )
                 self._runs[key] = run
                 self._dispatch(run)
@@ -702,7 +754,9 @@ class ExecutionLeader:
         self._out.append(
             _send_action(
                 key.node,
-                _dispatch_msg(self.term, key, job, claim.scheduled_time_ns, claim.trigger),
+                _dispatch_msg(
+                    self.term, key, job, claim.scheduled_time_ns, claim.trigger, run.start_by
+                ),
             )
         )
         self.counters["dispatched"] += 1
@@ -968,6 +1022,12 @@ class ExecutionWorker:
             return
         if key in self._done_set:
             self._send(src, Refused(msg.term, key, "done"))
+            return
+        if wall_ns > msg.start_by:
+            # The leader stops waiting for this start at its start-by time: a
+            # run started now could begin after it was recorded lost (and retried).
+            self.refused += 1
+            self._send(src, Refused(msg.term, key, "expired"))
             return
         # Dkron's execution id is "<started_at ns>-<node>": two attempts started
         # in the same clock tick (a catch-up batch) must still get distinct ids.

@@ -44,6 +44,7 @@ from dkron.model import Execution, Job
 from dkron.proto_sansio.errors import LocalProtocolError
 from dkron.proto_sansio.execution import (
     EXECUTION_CODEC,
+    LOST_DISPATCH,
     Cancel,
     Dispatch,
     ExecMessage,
@@ -88,7 +89,7 @@ from dkron.state import (
 )
 from dkron.testing.raft_sim import InvariantViolation, RaftHost
 from dkron.testing.sched_sim import SchedCluster, SchedHost
-from dkron.testing.sim import EventLoop, Host, Network
+from dkron.testing.sim import EventLoop, Host, LinkFaults, Network
 
 __all__ = ["AgentNode", "ClusterSim", "ServerNode"]
 
@@ -98,6 +99,8 @@ _EXEC_MESSAGES = typing.get_args(ExecMessage)
 _TO_WORKER = (Dispatch, ResultAck, Cancel)
 # Log entries whose decoding is kept for servers that have not applied them yet.
 _MEMO_ENTRIES = 4096
+# What a lost record says when the leader gave up waiting for the start.
+_GAVE_UP = LOST_DISPATCH.split("{node}")[1].split("{")[0]
 
 
 class _Member:
@@ -469,7 +472,7 @@ class ServerNode(_Member, SchedHost):
                 now=self.loop.now,
                 gone=(m.name for m in members if m.status is not MemberStatus.ALIVE),
             )
-            self.exec_leader.load(self.state, self.loop.now)
+            self.exec_leader.load(self.state, self.loop.now, wall_ns=self.sim.wall_ns())
         self._flush_leader()
         self._member_flush()
 
@@ -488,7 +491,7 @@ class ServerNode(_Member, SchedHost):
         if lead is None or self.last_applied is None:
             return
         cmd, result = self.last_applied
-        lead.observe(cmd, result, self.state, self.loop.now)
+        lead.observe(cmd, result, self.state, self.loop.now, wall_ns=self.sim.wall_ns())
 
     def _flush_leader(self) -> None:
         lead = self.exec_leader
@@ -555,7 +558,7 @@ class ClusterSim(SchedCluster):
         self.started_again: set[tuple[str, int, str, int]] = set()
         self.swim_config = swim_config
         self.exec_config = exec_config or ExecutionConfig(
-            heartbeat_interval=1.0, lease_timeout=6.0, dispatch_timeout=8.0
+            heartbeat_interval=1.0, lease_timeout=6.0, dispatch_timeout=8.0, clock_skew=2.0
         )
         self.server_names = list(servers)
         self.agent_names = list(agents)
@@ -564,6 +567,8 @@ class ClusterSim(SchedCluster):
         self.started: dict[tuple[str, int, str, int], float] = {}
         self.completed_ok: set[tuple[str, int]] = set()
         self.finished_ids: dict[str, set[str]] = {}
+        # Attempts committed as lost because their dispatch deadline passed.
+        self.given_up: set[tuple[str, int, str, int]] = set()
         self.claim_times: dict[tuple[str, int], float] = {}
         self.claim_to_start: list[float] = []
         self._views: list[MemberView] = []
@@ -658,6 +663,11 @@ class ClusterSim(SchedCluster):
 
     def on_start(self, node: str, job: Job, ex: Execution) -> None:
         key = (ex.job_name, ex.group, node, ex.attempt)
+        if key in self.given_up:
+            raise InvariantViolation(
+                f"{ex.job_name} group {ex.group} attempt {ex.attempt} started on {node} "
+                "after it was committed as never started"
+            )
         if key in self.started:
             self.started_again.add(key)
             if self.stop_on_duplicate:
@@ -692,6 +702,9 @@ class ClusterSim(SchedCluster):
             if cmd.execution.id in ids:
                 raise InvariantViolation(f"result {cmd.execution.id} committed twice")
             ids.add(cmd.execution.id)
+            ex = cmd.execution
+            if ex.status == "lost" and _GAVE_UP in ex.output:
+                self.given_up.add((ex.job_name, ex.group, ex.node_name, ex.attempt))
 
     def counters_match(self) -> None:
         """Every committed result counted exactly once in the job's counters."""
@@ -717,8 +730,28 @@ class ClusterSim(SchedCluster):
             out[key] = max(out.get(key, 0), attempt)
         return out
 
+    def lag(self, agent: str, seconds: float) -> None:
+        """Hold back everything the servers send ``agent`` by ``seconds``, in order.
+
+        What a stalled TCP connection does: the frames queued on it arrive
+        together once the path heals, long after they were sent.  The
+        agent's own traffic, and everyone else's, is not delayed.
+        """
+        network = self.network
+        for server in self.server_names:
+            if seconds:
+                network.set_link(
+                    server,
+                    agent,
+                    LinkFaults(loss=network.faults.loss, min_delay=seconds, max_delay=seconds),
+                )
+            else:
+                network.clear_link(server, agent)
+
     def heal_everything(self) -> None:
         self.network.heal()
+        for agent in self.agent_names:
+            self.lag(agent, 0.0)
         self.network.faults.loss = 0.0
         for node in self.nodes.values():
             node.slowness = 0.0

@@ -165,6 +165,10 @@ class Network:
     def set_link(self, src: NodeId, dst: NodeId, faults: LinkFaults) -> None:
         self._links[(src, dst)] = faults
 
+    def clear_link(self, src: NodeId, dst: NodeId) -> None:
+        """Back to the network-wide faults for this link."""
+        self._links.pop((src, dst), None)
+
     def block(self, src: NodeId, dst: NodeId) -> None:
         """One-way cut: ``src`` can no longer reach ``dst``."""
         self._blocked.add((src, dst))

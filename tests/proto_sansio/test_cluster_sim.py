@@ -3,10 +3,11 @@
 Three servers and four agents run Raft, SWIM, the scheduler and the execution
 protocol on one seeded network.  Hypothesis picks fault schedules — leader
 crashes, crashes of agents mid-run, partitions, message loss, slow nodes,
-cancellations — and the cluster checks as it runs that no attempt starts
-twice on a target, no cron slot is claimed twice, a forbid job never
-overlaps, dependents follow only successful parents and every result is
-committed once.  After the faults heal, scheduling is stopped and the cluster
+connections that stall and deliver late, cancellations — and the cluster
+checks as it runs that no attempt starts twice on a target, none starts
+after it was committed as never started, no cron slot is claimed twice, a
+forbid job never overlaps, dependents follow only successful parents and
+every result is committed once.  After the faults heal, scheduling is stopped and the cluster
 must quiesce:
 
 * nothing is left running or in flight once lease + dispatch bounds have
@@ -82,6 +83,8 @@ actions = st.one_of(
     st.tuples(st.just("heal")),
     st.tuples(st.just("loss"), st.sampled_from([0.0, 0.05, 0.2])),
     st.tuples(st.just("slow"), node, st.sampled_from([0.0, 0.5])),
+    # A stalled connection: what the servers send the agent arrives late, in order.
+    st.tuples(st.just("lag"), st.sampled_from(AGENTS), st.sampled_from([0.0, 12.0, 40.0])),
     st.tuples(st.just("cancel_hung")),
     st.tuples(st.just("replay")),
 )
@@ -127,6 +130,8 @@ def run_faults(sim: ClusterSim, schedule: list[tuple[tuple[Any, ...], float]]) -
             sim.network.faults.loss = action[1]
         elif kind == "slow":
             sim.nodes[action[1]].slowness = action[2]
+        elif kind == "lag":
+            sim.lag(action[1], action[2])
         elif kind == "cancel_hung":
             cancel_hung(sim)
         elif kind == "replay":
@@ -216,6 +221,11 @@ def check_outcome(sim: ClusterSim, created: Any) -> None:
         (("replay",), 10.0),
         (("slow", "s1", 0.5), 2.0),
     ],
+)
+@example(  # regression: dispatches held back by a stalled connection started runs
+    # the leader had already committed as lost, when the backlog arrived
+    seed=1,
+    schedule=[(("lag", "a1", 40.0), 90.0), (("lag", "a1", 0.0), 30.0)],
 )
 def test_no_lost_duplicated_or_stuck_runs(seed: int, schedule: Any) -> None:
     sim, created = build(seed)

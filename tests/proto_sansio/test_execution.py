@@ -18,6 +18,7 @@ from dkron.model import MAX_TIME_NS, MIN_TIME_NS, TRIGGERS, Execution, Job
 from dkron.proto_sansio.errors import RemoteProtocolError
 from dkron.proto_sansio.execution import (
     EXECUTION_CODEC,
+    LOST_EXPIRED,
     LOST_GONE,
     Cancel,
     Dispatch,
@@ -118,7 +119,7 @@ EX = Execution("job", T0 + 5, "w1", group=T0, attempt=1, scheduled_time=T0, trig
 @pytest.mark.parametrize(
     "msg",
     [
-        Dispatch(3, KEY, Job("job", schedule="@every 1s"), T0, "schedule"),
+        Dispatch(3, KEY, Job("job", schedule="@every 1s"), T0, "schedule", T0 + 30),
         Started(EX),
         Output(KEY, 1, b"hello"),
         Heartbeat("w1", (KEY,)),
@@ -147,8 +148,8 @@ def sends(actions: Sequence[object]) -> list[tuple[str, object]]:
     return [(a.dst, a.msg) for a in actions if isinstance(a, Send)]
 
 
-def dispatch(term: int = 1, key: RunKey = KEY) -> Dispatch:
-    return Dispatch(term, key, Job("job", schedule="@every 1s"), T0, "schedule")
+def dispatch(term: int = 1, key: RunKey = KEY, start_by: int = T0 + 10**12) -> Dispatch:
+    return Dispatch(term, key, Job("job", schedule="@every 1s"), T0, "schedule", start_by)
 
 
 def test_worker_runs_an_attempt_once_however_often_dispatched() -> None:
@@ -226,7 +227,7 @@ def proposals(actions: Sequence[object]) -> list[object]:
 def test_leader_dispatches_until_started_then_proposes_started() -> None:
     sm, _ = claimed_state()
     lead = ExecutionLeader("s1", 1, CFG, now=0.0)
-    lead.load(sm, 0.0)
+    lead.load(sm, 0.0, wall_ns=T0)
     ((dst, msg),) = sends(lead.drain())
     assert dst == "w1" and isinstance(msg, Dispatch) and msg.term == 1
     lead.handle_timer(1.0, T0 + 1)
@@ -240,7 +241,7 @@ def test_leader_dispatches_until_started_then_proposes_started() -> None:
 def test_lease_expiry_makes_a_running_execution_lost() -> None:
     sm, _ = claimed_state()
     lead = ExecutionLeader("s1", 1, CFG, now=0.0)
-    lead.load(sm, 0.0)
+    lead.load(sm, 0.0, wall_ns=T0)
     lead.receive(Started(EX), src="w1", now=0.1, wall_ns=T0 + 1)
     lead.drain()
     lead.receive(Heartbeat("w1", (KEY,)), src="w1", now=4.0, wall_ns=T0 + 2)
@@ -261,7 +262,7 @@ def test_a_failed_member_loses_its_runs_and_the_state_schedules_the_retry() -> N
     sm.apply(1, encode_command(UpsertJob(Job("job", schedule="@every 1s", retries=1))))
     sm.apply(2, encode_command(ClaimSlot("job", T0, 1, "schedule", T0, ("w1", "w2"), 1)))
     lead = ExecutionLeader("s1", 1, CFG, now=0.0)
-    lead.load(sm, 0.0)
+    lead.load(sm, 0.0, wall_ns=T0)
     lead.drain()
     lead.member_failed("w2", 0.5, T0 + 9)
     (lost,) = proposals(lead.drain())
@@ -276,14 +277,14 @@ def test_a_retry_for_a_gone_node_is_lost_at_once_and_dispatched_once_it_is_back(
     sm.apply(1, encode_command(UpsertJob(Job("job", schedule="@every 1s", retries=2))))
     sm.apply(2, encode_command(ClaimSlot("job", T0, 1, "schedule", T0, ("w1",), 1)))
     lead = ExecutionLeader("s1", 1, CFG, now=0.0)
-    lead.load(sm, 0.0)
+    lead.load(sm, 0.0, wall_ns=T0)
     lead.drain()
     lead.member_failed("w1", 0.5, T0 + 1)
     (lost,) = proposals(lead.drain())
     assert isinstance(lost, ExecutionFinished)
     assert sm.apply(3, encode_command(lost)).ok
     retry = ClaimSlot("job", T0, 1, "retry", T0, ("w1",), 2)
-    lead.observe(retry, sm.apply(4, encode_command(retry)), sm, 1.0)
+    lead.observe(retry, sm.apply(4, encode_command(retry)), sm, 1.0, wall_ns=T0)
     assert sends(lead.drain()) == []  # nothing is sent to a gone node
     assert lead.next_deadline() == 1.0
     lead.handle_timer(1.0, T0 + 2)
@@ -295,7 +296,7 @@ def test_a_retry_for_a_gone_node_is_lost_at_once_and_dispatched_once_it_is_back(
     # Back again: the last attempt is dispatched as usual.
     lead.member_alive("w1")
     last = ClaimSlot("job", T0, 1, "retry", T0, ("w1",), 3)
-    lead.observe(last, sm.apply(6, encode_command(last)), sm, 2.0)
+    lead.observe(last, sm.apply(6, encode_command(last)), sm, 2.0, wall_ns=T0)
     ((dst, msg),) = sends(lead.drain())
     assert dst == "w1" and isinstance(msg, Dispatch) and msg.key.attempt == 3
 
@@ -303,7 +304,7 @@ def test_a_retry_for_a_gone_node_is_lost_at_once_and_dispatched_once_it_is_back(
 def test_a_new_leader_knows_the_gone_nodes_from_its_members() -> None:
     sm, _ = claimed_state(("w1", "w2"))
     lead = ExecutionLeader("s1", 1, CFG, now=0.0, gone=["w2"])
-    lead.load(sm, 0.0)
+    lead.load(sm, 0.0, wall_ns=T0)
     assert [dst for dst, _ in sends(lead.drain())] == ["w1"]
     lead.handle_timer(0.0, T0 + 1)
     (lost,) = proposals(lead.drain())
@@ -314,7 +315,7 @@ def test_a_new_leader_knows_the_gone_nodes_from_its_members() -> None:
 def test_never_started_runs_are_lost_after_the_dispatch_deadline() -> None:
     sm, _ = claimed_state()
     lead = ExecutionLeader("s1", 1, CFG, now=0.0)
-    lead.load(sm, 0.0)
+    lead.load(sm, 0.0, wall_ns=T0)
     lead.drain()
     lead.handle_timer(10.0, T0 + 10)
     (lost,) = proposals(lead.drain())
@@ -323,15 +324,53 @@ def test_never_started_runs_are_lost_after_the_dispatch_deadline() -> None:
     assert sm.in_flight("job") == []
 
 
+def test_a_dispatch_past_its_start_by_time_is_refused_not_started() -> None:
+    """A stalled connection delivers its backlog when the path heals, minutes
+    late: a run the leader has meanwhile recorded as lost must not start then."""
+    w = ExecutionWorker("w1", CFG, now=0.0)
+    w.receive(dispatch(start_by=T0 + 20), src="s1", now=0.0, wall_ns=T0 + 21)
+    out = w.drain()
+    assert not [a for a in out if isinstance(a, StartRun)]
+    assert sends(out) == [("s1", Refused(1, KEY, "expired"))]
+    assert w.running() == []
+    # Up to its start-by time, the same dispatch starts the run.
+    w.receive(dispatch(start_by=T0 + 20), src="s1", now=0.1, wall_ns=T0 + 20)
+    assert [type(a) for a in w.drain()] == [StartRun, Send]
+    assert w.running() == [KEY]
+
+
+def test_a_run_must_start_before_the_leader_gives_up_on_it_less_the_clock_skew() -> None:
+    sm, _ = claimed_state()
+    lead = ExecutionLeader("s1", 1, CFG, now=0.0)
+    lead.load(sm, 0.0, wall_ns=T0)
+    ((_, msg),) = sends(lead.drain())
+    assert isinstance(msg, Dispatch)
+    assert msg.start_by == T0 + int((CFG.dispatch_timeout - CFG.clock_skew) * 1e9)
+    lead.handle_timer(1.0, T0 + 10**9)
+    ((_, again),) = sends(lead.drain())
+    assert isinstance(again, Dispatch) and again.start_by == msg.start_by  # re-sent as it was
+    # A refusal of an earlier leader's dispatch says nothing about this leader's.
+    lead.receive(Refused(0, KEY, "expired"), src="w1", now=1.5, wall_ns=T0 + 2)
+    assert proposals(lead.drain()) == []
+    # The worker will not start it: lost now, not at the deadline.
+    lead.receive(Refused(1, KEY, "expired"), src="w1", now=1.6, wall_ns=T0 + 3)
+    (lost,) = proposals(lead.drain())
+    assert isinstance(lost, ExecutionFinished) and lost.execution.status == "lost"
+    assert lost.execution.output == LOST_EXPIRED.format(node="w1")
+    assert lead.next_deadline() is None
+    assert sm.apply(3, encode_command(lost)).ok
+    assert sm.in_flight("job") == []
+
+
 def test_results_are_committed_once_and_acknowledged_even_when_duplicated() -> None:
     sm, index = claimed_state()
     lead = ExecutionLeader("s1", 1, CFG, now=0.0)
-    lead.load(sm, 0.0)
+    lead.load(sm, 0.0, wall_ns=T0)
     lead.receive(Started(EX), src="w1", now=0.1, wall_ns=T0 + 1)
     for cmd in proposals(lead.drain()):
         index += 1
         assert isinstance(cmd, ExecutionStarted)
-        lead.observe(cmd, sm.apply(index, encode_command(cmd)), sm, 0.1)
+        lead.observe(cmd, sm.apply(index, encode_command(cmd)), sm, 0.1, wall_ns=T0)
     done = Execution(
         "job", EX.started_at, "w1", finished_at=T0 + 99, success=True, group=T0, attempt=1
     )
@@ -340,7 +379,7 @@ def test_results_are_committed_once_and_acknowledged_even_when_duplicated() -> N
         for cmd in proposals(lead.drain()):
             index += 1
             assert isinstance(cmd, ExecutionFinished)
-            lead.observe(cmd, sm.apply(index, encode_command(cmd)), sm, 0.2)
+            lead.observe(cmd, sm.apply(index, encode_command(cmd)), sm, 0.2, wall_ns=T0)
         assert ("w1", ResultAck(KEY)) in sends(lead.drain())
     job = sm.get_job("job")
     assert job is not None and job.success_count == 1
@@ -349,7 +388,7 @@ def test_results_are_committed_once_and_acknowledged_even_when_duplicated() -> N
 def test_cancel_before_start_commits_a_cancelled_record() -> None:
     sm, _ = claimed_state()
     lead = ExecutionLeader("s1", 1, CFG, now=0.0)
-    lead.load(sm, 0.0)
+    lead.load(sm, 0.0, wall_ns=T0)
     lead.drain()
     assert lead.cancel(KEY, 0.5, T0 + 5)
     out = lead.drain()
@@ -363,7 +402,7 @@ def test_live_output_is_deduplicated_and_bounded() -> None:
     sm, _ = claimed_state()
     small = ExecutionConfig(live_buffer_bytes=10)
     lead = ExecutionLeader("s1", 1, small, now=0.0)
-    lead.load(sm, 0.0)
+    lead.load(sm, 0.0, wall_ns=T0)
     lead.receive(Started(EX), src="w1", now=0.1, wall_ns=T0 + 1)
     lead.drain()
     for seq, chunk in [(1, b"aaaa"), (2, b"bbbb"), (2, b"bbbb"), (3, b"cccc")]:
@@ -421,7 +460,7 @@ def test_a_batch_is_observed_like_its_elements_one_by_one() -> None:
     def run(batched: bool) -> Sequence[object]:
         sm, index = claimed_state(("w1", "w2"))
         lead = ExecutionLeader("s1", 1, CFG, now=0.0)
-        lead.load(sm, 0.0)
+        lead.load(sm, 0.0, wall_ns=T0)
         for node in ("w1", "w2"):
             ex = Execution("job", T0 + 1, node, group=T0, attempt=1)
             lead.receive(Started(ex), src=node, now=0.1, wall_ns=T0 + 1)
@@ -433,7 +472,7 @@ def test_a_batch_is_observed_like_its_elements_one_by_one() -> None:
         cmds = proposals(actions) if batched else [c for p in proposals(actions) for c in each(p)]
         for cmd in cmds:
             index += 1
-            lead.observe(cmd, sm.apply(index, encode_command(cmd)), sm, 0.3)  # type: ignore[arg-type]
+            lead.observe(cmd, sm.apply(index, encode_command(cmd)), sm, 0.3, wall_ns=T0)  # type: ignore[arg-type]
         return lead.drain()
 
     assert run(batched=True) == run(batched=False)
@@ -551,8 +590,8 @@ def test_records_built_slot_by_slot_are_the_constructors_frozen_records(  # noqa
         (m._start_run(j, ex), StartRun(job=j, execution=ex)),
         (m._forget_run(key), ForgetRun(key=key)),
         (
-            m._dispatch_msg(term, key, j, scheduled, trigger),
-            Dispatch(term, key, j, scheduled, trigger),
+            m._dispatch_msg(term, key, j, scheduled, trigger, started_at),
+            Dispatch(term, key, j, scheduled, trigger, started_at),
         ),
         (m._started_msg(ex), Started(ex)),
         (m._result_msg(fin), Result(fin)),
@@ -637,7 +676,8 @@ def test_leader_timers_pop_in_the_order_of_a_heap_of_time_and_push_count(
 
 
 @pytest.mark.parametrize(
-    "field", ["heartbeat_interval", "lease_timeout", "dispatch_retry", "dispatch_timeout"]
+    "field",
+    ["heartbeat_interval", "lease_timeout", "dispatch_retry", "dispatch_timeout", "clock_skew"],
 )
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_timings_must_be_finite(field: str, value: float) -> None:
@@ -646,3 +686,9 @@ def test_timings_must_be_finite(field: str, value: float) -> None:
         dataclasses.replace(ExecutionConfig(), **changes)
     with pytest.raises(ValueError, match="finite"):
         ExecutionConfig(result_retry=value)
+
+
+@pytest.mark.parametrize("skew", [-1.0, 10.0, 11.0])
+def test_the_clock_skew_must_leave_time_to_start(skew: float) -> None:
+    with pytest.raises(ValueError, match="clock_skew"):
+        ExecutionConfig(dispatch_timeout=10.0, clock_skew=skew)

@@ -50,7 +50,7 @@ _exec_spec.loader.exec_module(fuzz_execution)
 
 EXEC_SEEDS = [
     EXECUTION_CODEC.encode(Output(RunKey("job", 1, "w1", 1), 1, b"data")),
-    EXECUTION_CODEC.encode(Dispatch(3, RunKey("job", 1, "w1", 1), Job("job"), None, "manual")),
+    EXECUTION_CODEC.encode(Dispatch(3, RunKey("job", 1, "w1", 1), Job("job"), None, "manual", 1)),
     encode_command(ClaimSlot("job", 5, 1, "schedule", 5, ("w1",), 1)),
 ]
 

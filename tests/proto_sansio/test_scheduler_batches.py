@@ -101,7 +101,7 @@ def test_the_leader_proposes_one_started_and_one_finished_batch_per_drain() -> N
     index += 1
     cmd, result = sm.apply_entry(index, encode_command(claims))
     assert cmd is not None
-    lead.observe(cmd, result, sm, 0.0)
+    lead.observe(cmd, result, sm, 0.0, wall_ns=0)
     dispatched = [a for a in lead.drain() if isinstance(a, Send)]
     assert [a.msg.key.job for a in dispatched] == ["a", "b", "c"]  # type: ignore[union-attr]
     runs = {n: Execution(n, t + i, "w1", group=t, attempt=1) for i, n in enumerate("abc")}
@@ -121,7 +121,7 @@ def test_the_leader_proposes_one_started_and_one_finished_batch_per_drain() -> N
         index += 1
         cmd, result = sm.apply_entry(index, encode_command(command))
         assert cmd is not None and result.ok
-        lead.observe(cmd, result, sm, 0.2)
+        lead.observe(cmd, result, sm, 0.2, wall_ns=0)
     acks = [a.msg for a in lead.drain() if isinstance(a, Send)]
     assert [type(m).__name__ for m in acks] == ["ResultAck"]
     assert [e.job_name for e in sm.running_executions()] == ["b", "c"]
@@ -136,7 +136,7 @@ def test_the_leader_proposes_one_started_and_one_finished_batch_per_drain() -> N
     index += 1
     cmd, result = sm.apply_entry(index, encode_command(finished))
     assert cmd is not None
-    lead.observe(cmd, result, sm, 0.4)
+    lead.observe(cmd, result, sm, 0.4, wall_ns=0)
     assert len([a for a in lead.drain() if isinstance(a, Send)]) == 2  # one ack per element
     assert sm.running_executions() == [] and sm.get_job("c").success_count == 1  # type: ignore[union-attr]
 
