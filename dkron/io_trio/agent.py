@@ -890,7 +890,9 @@ class Agent:
         elif isinstance(action, MemberEvent):
             if action.kind in (EventKind.JOIN, EventKind.UPDATE):
                 self._set_rpc_peer(action.member)
-            elif action.kind is EventKind.REAP and self.rpc is not None:
+            elif action.kind in (EventKind.LEAVE, EventKind.REAP) and self.rpc is not None:
+                # Gone on purpose: nothing more to send it, and no reason to
+                # keep dialling (and reporting) a port that was closed on purpose.
                 self.rpc.remove_peer(action.member.name)
             try:
                 self._send_in.send_nowait(("member", action))

@@ -11,6 +11,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import errno
+import logging
+import math
+import os
 import random
 import socket
 import ssl
@@ -45,6 +49,12 @@ __all__ = [
 #: refuse each other's connections rather than misread each other's messages.
 PROTOCOL_VERSION = 2
 _NOTSENT_LOWAT = 128 * 1024
+#: A peer that cannot be reached is reported when it starts failing, then
+#: again after this long, the interval doubling up to REPORT_MAX while it fails.
+REPORT_FIRST = 60.0
+REPORT_MAX = 3600.0
+
+log = logging.getLogger("dkron.rpc")
 _MAX_HELLO = 1024
 
 # -- the RPC envelope -----------------------------------------------------------------
@@ -97,6 +107,11 @@ class RpcConfig:
     write_batch: int = 256 * 1024
     connect_timeout: float = 5.0
     hello_timeout: float = 5.0
+    #: A dialled connection whose sent data stays unacknowledged this long is
+    #: dropped (TCP_USER_TIMEOUT) and dialled again.  Without it a path that
+    #: goes silent holds the connection, and everything queued behind it, for
+    #: the kernel's retransmission timeout: a quarter of an hour.
+    stall_timeout: float = 10.0
     backoff_base: float = 0.05
     backoff_max: float = 5.0
     backoff_jitter: float = 0.2
@@ -114,7 +129,10 @@ class RpcConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if min(self.connect_timeout, self.hello_timeout, self.backoff_base) <= 0:
+        if (
+            min(self.connect_timeout, self.hello_timeout, self.stall_timeout, self.backoff_base)
+            <= 0
+        ):
             raise ValueError("timeouts and backoff_base must be positive")
         if self.backoff_max < self.backoff_base or not 0 <= self.backoff_jitter < 1:
             raise ValueError("need backoff_max >= backoff_base and 0 <= backoff_jitter < 1")
@@ -134,6 +152,56 @@ def _cert_names(stream: trio.SSLStream[trio.abc.Stream], node: str) -> bool:
         return wanted in dns
     subject = cert.get("subject", ())
     return any(k == "commonName" and str(v).lower() == wanted for rdn in subject for k, v in rdn)
+
+
+def _remote_host(stream: trio.abc.Stream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return "an unknown address"
+
+
+def _show(addr: Address) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _causes(exc: BaseException) -> tuple[BaseException, ...]:
+    """The exception and what it wraps: trio reports socket and TLS errors as a
+    broken stream, or a refused connect as an OSError with the attempts' group."""
+    if exc.__cause__ is None:
+        return (exc,)
+    return (exc, _first_leaf(exc.__cause__))
+
+
+def _errno(exc: BaseException | None) -> int | None:
+    for cause in _causes(exc) if exc is not None else ():
+        if isinstance(cause, OSError) and cause.errno:
+            return cause.errno
+    return None
+
+
+def _connect_error(exc: BaseException | None, config: RpcConfig) -> str:
+    """The reason an operator can act on (trio's own text repeats the address)."""
+    if exc is None:
+        return "it closed the connection right after it opened (its log may say why)"
+    if isinstance(exc, trio.TooSlowError):
+        return f"no answer within {config.connect_timeout:g} s"
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake failed ({cause.reason or cause})"
+    code = _errno(exc)
+    if code == errno.ETIMEDOUT:
+        return f"the connection stalled (nothing acknowledged for {config.stall_timeout:g} s)"
+    if code is not None:
+        return os.strerror(code)
+    return str(exc) or type(exc).__name__
 
 
 async def _read_hello(stream: trio.abc.ReceiveStream) -> bytes:
@@ -214,6 +282,10 @@ class _Peer:
         self.connected = False
         self.changed = trio.Event()
         self.attempt = 0
+        # Failed connection attempts since the last connection (for the log).
+        self.failures = 0
+        self.failing_since = 0.0
+        self.next_report = 0.0
 
 
 class RpcEndpoint:
@@ -245,6 +317,8 @@ class RpcEndpoint:
         self._peers: dict[str, _Peer] = {}
         self._incoming: dict[str, trio.CancelScope] = {}
         self._serving = 0
+        # (remote host, reason) -> until when a refusal of that kind is not logged again
+        self._refusals: dict[tuple[str, str], float] = {}
         self._nursery: trio.Nursery | None = None
         self.addr: Address | None = None
         cfg = self.config
@@ -366,26 +440,80 @@ class RpcEndpoint:
             while True:
                 try:
                     stream = await self._connect(name, p)
-                except (*NET_ERRORS, trio.TooSlowError, ValueError):
+                except (*NET_ERRORS, trio.TooSlowError, ValueError) as exc:
                     self.counters["connect_failed"] += 1
+                    self._report_failure(name, p, exc)
                     await trio.sleep(self._backoff(p))
                     continue
                 self.counters["connects"] += 1
                 self._set_connected(p, True)
                 up_since = trio.current_time()
+                broke: BaseException | None = None
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._watch, stream, nursery.cancel_scope)
+                        if p.failures:
+                            nursery.start_soon(self._confirm, name, p)
                         await self._write(p, stream)
-                except* (*NET_ERRORS, trio.TooSlowError):
-                    pass
+                except* (*NET_ERRORS, trio.TooSlowError) as group:
+                    broke = _first_leaf(group)
                 finally:
                     self._set_connected(p, False)
                     await trio.aclose_forcefully(stream)
                 self.counters["disconnects"] += 1
-                if trio.current_time() - up_since >= self.config.backoff_max:
+                stalled = _errno(broke) == errno.ETIMEDOUT
+                if trio.current_time() - up_since >= self.config.backoff_max and not stalled:
                     p.attempt = 0  # a peer that accepts then hangs up at once still backs off
+                else:
+                    # Stalled, or refused after the handshake: a certificate the peer
+                    # does not accept (TLS 1.3 says so only then), another version.
+                    self._report_failure(name, p, broke)
                 await trio.sleep(self._backoff(p))
+
+    async def _confirm(self, name: str, p: _Peer) -> None:
+        """Report a peer reachable again once its connection has lasted (not merely
+        opened): past the stall timeout, so that a peer that accepts but never
+        reads is not announced back between two stalls."""
+        await trio.sleep(max(self.config.backoff_max, self.config.stall_timeout))
+        log.info(
+            "reached %s's RPC port at %s again, after %d failed attempts in %.0f s",
+            name,
+            _show(p.addr),
+            p.failures,
+            trio.current_time() - p.failing_since,
+        )
+        p.failures = 0
+
+    def _report_failure(self, name: str, p: _Peer, exc: BaseException | None) -> None:
+        """Say when a peer becomes unreachable, and now and then while it stays so.
+
+        Frames queued for it wait meanwhile, and the peer may look alive to
+        gossip (other members still reach it): without this line, a worker
+        behind a firewall only shows up as runs lost for want of a start.
+        """
+        now = trio.current_time()
+        p.failures += 1
+        why = _connect_error(exc, self.config)
+        if p.failures == 1:
+            p.failing_since = now
+            p.next_report = now + REPORT_FIRST
+            log.warning(
+                "cannot reach %s's RPC port at %s: %s; retrying (what is sent to it waits)",
+                name,
+                _show(p.addr),
+                why,
+            )
+        elif now >= p.next_report:
+            waited = now - p.failing_since
+            p.next_report = now + min(max(waited, REPORT_FIRST), REPORT_MAX)
+            log.warning(
+                "still cannot reach %s's RPC port at %s after %d attempts in %.0f s: %s",
+                name,
+                _show(p.addr),
+                p.failures,
+                waited,
+                why,
+            )
 
     def _backoff(self, p: _Peer) -> float:
         cfg = self.config
@@ -403,6 +531,9 @@ class RpcEndpoint:
             tcp = await trio.open_tcp_stream(*p.addr)
             if hasattr(socket, "TCP_NOTSENT_LOWAT"):  # keep the kernel's queue short: priority
                 tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT)
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
+                stall_ms = max(1, int(self.config.stall_timeout * 1000))
+                tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, stall_ms)
             stream: trio.abc.Stream = tcp
             try:
                 if self._client_ssl is not None:
@@ -458,23 +589,38 @@ class RpcEndpoint:
         cfg = self.config
         name: str | None = None
         scope: trio.CancelScope | None = None
+        remote = _remote_host(stream)
         try:
             with trio.fail_after(cfg.hello_timeout):
                 if self._server_ssl is not None:
                     stream = trio.SSLStream(stream, self._server_ssl, server_side=True)
                     try:
                         await stream.do_handshake()
-                    except trio.BrokenResourceError:
+                    except trio.BrokenResourceError as exc:
                         self.counters["handshake_failed"] += 1
+                        why = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+                        self._report_refusal(remote, "tls", f"TLS handshake failed ({why})")
                         return
                 hello = HELLO_CODEC.decode(await _read_hello(stream))
                 reader = FrameReader(stream, cfg.max_frame + 1)
-            if not isinstance(hello, Hello) or hello.version != PROTOCOL_VERSION:
+            if not isinstance(hello, Hello):
                 raise RemoteProtocolError(f"unsupported hello {hello!r}")
+            if hello.version != PROTOCOL_VERSION:
+                self.counters["malformed"] += 1
+                self._report_refusal(
+                    remote,
+                    "version",
+                    f"node {hello.node!r} speaks RPC protocol version {hello.version}, "
+                    f"this node {PROTOCOL_VERSION}",
+                )
+                return
             if isinstance(stream, trio.SSLStream) and not _cert_names(stream, hello.node):
                 # A certificate from the CA proves membership, not identity: a
                 # node may only speak as the name its certificate carries.
                 self.counters["tls_name_mismatch"] += 1
+                self._report_refusal(
+                    remote, "name", f"its certificate does not name node {hello.node!r}"
+                )
                 return
             name = hello.node
             with trio.CancelScope() as scope:
@@ -494,6 +640,18 @@ class RpcEndpoint:
             if name is not None and self._incoming.get(name) is scope:
                 del self._incoming[name]
             await trio.aclose_forcefully(stream)
+
+    def _report_refusal(self, remote: str, kind: str, why: str) -> None:
+        """A connection refused for a reason its sender's operator must fix: once
+        a minute per host and reason (a misconfigured node dials every few seconds)."""
+        now = trio.current_time()
+        key = (remote, kind)
+        if self._refusals.get(key, -math.inf) > now:
+            return
+        if len(self._refusals) >= 1024:
+            self._refusals = {k: t for k, t in self._refusals.items() if t > now}
+        self._refusals[key] = now + REPORT_FIRST
+        log.warning("refused an RPC connection from %s: %s", remote, why)
 
     def _deliver(self, peer: str, body: bytes) -> None:
         if not body or body[0] not in Channel._value2member_map_:

@@ -140,6 +140,16 @@ async def test_a_server_that_leaves_is_removed_from_raft_and_a_new_one_is_added(
             await eventually(
                 lambda: voters() == {"s1", "s2", "s3"} - {leaving.agent.name}, "removal"
             )
+
+            # Gone on purpose: the others stop dialling its closed RPC port.
+            def dialled() -> list[str]:
+                return [
+                    n.agent.name
+                    for n in c.live()
+                    if n.agent.rpc is not None and leaving.agent.name in n.agent.rpc.peers()
+                ]
+
+            await eventually(lambda: not dialled(), "no one dials the server that left")
             # A fourth server joins through gossip and the leader adds it to Raft.
             await c.start("s4")
             await eventually(lambda: "s4" in leader.agent.node.membership.voters, "s4 a voter")  # type: ignore[union-attr]

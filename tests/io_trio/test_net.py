@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import random
 import socket
 import ssl
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dkron.io_trio import rpc
 from dkron.io_trio.net import (
     HELLO_CODEC,
     PROTOCOL_VERSION,
@@ -58,6 +60,7 @@ def fast(**kw: object) -> RpcConfig:
         "backoff_max": 0.05,
         "connect_timeout": 2.0,
         "hello_timeout": 2.0,
+        "stall_timeout": 0.5,
     }
     base.update(kw)
     return RpcConfig(**base)  # type: ignore[arg-type]
@@ -115,6 +118,10 @@ def refused_addr() -> Address:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return ("127.0.0.1", port)
+
+
+def rpc_log(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "dkron.rpc"]
 
 
 async def eventually(cond: Callable[[], bool]) -> None:
@@ -244,7 +251,8 @@ async def test_three_endpoints_exchange_frames_on_every_channel() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_peer_restart_reconnects_with_backoff() -> None:
+async def test_peer_restart_reconnects_with_backoff(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dkron.rpc")
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             a = await start_rpc(nursery, "a")
@@ -254,18 +262,89 @@ async def test_peer_restart_reconnects_with_backoff() -> None:
             a.set_peer("b", b.addr)
             assert a.send("b", Channel.RAFT, b"one")
             assert (await b.inbox(Channel.RAFT).receive()).body == b"one"
+            # Up longer than backoff_max: a connection closed sooner counts as refused.
+            await trio.sleep(0.1)
             first.cancel()
             with pytest.raises(trio.EndOfChannel):  # a stopped endpoint closes its inboxes
                 await b.inbox(Channel.RAFT).receive()
             await a.wait_connected("b", connected=False)
             assert a.send("b", Channel.RAFT, b"two")  # queued while the peer is away
             await eventually(lambda: a.counters["connect_failed"] >= 2)
+            # Reported once when it starts failing, not at every attempt.
+            (down,) = rpc_log(caplog)
+            host, port = b.addr
+            assert down == (
+                logging.WARNING,
+                f"cannot reach b's RPC port at {host}:{port}: Connection refused; "
+                "retrying (what is sent to it waits)",
+            )
             b2 = await start_rpc(nursery, "b", listen=b.addr)
             assert (await b2.inbox(Channel.RAFT).receive()).body == b"two"
             await a.wait_connected("b")
             assert a.counters["connects"] == 2
             assert a.counters["disconnects"] == 1
+            # Once the connection has lasted (the stall timeout), not as soon as it opens.
+            await eventually(lambda: rpc_log(caplog)[-1][0] == logging.INFO)
+            _, back = rpc_log(caplog)[-1]
+            assert back.startswith(f"reached b's RPC port at {host}:{port} again, after ")
             nursery.cancel_scope.cancel()
+
+
+async def test_a_stalled_connection_is_dropped_reported_and_dialled_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A peer that accepts but never acknowledges (a path gone silent, a frozen
+    process) must not hold the connection, and what is queued behind it, for
+    the kernel's quarter of an hour of retransmissions."""
+    caplog.set_level(logging.INFO, logger="dkron.rpc")
+    held: list[trio.SocketStream] = []
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    with trio.fail_after(15):
+        async with listener, trio.open_nursery() as nursery:
+
+            async def accept_and_never_read() -> None:
+                while True:
+                    held.append(await listener.accept())
+
+            nursery.start_soon(accept_and_never_read)
+            a = await start_rpc(nursery, "a", fast(stall_timeout=0.3))
+            host, port = listener.socket.getsockname()[:2]
+            a.set_peer("b", (host, port))
+            for _ in range(200):  # 12.8 MB: more than both kernels' buffers hold
+                assert a.send("b", Channel.RAFT, b"x" * 65536)
+            await eventually(lambda: a.counters["disconnects"] >= 1)
+            await eventually(lambda: len(held) >= 2)  # dialled again
+            (first, *_) = rpc_log(caplog)
+            assert first == (
+                logging.WARNING,
+                f"cannot reach b's RPC port at {host}:{port}: the connection stalled "
+                "(nothing acknowledged for 0.3 s); retrying (what is sent to it waits)",
+            )
+            nursery.cancel_scope.cancel()
+    for stream in held:
+        stream.socket.close()
+
+
+async def test_an_unreachable_peer_is_reported_again_less_and_less_often(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rpc, "REPORT_FIRST", 0.1)
+    caplog.set_level(logging.INFO, logger="dkron.rpc")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            a = await start_rpc(nursery, "a")
+            a.set_peer("b", refused_addr())
+            await eventually(lambda: len(rpc_log(caplog)) >= 4)
+            nursery.cancel_scope.cancel()
+    first, *again = [r for r in caplog.records if r.name == "dkron.rpc"][:4]
+    assert first.getMessage().startswith("cannot reach b's RPC port")
+    assert all(r.getMessage().startswith("still cannot reach b's RPC port") for r in again)
+    assert "Connection refused" in again[-1].getMessage()
+    # Each report waits as long as the failure had lasted (at least REPORT_FIRST):
+    # the third reminder comes at least 0.3 s after the first, though the
+    # attempts go on every 50 ms.
+    assert again[2].created - again[0].created >= 0.3
+    assert a.counters["connect_failed"] > 8
 
 
 async def test_control_frames_overtake_a_flooded_bulk_lane() -> None:
@@ -395,7 +474,10 @@ async def test_inbox_is_bounded_in_bytes() -> None:
         assert [item async for item in raft] == []  # closed when the endpoint stops
 
 
-async def test_malformed_input_closes_only_that_connection() -> None:
+async def test_malformed_input_closes_only_that_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="dkron.rpc")
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             b = await start_rpc(nursery, "b", fast(max_frame=1024, max_bulk_frame=16))
@@ -409,6 +491,7 @@ async def test_malformed_input_closes_only_that_connection() -> None:
                 encode_frame(b"\xff\x00not cbor"),  # bad hello
                 struct.pack(">I", 5000) + b"h" * 5000,  # a hello may not be large
                 hello_frame("raw", version=PROTOCOL_VERSION + 1),  # unknown version
+                hello_frame("raw", version=PROTOCOL_VERSION + 1),  # reported once a minute
                 ok + struct.pack(">I", 10_000),  # oversized header
                 ok + encode_frame(bytes([Channel.RAFT]) + b"fine") + encode_frame(b"\x09??"),
                 ok + encode_frame(bytes([Channel.OUTPUT]) + b"y" * 17),  # oversized bulk
@@ -425,6 +508,15 @@ async def test_malformed_input_closes_only_that_connection() -> None:
                         pass  # b hung up before reading it all
                     assert await closed_by_peer(raw)
             assert b.counters["malformed"] == len(attacks)
+            # Garbage is only counted; a node of another version is an operator's
+            # mistake, and said so (once: a misconfigured node dials every few seconds).
+            assert rpc_log(caplog) == [
+                (
+                    logging.WARNING,
+                    "refused an RPC connection from 127.0.0.1: node 'raw' speaks RPC "
+                    f"protocol version {PROTOCOL_VERSION + 1}, this node {PROTOCOL_VERSION}",
+                )
+            ]
             got = await b.inbox(Channel.RAFT).receive()
             assert got == Incoming(peer="raw", channel=Channel.RAFT, body=b"fine")
             assert a.send("b", Channel.RAFT, b"after")
@@ -554,7 +646,10 @@ class _Pki:
         return {"server_ssl": server, "client_ssl": client}
 
 
-async def test_mutual_tls_refuses_a_peer_with_a_certificate_from_another_ca(tmp_path: Path) -> None:
+async def test_mutual_tls_refuses_a_peer_with_a_certificate_from_another_ca(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dkron.rpc")
     pki = _Pki(tmp_path)
     pki.ca("cluster-ca")
     pki.ca("other-ca")
@@ -569,6 +664,16 @@ async def test_mutual_tls_refuses_a_peer_with_a_certificate_from_another_ca(tmp_
             intruder.set_peer("b", b.addr)
             assert intruder.send("b", Channel.RAFT, b"let me in")
             await eventually(lambda: b.counters["handshake_failed"] >= 2)
+            # Both ends say why, once each.
+            lines = [text for _, text in rpc_log(caplog)]
+            refused = [t for t in lines if t.startswith("refused an RPC connection")]
+            assert refused == [
+                "refused an RPC connection from 127.0.0.1: TLS handshake failed "
+                + refused[0].split("TLS handshake failed ")[1]
+            ]
+            # The dialer sees a handshake that completed (TLS 1.3) and then a
+            # closed stream: it reports that, once, whatever the OS called it.
+            assert len([t for t in lines if t.startswith("cannot reach b's RPC port")]) == 1
             a.set_peer("b", b.addr)
             assert a.send("b", Channel.RAFT, b"member")
             got = await b.inbox(Channel.RAFT).receive()
