@@ -96,7 +96,8 @@ __all__ = [
 
 LOST_FAILED = "lost: worker {node} was declared failed while running the execution"
 LOST_LEASE = "lost: no heartbeat from worker {node} for {seconds:g} s"
-LOST_DISPATCH = "lost: worker {node} did not start the execution within {seconds:g} s"
+# The leader knows only that no start was reported: the report may be what was lost.
+LOST_DISPATCH = "lost: worker {node} did not report starting the execution within {seconds:g} s"
 LOST_RESTART = "lost: worker {node} restarted while the execution was running"
 LOST_GONE = "lost: worker {node} is gone (failed or left), so the execution was not dispatched"
 LOST_EXPIRED = (
