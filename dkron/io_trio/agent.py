@@ -208,6 +208,9 @@ CLAIM_LOOKAHEAD = timedelta(milliseconds=100)
 #: lookahead plus this long (a bound against clock skew between the leader
 #: and the worker).
 EARLY_HOLD_SLACK = timedelta(seconds=1)
+#: How long an agent waits for the leader's RPC port before it reports its
+#: executions through another server instead (the lease is 10 s).
+REPORT_DETOUR_AFTER = 2.0
 #: Tags the agent owns; a user tag of one of these names is dropped (Dkron overwrites them).
 RESERVED_TAGS = frozenset(
     {
@@ -1244,15 +1247,39 @@ class Agent:
             worker.receive(msg, src=src, now=now, wall_ns=wall_ns)
 
     def _follow_leader(self, now: float) -> None:
-        """Where the worker reports: the Raft leader, else any live server (it forwards)."""
+        """Where the worker reports: the Raft leader, else any live server (it forwards).
+
+        An agent knows the leader from its dispatches.  When it cannot reach
+        that server's RPC port for REPORT_DETOUR_AFTER while others answer
+        (a firewall or a partition between the two only, which gossip does
+        not see), it reports through one of those: a long run's heartbeats
+        keep its lease, and its result still gets committed.
+        """
         worker = self.worker
         assert worker is not None
         hint = None if self.node is None else self.node.leader_id
         if hint is None:
             alive = sorted(s.name for s in self.servers() if s.status is SwimStatus.ALIVE)
-            if worker.leader in alive:
-                return
-            hint = alive[0] if alive else None
+            if worker.dispatcher in alive:
+                hint = worker.dispatcher
+            elif worker.leader in alive:
+                hint = worker.leader
+            else:
+                hint = alive[0] if alive else None
+            rpc = self.rpc
+            if hint is not None and rpc is not None:
+                if rpc.down_for(hint) >= REPORT_DETOUR_AFTER:
+                    reachable = [s for s in alive if rpc.down_for(s) == 0.0]
+                    if worker.leader in reachable or not reachable:
+                        return  # keep the detour (or what there is)
+                    log.warning(
+                        "cannot reach %s's RPC port: reporting executions through %s",
+                        hint,
+                        reachable[0],
+                    )
+                    hint = reachable[0]
+                elif worker.leader is not None and hint != worker.leader:
+                    log.info("reporting executions to %s", hint)
         if hint is not None and hint != worker.leader:
             worker.set_leader(hint, now)
 

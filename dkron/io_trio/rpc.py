@@ -111,7 +111,7 @@ class RpcConfig:
     #: dropped (TCP_USER_TIMEOUT) and dialled again.  Without it a path that
     #: goes silent holds the connection, and everything queued behind it, for
     #: the kernel's retransmission timeout: a quarter of an hour.
-    stall_timeout: float = 10.0
+    stall_timeout: float = 5.0
     backoff_base: float = 0.05
     backoff_max: float = 5.0
     backoff_jitter: float = 0.2
@@ -282,6 +282,7 @@ class _Peer:
         self.connected = False
         self.changed = trio.Event()
         self.attempt = 0
+        self.down_since: float | None = None  # when an established connection broke
         # Failed connection attempts since the last connection (for the log).
         self.failures = 0
         self.failing_since = 0.0
@@ -430,7 +431,21 @@ class RpcEndpoint:
             for ch in self._inboxes.values():
                 ch.close()
 
+    def down_for(self, peer: str) -> float:
+        """How long the outgoing connection to ``peer`` has been down: 0 while it
+        is up or still in its first attempt, ``inf`` for a peer not known."""
+        p = self._peers.get(peer)
+        if p is None:
+            return math.inf
+        if p.connected:
+            return 0.0
+        since = p.down_since if p.down_since is not None else None
+        if since is None and p.failures:
+            since = p.failing_since
+        return 0.0 if since is None else trio.current_time() - since
+
     def _set_connected(self, p: _Peer, value: bool) -> None:
+        p.down_since = None if value else trio.current_time()
         p.connected = value
         p.changed.set()
         p.changed = trio.Event()

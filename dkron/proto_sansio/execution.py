@@ -572,9 +572,11 @@ class ExecutionLeader:
         if isinstance(msg, Started):
             self._on_started(msg.execution, now)
         elif isinstance(msg, Heartbeat):
+            # By the node it names, not by the sender: a worker that cannot
+            # reach the leader reports through another server, which forwards.
             for key in msg.running:
                 run = self._runs.get(key)
-                if run is not None and run.phase is _Phase.RUNNING and key.node == src:
+                if run is not None and run.phase is _Phase.RUNNING and key.node == msg.node:
                     run.deadline = now + self.config.lease_timeout
                     self._schedule(run)
         elif isinstance(msg, Output):
@@ -863,6 +865,10 @@ class ExecutionWorker:
         self.config = config
         self.leader: str | None = None
         self.leader_term = -1
+        #: The server whose dispatch carried the newest term: the leader as far
+        #: as this worker knows.  ``leader`` is where reports go, which is
+        #: another server (it forwards) while this one cannot be reached.
+        self.dispatcher: str | None = None
         self._last_started = max([wall_ns, *(ex.started_at for ex in interrupted)])
         self._runs: dict[RunKey, _WorkerRun] = {}
         # The runs with a result not yet acknowledged: the only ones with a
@@ -1006,8 +1012,12 @@ class ExecutionWorker:
             # A dispatch of a newer term names the current leader: report there
             # (set_leader re-sends everything outstanding to it).
             self.leader_term = msg.term
+            self.dispatcher = src
             switched = src != self.leader
             self.set_leader(src, now)
+        # Reports go where this worker reports (``leader``), which forwards
+        # them when it is not the dispatcher.
+        report_to = self.leader or src
         run = self._runs.get(key)
         if run is not None:
             if msg.term < run.term:
@@ -1015,11 +1025,11 @@ class ExecutionWorker:
                 self._send(src, Refused(run.term, key, "stale_term"))
                 return
             run.term = msg.term
-            run.leader = src
+            run.leader = report_to
             # Already running (or finished): answer the leader, never start twice.
             if not switched:
                 reply = _result_msg(run.result) if run.result else _started_msg(run.execution)
-                self._send(src, reply)
+                self._send(report_to, reply)
             return
         if key in self._done_set:
             self._send(src, Refused(msg.term, key, "done"))
@@ -1028,16 +1038,16 @@ class ExecutionWorker:
             # The leader stops waiting for this start at its start-by time: a
             # run started now could begin after it was recorded lost (and retried).
             self.refused += 1
-            self._send(src, Refused(msg.term, key, "expired"))
+            self._send(report_to, Refused(msg.term, key, "expired"))
             return
         # Dkron's execution id is "<started_at ns>-<node>": two attempts started
         # in the same clock tick (a catch-up batch) must still get distinct ids.
         self._last_started = started_at = max(wall_ns, self._last_started + 1)
         execution = _new_execution(key, started_at, self.node, msg.scheduled_time, msg.trigger)
-        self._runs[key] = _WorkerRun(key, msg.term, src, execution)
+        self._runs[key] = _WorkerRun(key, msg.term, report_to, execution)
         out = self._out
         out.append(_start_run(msg.job, execution))
-        out.append(_send_action(src, _started_msg(execution)))
+        out.append(_send_action(report_to, _started_msg(execution)))
 
     def _remember_done(self, key: RunKey) -> None:
         if len(self._done) == self._done.maxlen:

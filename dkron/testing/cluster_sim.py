@@ -213,31 +213,48 @@ class _Member:
         return at
 
     def _follow_leader(self) -> None:
-        """Where results go: the Raft leader if known, else any live server (it forwards)."""
+        """Where results go: the Raft leader if known, else any live server (it forwards).
+
+        As the agent does: an agent reports to the server that dispatched to it
+        (its leader as far as it knows), and through another live server while
+        it cannot reach that one (the agent learns that from its RPC
+        connection; here the network says so).
+        """
         worker = self.worker
         if worker is None:
             return
         hint = self._leader_hint()
-        if hint is None and self.swim is not None:
-            current = worker.leader
-            known = None if current is None else self.swim.member(current)
-            if (
-                known is not None
-                and known.status is MemberStatus.ALIVE
-                and known.tags.get("server") == "true"
-            ):
-                return  # still a live server: keep it (the full scan below agrees)
-            alive = sorted(
-                m.name
-                for m in self.swim.members()
-                if m.status is MemberStatus.ALIVE and m.tags.get("server") == "true"
-            )
-            current = worker.leader
-            if current in alive:
-                return
-            hint = alive[0] if alive else None
+        swim = self.swim
+        if hint is None and swim is not None:
+            for candidate in (worker.dispatcher, worker.leader):
+                known = None if candidate is None else swim.member(candidate)
+                if (
+                    known is not None
+                    and known.status is MemberStatus.ALIVE
+                    and known.tags.get("server") == "true"
+                ):
+                    hint = candidate
+                    break
+            else:
+                alive = self._alive_servers()
+                hint = alive[0] if alive else None
+            if hint is not None and self.network.is_blocked(self.name, hint):
+                reachable = [
+                    s for s in self._alive_servers() if not self.network.is_blocked(self.name, s)
+                ]
+                if worker.leader in reachable or not reachable:
+                    return
+                hint = reachable[0]
         if hint is not None and hint != worker.leader:
             worker.set_leader(hint, self.loop.now)
+
+    def _alive_servers(self) -> list[str]:
+        assert self.swim is not None
+        return sorted(
+            m.name
+            for m in self.swim.members()
+            if m.status is MemberStatus.ALIVE and m.tags.get("server") == "true"
+        )
 
     def _leader_hint(self) -> str | None:
         return None
@@ -747,6 +764,17 @@ class ClusterSim(SchedCluster):
                 )
             else:
                 network.clear_link(server, agent)
+
+    def cut(self, agent: str) -> None:
+        """Break the route between ``agent`` and the leader only, both ways.
+
+        Gossip still sees each alive through the other members: the leader
+        keeps dispatching to the agent, which must report through another server.
+        """
+        leader = self.leader()
+        if leader is not None and leader.name != agent:
+            self.network.block(agent, leader.name)
+            self.network.block(leader.name, agent)
 
     def heal_everything(self) -> None:
         self.network.heal()

@@ -338,3 +338,51 @@ async def test_a_workers_output_keeps_reaching_the_leader_chunk_after_chunk(
                     if await last_line() == str(lines):
                         break
                     await trio.sleep(0.1)
+
+
+async def test_a_worker_that_cannot_reach_the_leader_reports_through_another_server(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A route broken between the leader and one worker only (gossip still sees
+    the worker alive through the others): the worker's heartbeats and result go
+    through another server, so a run longer than the lease is not lost."""
+    with trio.fail_after(120):
+        async with cluster(tmp_path) as c:
+            await start_three(c)
+            worker = await c.start("w1", server=False, tags={"pool": "workers"})
+            await eventually(
+                lambda: len([s for s in worker.agent.servers() if int(s.status) == 1]) == 3,
+                "w1 sees the three servers",
+            )
+            leader = c.leader()
+            assert leader is not None
+            job = {
+                "name": "long",
+                "schedule": "@manually",
+                "tags": {"pool": "workers:1"},
+                "executor": "shell",
+                "executor_config": {"command": "echo begun; sleep 14; echo ended", "shell": "true"},
+            }
+            assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
+            assert (await call(leader.port, "POST", "/v1/jobs/long/run"))[0] == 200
+            await eventually(
+                lambda: bool(leader.agent.state.running_executions("long")), "the run started"
+            )
+            # From now on nothing w1 sends reaches the leader (a port nobody listens on).
+            assert worker.agent.rpc is not None
+            worker.agent.rpc.set_peer(leader.agent.name, ("127.0.0.1", _free_port()))
+
+            def finished() -> list[Any]:
+                return [e for e in leader.agent.state.executions("long") if e.finished_at]
+
+            await eventually(finished, "the run finished", within=60)
+            (ex,) = finished()
+            assert ex.success and ex.status == "", ex.output
+            assert ex.output == "begun\nended\n"
+            assert worker.agent.worker is not None
+            assert worker.agent.worker.leader != leader.agent.name
+            assert any(
+                "cannot reach" in r.getMessage()
+                and "reporting executions through" in r.getMessage()
+                for r in caplog.records
+            )

@@ -257,6 +257,44 @@ def test_lease_expiry_makes_a_running_execution_lost() -> None:
     assert lead.next_deadline() is None
 
 
+def test_a_heartbeat_forwarded_by_another_server_renews_the_lease() -> None:
+    """A worker that cannot reach the leader reports through another server:
+    the lease follows the node the heartbeat names, not the sender."""
+    sm, _ = claimed_state()
+    lead = ExecutionLeader("s1", 1, CFG, now=0.0)
+    lead.load(sm, 0.0, wall_ns=T0)
+    lead.receive(Started(EX), src="s2", now=0.1, wall_ns=T0 + 1)
+    lead.drain()
+    lead.receive(Heartbeat("w1", (KEY,)), src="s2", now=4.0, wall_ns=T0 + 2)
+    lead.handle_timer(8.9, T0 + 3)
+    assert lead.drain() == []  # renewed at 4.0: expires at 9.0
+    # Naming another node renews nothing of w1's.
+    lead.receive(Heartbeat("w2", (KEY,)), src="w2", now=8.0, wall_ns=T0 + 4)
+    lead.handle_timer(9.0, T0 + 5)
+    (lost,) = proposals(lead.drain())
+    assert isinstance(lost, ExecutionFinished) and "no heartbeat" in lost.execution.output
+
+
+def test_a_worker_reports_where_it_is_told_even_for_the_dispatchers_runs() -> None:
+    """While the agent detours its reports through s3, what a dispatch from the
+    leader (s1, unreachable from here) asks for is answered through s3 too."""
+    w = ExecutionWorker("w1", CFG, now=0.0)
+    w.receive(dispatch(), src="s1", now=0.0, wall_ns=T0 + 5)
+    assert w.dispatcher == w.leader == "s1"
+    ((_, started),) = sends(w.drain())
+    w.set_leader("s3", 0.5)  # the agent's detour: re-sends what is outstanding to s3
+    assert sends(w.drain()) == [("s3", started)]
+    w.receive(dispatch(), src="s1", now=1.0, wall_ns=T0 + 6)  # re-sent, same term
+    assert sends(w.drain()) == [("s3", started)]
+    w.receive(dispatch(key=RunKey("job", T0 + 1, "w1", 1)), src="s1", now=1.1, wall_ns=T0 + 7)
+    ((dst, other),) = sends(w.drain())
+    assert dst == "s3" and isinstance(other, Started)
+    assert w.dispatcher == "s1" and w.leader == "s3"
+    w.finished(KEY, success=True, output="", wall_ns=T0 + 8, now=1.2)
+    ((dst, msg),) = sends(w.drain())
+    assert dst == "s3" and isinstance(msg, Result)
+
+
 def test_a_failed_member_loses_its_runs_and_the_state_schedules_the_retry() -> None:
     sm = StateMachine()
     sm.apply(1, encode_command(UpsertJob(Job("job", schedule="@every 1s", retries=1))))
