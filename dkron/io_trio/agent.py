@@ -211,6 +211,8 @@ EARLY_HOLD_SLACK = timedelta(seconds=1)
 #: How long an agent waits for the leader's RPC port before it reports its
 #: executions through another server instead (the lease is 10 s).
 REPORT_DETOUR_AFTER = 2.0
+#: What the leader sends a worker (and a server relays when asked to).
+_TO_WORKER = (Dispatch, ResultAck, Cancel)
 #: Tags the agent owns; a user tag of one of these names is dropped (Dkron overwrites them).
 RESERVED_TAGS = frozenset(
     {
@@ -555,6 +557,7 @@ class Agent:
         self._runs: dict[RunKey, trio.CancelScope] = {}
         #: dispatches that arrived before their slot: (release wall ns, seq, src, msg)
         self._early: list[tuple[int, int, str, Dispatch]] = []
+        self._relaying: set[str] = set()  # workers the leader reaches through another server
         self._early_seq = 0
         self.claim_lookahead = CLAIM_LOOKAHEAD
         self._turn = 0  # the core loop's turns, for what is read once per turn
@@ -1163,8 +1166,38 @@ class Agent:
         if isinstance(msg, ExecMessage):
             self._deliver_exec(item.peer, msg, now)
 
+    def _relay_for(self, worker: str) -> str:
+        """Where the leader sends a worker's messages: the worker itself, or,
+        while its RPC port cannot be reached, another server that can reach it
+        (which passes them on).  A route broken between the leader and one
+        worker only then costs no dispatch."""
+        rpc = self.rpc
+        if rpc is None or worker == self.name or rpc.down_for(worker) < REPORT_DETOUR_AFTER:
+            if worker in self._relaying:
+                self._relaying.discard(worker)
+                log.info("sending to %s directly again", worker)
+            return worker
+        relays = sorted(
+            s.name
+            for s in self.servers()
+            if s.status is SwimStatus.ALIVE
+            and s.name not in (self.name, worker)
+            and rpc.down_for(s.name) == 0.0
+        )
+        if not relays:
+            return worker
+        if worker not in self._relaying:
+            self._relaying.add(worker)
+            log.warning("cannot reach %s's RPC port: sending to it through %s", worker, relays[0])
+        return relays[0]
+
     def _deliver_exec(self, src: str, msg: ExecMessage, now: float) -> None:
         assert self.worker is not None
+        if isinstance(msg, _TO_WORKER) and msg.key.node != self.name:
+            # Relayed by a leader that cannot reach that worker: pass it on (once).
+            if self.node is not None and msg.key.node != src:
+                self._send_exec(msg.key.node, msg)
+            return
         wall_ns = to_ns(_wall())
         if isinstance(msg, Dispatch) and (msg.scheduled_time or 0) > wall_ns:
             # Claimed ahead (CLAIM_LOOKAHEAD): the run starts at its slot, not
@@ -1183,7 +1216,7 @@ class Agent:
             if len(held) != len(self._early):
                 heapq.heapify(held)
                 self._early = held
-        if isinstance(msg, Dispatch | ResultAck | Cancel):
+        if isinstance(msg, _TO_WORKER):
             self.worker.receive(msg, src=src, now=now, wall_ns=wall_ns)
         elif self.exec_leader is not None:
             self.exec_leader.receive(msg, src=src, now=now, wall_ns=wall_ns)
@@ -1267,7 +1300,7 @@ class Agent:
             else:
                 hint = alive[0] if alive else None
             rpc = self.rpc
-            if hint is not None and rpc is not None:
+            if hint is not None and hint != self.name and rpc is not None:
                 if rpc.down_for(hint) >= REPORT_DETOUR_AFTER:
                     reachable = [s for s in alive if rpc.down_for(s) == 0.0]
                     if worker.leader in reachable or not reachable:
@@ -1600,7 +1633,10 @@ class Agent:
             actions.extend(self.exec_leader.drain())
         for a in actions:
             if isinstance(a, Send):
-                self._send_exec(a.dst, a.msg)
+                dst = a.dst
+                if isinstance(a.msg, _TO_WORKER):
+                    dst = self._relay_for(dst)
+                self._send_exec(dst, a.msg)
             elif isinstance(a, Propose):
                 if self.node is not None:
                     self._propose_quietly(a.command, now)

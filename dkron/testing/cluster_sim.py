@@ -515,9 +515,13 @@ class ServerNode(_Member, SchedHost):
         node = self.node
         if lead is None or node is None:
             return
+        network = self.network
         for a in lead.drain():
             if isinstance(a, Send):
-                self._send_exec(a.dst, a.msg)
+                dst = a.dst
+                if network.is_blocked(self.name, dst) and isinstance(a.msg, _TO_WORKER):
+                    dst = self._relay_for(dst)
+                self._send_exec(dst, a.msg)
             elif isinstance(a, Propose):
                 try:
                     node.propose(self.sim.encode(a.command), self.loop.now)
@@ -526,8 +530,24 @@ class ServerNode(_Member, SchedHost):
                     return
         RaftHost.flush(self)
 
+    def _relay_for(self, worker: str) -> str:
+        """As the agent's leader does: a worker it cannot reach gets its messages
+        through another live server that it can reach (which passes them on)."""
+        network = self.network
+        relays = [
+            s
+            for s in self._alive_servers()
+            if s not in (self.name, worker) and not network.is_blocked(self.name, s)
+        ]
+        return relays[0] if relays else worker
+
     def _on_exec(self, src: str, msg: ExecMessage) -> None:
         if isinstance(msg, _TO_WORKER):
+            if msg.key.node != self.name:
+                # Relayed by a leader that cannot reach that worker: pass it on (once).
+                if msg.key.node != src:
+                    self._send_exec(msg.key.node, msg)
+                return
             super()._on_exec(src, msg)
             return
         lead = self.exec_leader

@@ -381,8 +381,54 @@ async def test_a_worker_that_cannot_reach_the_leader_reports_through_another_ser
             assert ex.output == "begun\nended\n"
             assert worker.agent.worker is not None
             assert worker.agent.worker.leader != leader.agent.name
-            assert any(
-                "cannot reach" in r.getMessage()
-                and "reporting executions through" in r.getMessage()
+            # Only the worker detoured, and only around the leader (a server
+            # with no leader known yet must not take itself for unreachable).
+            detours = [
+                r.getMessage()
                 for r in caplog.records
+                if "reporting executions through" in r.getMessage()
+            ]
+            assert detours
+            assert all(m.startswith(f"cannot reach {leader.agent.name}'s") for m in detours)
+
+
+async def test_a_leader_that_cannot_reach_a_worker_dispatches_through_another_server(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other half of a route broken between the leader and one worker: new
+    runs reach the worker through a server that can reach it, and run."""
+    with trio.fail_after(120):
+        async with cluster(tmp_path) as c:
+            await start_three(c)
+            worker = await c.start("w1", server=False, tags={"pool": "workers"})
+            await eventually(
+                lambda: len([s for s in worker.agent.servers() if int(s.status) == 1]) == 3,
+                "w1 sees the three servers",
             )
+            leader = c.leader()
+            assert leader is not None and leader.agent.rpc is not None
+            # Nothing the leader sends w1 reaches it (a port nobody listens on).
+            leader.agent.rpc.set_peer("w1", ("127.0.0.1", _free_port()))
+            await eventually(lambda: leader.agent.rpc.down_for("w1") > 2.5, "w1 down")  # type: ignore[union-attr]
+            job = {
+                "name": "relayed",
+                "schedule": "@manually",
+                "tags": {"pool": "workers:1"},
+                "executor": "shell",
+                "executor_config": {"command": "echo $DKRON_NODE_NAME", "shell": "true"},
+            }
+            assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
+            for _ in range(3):
+                assert (await call(leader.port, "POST", "/v1/jobs/relayed/run"))[0] == 200
+
+            def finished() -> list[Any]:
+                return [e for e in leader.agent.state.executions("relayed") if e.finished_at]
+
+            await eventually(lambda: len(finished()) == 3, "three runs finished", within=20)
+            assert [(e.node_name, e.success, e.output) for e in finished()] == [
+                ("w1", True, "w1\n")
+            ] * 3
+            relays = [
+                r.getMessage() for r in caplog.records if "sending to it through" in r.getMessage()
+            ]
+            assert relays == [relays[0]] and relays[0].startswith("cannot reach w1's RPC port")
