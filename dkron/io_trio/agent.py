@@ -1191,11 +1191,19 @@ class Agent:
             log.warning("cannot reach %s's RPC port: sending to it through %s", worker, relays[0])
         return relays[0]
 
+    def _ahead_of(self, peer: str) -> int:
+        """How far this node's wall clock runs ahead of ``peer``'s (ns; 0 for itself)."""
+        return 0 if self.rpc is None or peer == self.name else self.rpc.clock_offset(peer)
+
     def _deliver_exec(self, src: str, msg: ExecMessage, now: float) -> None:
         assert self.worker is not None
         if isinstance(msg, _TO_WORKER) and msg.key.node != self.name:
-            # Relayed by a leader that cannot reach that worker: pass it on (once).
+            # Relayed by a leader that cannot reach that worker: pass it on (once),
+            # a dispatch's start-by time moved onto this node's clock, which is
+            # the one the worker measures its own against.
             if self.node is not None and msg.key.node != src:
+                if isinstance(msg, Dispatch):
+                    msg = dataclasses.replace(msg, start_by=msg.start_by + self._ahead_of(src))
                 self._send_exec(msg.key.node, msg)
             return
         wall_ns = to_ns(_wall())
@@ -1217,7 +1225,9 @@ class Agent:
                 heapq.heapify(held)
                 self._early = held
         if isinstance(msg, _TO_WORKER):
-            self.worker.receive(msg, src=src, now=now, wall_ns=wall_ns)
+            self.worker.receive(
+                msg, src=src, now=now, wall_ns=wall_ns, ahead_ns=self._ahead_of(src)
+            )
         elif self.exec_leader is not None:
             self.exec_leader.receive(msg, src=src, now=now, wall_ns=wall_ns)
         else:
@@ -1277,7 +1287,7 @@ class Agent:
         early = self._early
         while early and early[0][0] <= wall_ns:
             _, _, src, msg = heapq.heappop(early)
-            worker.receive(msg, src=src, now=now, wall_ns=wall_ns)
+            worker.receive(msg, src=src, now=now, wall_ns=wall_ns, ahead_ns=self._ahead_of(src))
 
     def _follow_leader(self, now: float) -> None:
         """Where the worker reports: the Raft leader, else any live server (it forwards).

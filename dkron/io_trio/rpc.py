@@ -18,6 +18,8 @@ import os
 import random
 import socket
 import ssl
+import time
+from collections.abc import Callable
 
 import trio
 
@@ -38,6 +40,7 @@ __all__ = [
     "HELLO_CODEC",
     "PROTOCOL_VERSION",
     "Channel",
+    "ClockedHello",
     "Hello",
     "Inbox",
     "Incoming",
@@ -81,7 +84,21 @@ class Hello:
             raise ValueError("node name must have 1..128 characters")
 
 
-HELLO_CODEC = Codec({1: Hello})
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClockedHello(Hello):
+    """A hello that also carries the sender's wall clock (ns) when it sent it.
+
+    Sent first on a fresh connection, it never waits behind anything: the
+    receiver takes ``its clock - wall_ns`` as how far it runs ahead of the
+    sender (:meth:`RpcEndpoint.clock_offset`), to within one network delay.
+    A worker judges a dispatch's start-by time, which is on the leader's
+    clock, with it.  (Version-1 nodes send a plain :class:`Hello`: kind 1.)
+    """
+
+    wall_ns: int
+
+
+HELLO_CODEC = Codec({1: Hello, 2: ClockedHello})
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -307,14 +324,18 @@ class RpcEndpoint:
         config: RpcConfig | None = None,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
+        wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.name = name
+        self._wall_ns = wall_ns
+        # Peer name -> how far this node's wall clock runs ahead of the peer's
+        # (ns), from the hello of the peer's latest connection.
+        self._offsets: dict[str, int] = {}
         self.config = config or RpcConfig()
         self.counters: collections.Counter[str] = collections.Counter()
         self._rng = rng
         self._server_ssl = server_ssl
         self._client_ssl = client_ssl
-        self._hello = encode_frame(HELLO_CODEC.encode(Hello(PROTOCOL_VERSION, name)))
         self._peers: dict[str, _Peer] = {}
         self._incoming: dict[str, trio.CancelScope] = {}
         self._serving = 0
@@ -430,6 +451,11 @@ class RpcEndpoint:
             self._nursery = None
             for ch in self._inboxes.values():
                 ch.close()
+
+    def clock_offset(self, peer: str) -> int:
+        """How far this node's wall clock runs ahead of ``peer``'s, in ns (0 when
+        not known), measured when the peer's latest connection said hello."""
+        return self._offsets.get(peer, 0)
 
     def down_for(self, peer: str) -> float:
         """How long the outgoing connection to ``peer`` has been down: 0 while it
@@ -554,7 +580,8 @@ class RpcEndpoint:
                 if self._client_ssl is not None:
                     stream = trio.SSLStream(stream, self._client_ssl, server_hostname=name)
                     await stream.do_handshake()
-                await stream.send_all(self._hello)
+                hello = ClockedHello(PROTOCOL_VERSION, self.name, self._wall_ns())
+                await stream.send_all(encode_frame(HELLO_CODEC.encode(hello)))
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
@@ -638,6 +665,8 @@ class RpcEndpoint:
                 )
                 return
             name = hello.node
+            if isinstance(hello, ClockedHello):
+                self._offsets[name] = self._wall_ns() - hello.wall_ns
             with trio.CancelScope() as scope:
                 old = self._incoming.get(name)
                 if old is not None:

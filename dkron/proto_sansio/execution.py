@@ -102,7 +102,7 @@ LOST_RESTART = "lost: worker {node} restarted while the execution was running"
 LOST_GONE = "lost: worker {node} is gone (failed or left), so the execution was not dispatched"
 LOST_EXPIRED = (
     "lost: worker {node} got the dispatch after its start-by time and did not start it "
-    "(the network held the dispatch back, or {node}'s clock is ahead of the leader's)"
+    "(the network held it back, or a clock was set since the connection opened)"
 )
 CANCELLED = "cancelled: the execution was cancelled before it started"
 
@@ -209,7 +209,7 @@ class RunKey(NamedTuple):
 class Dispatch:
     """Leader -> worker: run this attempt (carrying the job as the leader knows it).
 
-    ``start_by`` (wall clock, ns) is when the leader stops waiting for the
+    ``start_by`` (the leader's wall clock, ns) is when it stops waiting for the
     start: a worker refuses the dispatch after it.  A TCP connection that
     stalls keeps what was queued on it and delivers it when the path heals,
     minutes later; without this bound, every dispatch held back that way
@@ -386,10 +386,11 @@ class ExecutionConfig:
     lease_timeout: float = 10.0
     dispatch_retry: float = 1.0
     dispatch_timeout: float = 30.0
-    #: How far a worker's wall clock may lag the leader's.  A dispatch must be
-    #: started within ``dispatch_timeout - clock_skew`` of the leader's wall
-    #: clock when it first sent it, so that a worker running that much behind
-    #: still never starts a run after the leader has given up on it.
+    #: The margin for error in a worker's view of the leader's clock (the RPC
+    #: hello measures the offset; a clock set later is what it misses).  A
+    #: dispatch must be started within ``dispatch_timeout - clock_skew`` of
+    #: the leader's wall clock when it first sent it, so that a worker that
+    #: far off still never starts a run after the leader has given up on it.
     clock_skew: float = 5.0
     result_retry: float = 1.0
     live_buffer_bytes: int = 256 * 1024
@@ -912,9 +913,14 @@ class ExecutionWorker:
                 for seq, data in run.unsent:
                     self._send(leader, _output_msg(run.key, seq, data))
 
-    def receive(self, msg: ExecMessage, *, src: str, now: float, wall_ns: int) -> None:
+    def receive(
+        self, msg: ExecMessage, *, src: str, now: float, wall_ns: int, ahead_ns: int = 0
+    ) -> None:
+        """``ahead_ns``: how far this node's wall clock runs ahead of the sender's
+        (the RPC hello measures it), so that a dispatch's start-by time, on the
+        leader's clock, is judged on the same clock and skew does not refuse it."""
         if isinstance(msg, Dispatch):
-            self._on_dispatch(msg, src, now, wall_ns)
+            self._on_dispatch(msg, src, now, wall_ns, ahead_ns)
         elif isinstance(msg, ResultAck):
             run = self._runs.pop(msg.key, None)
             self._reporting.pop(msg.key, None)
@@ -1003,7 +1009,9 @@ class ExecutionWorker:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _on_dispatch(self, msg: Dispatch, src: str, now: float, wall_ns: int) -> None:
+    def _on_dispatch(
+        self, msg: Dispatch, src: str, now: float, wall_ns: int, ahead_ns: int
+    ) -> None:
         key = msg.key
         if key.node != self.node:
             return
@@ -1034,7 +1042,7 @@ class ExecutionWorker:
         if key in self._done_set:
             self._send(src, Refused(msg.term, key, "done"))
             return
-        if wall_ns > msg.start_by:
+        if wall_ns - ahead_ns > msg.start_by:
             # The leader stops waiting for this start at its start-by time: a
             # run started now could begin after it was recorded lost (and retried).
             self.refused += 1

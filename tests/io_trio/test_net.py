@@ -9,6 +9,7 @@ import random
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from dkron.io_trio.net import (
     PROTOCOL_VERSION,
     AddressError,
     Channel,
+    ClockedHello,
     GossipEndpoint,
     Hello,
     Incoming,
@@ -251,6 +253,32 @@ async def test_three_endpoints_exchange_frames_on_every_channel() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_the_hello_tells_the_receiver_how_far_its_clock_runs_ahead() -> None:
+    """A worker judges a dispatch's start-by time (on the leader's clock) with
+    this offset, so that skew between the two does not refuse or admit it."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            a = await start_rpc(nursery, "a")
+            b = RpcEndpoint(
+                "b",
+                rng=random.Random("b"),
+                config=fast(),
+                wall_ns=lambda: time.time_ns() + 60 * 10**9,  # a minute ahead
+            )
+            await nursery.start(b.run, LOOPBACK)
+            assert b.addr is not None and a.addr is not None
+            assert b.clock_offset("a") == 0  # not known before a connects
+            a.set_peer("b", b.addr)
+            assert a.send("b", Channel.RAFT, b"x")
+            assert (await b.inbox(Channel.RAFT).receive()).peer == "a"
+            assert abs(b.clock_offset("a") - 60 * 10**9) < 10**9
+            b.set_peer("a", a.addr)  # the other way: a hears b's clock
+            assert b.send("a", Channel.RAFT, b"y")
+            await a.inbox(Channel.RAFT).receive()
+            assert abs(a.clock_offset("b") + 60 * 10**9) < 10**9
+            nursery.cancel_scope.cancel()
+
+
 async def test_peer_restart_reconnects_with_backoff(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="dkron.rpc")
     with trio.fail_after(10):
@@ -357,7 +385,9 @@ async def test_control_frames_overtake_a_flooded_bulk_lane() -> None:
             conn = await listener.accept()
             decoder = FrameDecoder()
             (hello,) = await read_frames(conn, decoder, 1)
-            assert HELLO_CODEC.decode(hello) == Hello(PROTOCOL_VERSION, "a")
+            got = HELLO_CODEC.decode(hello)
+            assert isinstance(got, ClockedHello)
+            assert (got.version, got.node) == (PROTOCOL_VERSION, "a")
             chunk = b"x" * a.config.max_bulk_frame
             accepted = 0
             while True:

@@ -380,6 +380,24 @@ def test_a_dispatch_past_its_start_by_time_is_refused_not_started() -> None:
     assert w.running() == [KEY]
 
 
+def test_the_start_by_time_is_judged_on_the_leaders_clock() -> None:
+    """A worker whose clock runs a minute ahead (as the RPC hello measured it)
+    starts a fresh dispatch, and still refuses one held back past its time."""
+    minute = 60 * 10**9
+    w = ExecutionWorker("w1", CFG, now=0.0)
+    w.receive(dispatch(start_by=T0 + 20), src="s1", now=0.0, wall_ns=T0 + minute, ahead_ns=minute)
+    assert [type(a) for a in w.drain()] == [StartRun, Send]
+    late = RunKey("job", T0 + 1, "w1", 1)
+    w.receive(
+        dispatch(key=late, start_by=T0 + 20),
+        src="s1",
+        now=1.0,
+        wall_ns=T0 + 21 + minute,
+        ahead_ns=minute,
+    )
+    assert sends(w.drain()) == [("s1", Refused(1, late, "expired"))]
+
+
 def test_a_run_must_start_before_the_leader_gives_up_on_it_less_the_clock_skew() -> None:
     sm, _ = claimed_state()
     lead = ExecutionLeader("s1", 1, CFG, now=0.0)
