@@ -1023,6 +1023,10 @@ class ExecutionWorker:
             self.dispatcher = src
             switched = src != self.leader
             self.set_leader(src, now)
+        elif msg.term == self.leader_term:
+            # The same leader, directly or through a relay (see the agent's
+            # _relay_for): whoever delivers its dispatches now is the way back.
+            self.dispatcher = src
         # Reports go where this worker reports (``leader``), which forwards
         # them when it is not the dispatcher.
         report_to = self.leader or src

@@ -290,6 +290,12 @@ def test_a_worker_reports_where_it_is_told_even_for_the_dispatchers_runs() -> No
     ((dst, other),) = sends(w.drain())
     assert dst == "s3" and isinstance(other, Started)
     assert w.dispatcher == "s1" and w.leader == "s3"
+    # The leader's dispatches now come through s2 (it relays): that is the way back.
+    w.receive(dispatch(key=RunKey("job", T0 + 2, "w1", 1)), src="s2", now=1.15, wall_ns=T0 + 7)
+    assert w.dispatcher == "s2"
+    w.receive(dispatch(key=RunKey("job", T0 + 3, "w1", 1), term=0), src="s9", now=1.16, wall_ns=T0)
+    assert w.dispatcher == "s2"  # not a deposed leader's
+    w.drain()
     w.finished(KEY, success=True, output="", wall_ns=T0 + 8, now=1.2)
     ((dst, msg),) = sends(w.drain())
     assert dst == "s3" and isinstance(msg, Result)
