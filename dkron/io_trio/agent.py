@@ -629,6 +629,8 @@ class Agent:
             members_by_status=by_status,
             swim_health_score=0 if swim is None else swim.awareness,
             swim_counters={} if swim is None else dict(swim.counters),
+            rpc_counters={} if self.rpc is None else dict(self.rpc.counters),
+            rpc_peers_down=0 if self.rpc is None else self.rpc.peers_down(),
             running_executions=len(self.state.running_executions()),
             jobs=self.state.job_count(),
             event_subscribers=self.events.subscribers,
@@ -1189,6 +1191,7 @@ class Agent:
         if worker not in self._relaying:
             self._relaying.add(worker)
             log.warning("cannot reach %s's RPC port: sending to it through %s", worker, relays[0])
+        rpc.counters["sent_through_relay"] += 1
         return relays[0]
 
     def _ahead_of(self, peer: str) -> int:
@@ -1202,6 +1205,8 @@ class Agent:
             # a dispatch's start-by time moved onto this node's clock, which is
             # the one the worker measures its own against.
             if self.node is not None and msg.key.node != src:
+                if self.rpc is not None:
+                    self.rpc.counters["relayed"] += 1
                 if isinstance(msg, Dispatch):
                     msg = dataclasses.replace(msg, start_by=msg.start_by + self._ahead_of(src))
                 self._send_exec(msg.key.node, msg)

@@ -65,6 +65,8 @@ class AgentGauges:
     members_by_status: Mapping[str, int] = field(default_factory=dict)
     swim_health_score: int = 0
     swim_counters: Mapping[str, int] = field(default_factory=dict)
+    rpc_counters: Mapping[str, int] = field(default_factory=dict)
+    rpc_peers_down: int = 0
     running_executions: int = 0
     jobs: int = 0
     event_subscribers: int = 0
@@ -87,6 +89,11 @@ class _Gauges(Collector):
             ("dkron_executions_running", "Executions running in the cluster", g.running_executions),
             ("dkron_jobs", "Jobs in the replicated state", g.jobs),
             ("dkron_events_subscribers", "Clients of /v1/events", g.event_subscribers),
+            (
+                "dkron_rpc_peers_down",
+                "Peers whose RPC connection from here is down (alert when it stays above 0)",
+                g.rpc_peers_down,
+            ),
         )
         for name, doc, value in simple:
             yield GaugeMetricFamily(name, doc, value=value)
@@ -100,6 +107,14 @@ class _Gauges(Collector):
         for key, count in sorted(g.swim_counters.items()):
             swim.add_metric([key], count)
         yield swim
+        rpc = CounterMetricFamily(
+            "dkron_rpc_events",
+            "RPC transport counters (connects, failures, drops, relayed messages...)",
+            labels=["event"],
+        )
+        for key, count in sorted(g.rpc_counters.items()):
+            rpc.add_metric([key], count)
+        yield rpc
 
 
 class Metrics:

@@ -457,6 +457,11 @@ class RpcEndpoint:
         not known), measured when the peer's latest connection said hello."""
         return self._offsets.get(peer, 0)
 
+    def peers_down(self) -> int:
+        """Known peers whose outgoing connection is down (not merely being dialled
+        for the first time)."""
+        return sum(1 for name in self._peers if self.down_for(name) > 0)
+
     def down_for(self, peer: str) -> float:
         """How long the outgoing connection to ``peer`` has been down: 0 while it
         is up or still in its first attempt, ``inf`` for a peer not known."""

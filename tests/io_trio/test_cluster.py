@@ -432,3 +432,8 @@ async def test_a_leader_that_cannot_reach_a_worker_dispatches_through_another_se
                 r.getMessage() for r in caplog.records if "sending to it through" in r.getMessage()
             ]
             assert relays == [relays[0]] and relays[0].startswith("cannot reach w1's RPC port")
+            # And for the scrape: the peer is down, and messages went round it.
+            gauges = leader.agent._gauges()
+            assert gauges.rpc_peers_down >= 1
+            assert gauges.rpc_counters["sent_through_relay"] >= 3
+            assert sum(n.agent.rpc.counters["relayed"] for n in c.live() if n.agent.rpc) >= 3

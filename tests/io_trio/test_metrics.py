@@ -6,16 +6,22 @@ import pathlib
 import urllib.request
 
 import trio
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dkron.io_trio.agent import Agent
 from dkron.io_trio.live import Options, call, wait_leader
+from dkron.io_trio.metrics import AgentGauges, Metrics
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         assert resp.headers["content-type"].startswith("text/plain")
         text = resp.read().decode()
+    return samples(text)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -87,3 +93,16 @@ async def test_no_metrics_without_the_flag(tmp_path: pathlib.Path) -> None:
             status, _ = await call(agent.http_port, "GET", "/metrics")
             assert status == 404
             nursery.cancel_scope.cancel()
+
+
+def test_the_rpc_transport_is_exposed_for_alerts() -> None:
+    """A peer the RPC port cannot reach shows as a gauge to alert on, and the
+    transport's counters (failures, relayed messages) as one labelled series."""
+    gauges = AgentGauges(
+        rpc_counters={"connect_failed": 3, "sent_through_relay": 7},
+        rpc_peers_down=1,
+    )
+    m = samples(generate_latest(Metrics(lambda: gauges).registry).decode())
+    assert m[("dkron_rpc_peers_down", ())] == 1
+    assert m[("dkron_rpc_events_total", (("event", "connect_failed"),))] == 3
+    assert m[("dkron_rpc_events_total", (("event", "sent_through_relay"),))] == 7
