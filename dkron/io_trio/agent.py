@@ -339,6 +339,12 @@ class _Call:
     reply: Reply | None = None
 
 
+def _unreachable(down_for: float) -> bool:
+    """Down long enough to go round it; a peer the RPC port does not know yet
+    (gossip has not said where it listens) is not unreachable, only unknown."""
+    return REPORT_DETOUR_AFTER <= down_for < math.inf
+
+
 def _wall() -> datetime:
     return datetime.now(UTC)
 
@@ -1174,7 +1180,7 @@ class Agent:
         (which passes them on).  A route broken between the leader and one
         worker only then costs no dispatch."""
         rpc = self.rpc
-        if rpc is None or worker == self.name or rpc.down_for(worker) < REPORT_DETOUR_AFTER:
+        if rpc is None or worker == self.name or not _unreachable(rpc.down_for(worker)):
             if worker in self._relaying:
                 self._relaying.discard(worker)
                 log.info("sending to %s directly again", worker)
@@ -1316,7 +1322,7 @@ class Agent:
                 hint = alive[0] if alive else None
             rpc = self.rpc
             if hint is not None and hint != self.name and rpc is not None:
-                if rpc.down_for(hint) >= REPORT_DETOUR_AFTER:
+                if _unreachable(rpc.down_for(hint)):
                     reachable = [s for s in alive if rpc.down_for(s) == 0.0]
                     if worker.leader in reachable or not reachable:
                         return  # keep the detour (or what there is)

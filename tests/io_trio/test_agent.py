@@ -6,6 +6,7 @@ with generous ``fail_after`` deadlines rather than asserting timings.
 
 from __future__ import annotations
 
+import math
 import pathlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ import trio.lowlevel
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dkron.io_trio import agent as agent_mod
 from dkron.io_trio.agent import (
     OUTPUT_IN_INBOX,
     Agent,
@@ -426,3 +428,12 @@ def test_a_busy_answer_to_a_follower_fits_one_rpc_frame(running: int) -> None:
     reply = FORWARD_CODEC.encode(Reply(1, True, "", 0, worst, "leader"))
     assert len(reply) <= RpcConfig().max_frame
     assert running == 0 or limit >= 40  # still a useful line each
+
+
+def test_only_a_known_peer_down_long_enough_is_gone_round() -> None:
+    """A peer whose RPC address gossip has not given yet is unknown, not
+    unreachable: no relay, and no "cannot reach" in the log (seen when a new
+    leader dispatched to a worker whose join it had not processed yet)."""
+    assert not agent_mod._unreachable(math.inf)
+    assert not agent_mod._unreachable(agent_mod.REPORT_DETOUR_AFTER - 0.1)
+    assert agent_mod._unreachable(agent_mod.REPORT_DETOUR_AFTER)
