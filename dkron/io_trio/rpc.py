@@ -470,7 +470,7 @@ class RpcEndpoint:
             return math.inf
         if p.connected:
             return 0.0
-        since = p.down_since if p.down_since is not None else None
+        since = p.down_since
         if since is None and p.failures:
             since = p.failing_since
         return 0.0 if since is None else trio.current_time() - since
