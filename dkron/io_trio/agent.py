@@ -1853,6 +1853,13 @@ class Agent:
         leader = self._leader_or_raise()
         if leader == self.name:
             raise NotLeaderError("leadership is being established", leader=leader)
+        if self.rpc is not None and _unreachable(self.rpc.down_for(leader)):
+            # Raft may still reach this server the other way; the write would
+            # only wait FORWARD_TIMEOUT for an answer that cannot come.
+            raise Unavailable(
+                f"this server ({self.name}) cannot reach the leader {leader}'s RPC port; "
+                "send the request to another server"
+            )
         node = self.node
         reply = await self._call(
             leader,

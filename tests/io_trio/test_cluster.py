@@ -437,3 +437,29 @@ async def test_a_leader_that_cannot_reach_a_worker_dispatches_through_another_se
             assert gauges.rpc_peers_down >= 1
             assert gauges.rpc_counters["sent_through_relay"] >= 3
             assert sum(n.agent.rpc.counters["relayed"] for n in c.live() if n.agent.rpc) >= 3
+
+
+async def test_a_follower_that_cannot_reach_the_leader_refuses_writes_at_once(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Raft may still reach a follower whose own route to the leader is broken
+    (it knows the leader): a forwarded write would wait 30 s for nothing."""
+    with trio.fail_after(60):
+        async with cluster(tmp_path) as c:
+            await start_three(c)
+            leader = c.leader()
+            assert leader is not None
+            follower = next(n for n in c.live() if n is not leader)
+            assert follower.agent.rpc is not None
+            follower.agent.rpc.set_peer(leader.agent.name, ("127.0.0.1", _free_port()))
+            await eventually(
+                lambda: follower.agent.rpc.down_for(leader.agent.name) > 2.5,  # type: ignore[union-attr]
+                "the leader unreachable from the follower",
+            )
+            job = {"name": "j", "schedule": "@every 1m", "executor": "shell"}
+            with trio.fail_after(5):
+                status, body = await call(follower.port, "POST", "/v1/jobs", job)
+            assert status == 503
+            assert f"cannot reach the leader {leader.agent.name}'s RPC port" in str(body)
+            # The other servers still take it.
+            assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
