@@ -1303,37 +1303,44 @@ class Agent:
     def _follow_leader(self, now: float) -> None:
         """Where the worker reports: the Raft leader, else any live server (it forwards).
 
-        An agent knows the leader from its dispatches.  When it cannot reach
-        that server's RPC port for REPORT_DETOUR_AFTER while others answer
-        (a firewall or a partition between the two only, which gossip does
-        not see), it reports through one of those: a long run's heartbeats
-        keep its lease, and its result still gets committed.
+        A server knows the leader from Raft, an agent from its dispatches.
+        When this node cannot reach that server's RPC port for
+        REPORT_DETOUR_AFTER while others answer (a firewall or a partition
+        between the two only, which gossip does not see), it reports through
+        one of those: a long run's heartbeats keep its lease, and its result
+        still gets committed.
         """
         worker = self.worker
         assert worker is not None
+
+        def alive_servers() -> list[str]:
+            return sorted(s.name for s in self.servers() if s.status is SwimStatus.ALIVE)
+
         hint = None if self.node is None else self.node.leader_id
         if hint is None:
-            alive = sorted(s.name for s in self.servers() if s.status is SwimStatus.ALIVE)
+            alive = alive_servers()
             if worker.dispatcher in alive:
                 hint = worker.dispatcher
             elif worker.leader in alive:
                 hint = worker.leader
             else:
                 hint = alive[0] if alive else None
-            rpc = self.rpc
-            if hint is not None and hint != self.name and rpc is not None:
-                if _unreachable(rpc.down_for(hint)):
-                    reachable = [s for s in alive if rpc.down_for(s) == 0.0]
-                    if worker.leader in reachable or not reachable:
-                        return  # keep the detour (or what there is)
-                    log.warning(
-                        "cannot reach %s's RPC port: reporting executions through %s",
-                        hint,
-                        reachable[0],
-                    )
-                    hint = reachable[0]
-                elif worker.leader is not None and hint != worker.leader:
-                    log.info("reporting executions to %s", hint)
+        rpc = self.rpc
+        if hint is not None and hint != self.name and rpc is not None:
+            if _unreachable(rpc.down_for(hint)):
+                reachable = [
+                    s for s in alive_servers() if s != self.name and rpc.down_for(s) == 0.0
+                ]
+                if worker.leader in reachable or not reachable:
+                    return  # keep the detour (or what there is)
+                log.warning(
+                    "cannot reach %s's RPC port: reporting executions through %s",
+                    hint,
+                    reachable[0],
+                )
+                hint = reachable[0]
+            elif self.node is None and worker.leader is not None and hint != worker.leader:
+                log.info("reporting executions to %s", hint)
         if hint is not None and hint != worker.leader:
             worker.set_leader(hint, now)
 

@@ -215,10 +215,10 @@ class _Member:
     def _follow_leader(self) -> None:
         """Where results go: the Raft leader if known, else any live server (it forwards).
 
-        As the agent does: an agent reports to the server that dispatched to it
-        (its leader as far as it knows), and through another live server while
-        it cannot reach that one (the agent learns that from its RPC
-        connection; here the network says so).
+        As the agent does: a server reports to the Raft leader, an agent to the
+        server that dispatched to it (its leader as far as it knows), and
+        either through another live server while it cannot reach that one
+        (the agent learns that from its RPC connection; here the network says so).
         """
         worker = self.worker
         if worker is None:
@@ -238,13 +238,21 @@ class _Member:
             else:
                 alive = self._alive_servers()
                 hint = alive[0] if alive else None
-            if hint is not None and self.network.is_blocked(self.name, hint):
-                reachable = [
-                    s for s in self._alive_servers() if not self.network.is_blocked(self.name, s)
-                ]
-                if worker.leader in reachable or not reachable:
-                    return
-                hint = reachable[0]
+        network = self.network
+        if (
+            hint is not None
+            and swim is not None
+            and hint != self.name
+            and network.is_blocked(self.name, hint)
+        ):
+            reachable = [
+                s
+                for s in self._alive_servers()
+                if s != self.name and not network.is_blocked(self.name, s)
+            ]
+            if worker.leader in reachable or not reachable:
+                return
+            hint = reachable[0]
         if hint is not None and hint != worker.leader:
             worker.set_leader(hint, self.loop.now)
 
@@ -785,16 +793,18 @@ class ClusterSim(SchedCluster):
             else:
                 network.clear_link(server, agent)
 
-    def cut(self, agent: str) -> None:
-        """Break the route between ``agent`` and the leader only, both ways.
+    def cut(self, node: str) -> None:
+        """Break the route between ``node`` and the leader only, both ways.
 
         Gossip still sees each alive through the other members: the leader
-        keeps dispatching to the agent, which must report through another server.
+        keeps dispatching to the node through another server, and the node
+        reports through another server (a server cut so also loses the
+        leader's Raft traffic).
         """
         leader = self.leader()
-        if leader is not None and leader.name != agent:
-            self.network.block(agent, leader.name)
-            self.network.block(leader.name, agent)
+        if leader is not None and leader.name != node:
+            self.network.block(node, leader.name)
+            self.network.block(leader.name, node)
 
     def heal_everything(self) -> None:
         self.network.heal()

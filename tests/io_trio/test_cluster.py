@@ -463,3 +463,40 @@ async def test_a_follower_that_cannot_reach_the_leader_refuses_writes_at_once(
             assert f"cannot reach the leader {leader.agent.name}'s RPC port" in str(body)
             # The other servers still take it.
             assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
+
+
+async def test_a_server_running_a_job_reports_around_a_broken_route_to_the_leader(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Servers run jobs too: a follower whose own route to the leader breaks
+    mid-run reports through the third server, as an agent would."""
+    with trio.fail_after(120):
+        async with cluster(tmp_path) as c:
+            nodes = [
+                await c.start(f"s{i}", bootstrap_expect=3, tags={"slot": f"n{i}"})
+                for i in (1, 2, 3)
+            ]
+            leader = await eventually(c.leader, "a leader")
+            follower = next(n for n in nodes if n is not leader)
+            job = {
+                "name": "long",
+                "schedule": "@manually",
+                "tags": {"slot": follower.agent.tags["slot"]},
+                "executor": "shell",
+                "executor_config": {"command": "echo begun; sleep 14; echo ended", "shell": "true"},
+            }
+            assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
+            assert (await call(leader.port, "POST", "/v1/jobs/long/run"))[0] == 200
+            await eventually(
+                lambda: bool(leader.agent.state.running_executions("long")), "the run started"
+            )
+            assert follower.agent.rpc is not None
+            follower.agent.rpc.set_peer(leader.agent.name, ("127.0.0.1", _free_port()))
+
+            def finished() -> list[Any]:
+                return [e for e in leader.agent.state.executions("long") if e.finished_at]
+
+            await eventually(finished, "the run finished", within=60)
+            (ex,) = finished()
+            assert ex.node_name == follower.agent.name
+            assert ex.success and ex.output == "begun\nended\n", ex.output
