@@ -340,6 +340,42 @@ async def test_a_workers_output_keeps_reaching_the_leader_chunk_after_chunk(
                     await trio.sleep(0.1)
 
 
+def _break_route(src: Node, dst: Node) -> None:
+    """From now on nothing ``src`` sends ``dst`` arrives (a port nobody listens on)."""
+    assert src.agent.rpc is not None
+    src.agent.rpc.set_peer(dst.agent.name, ("127.0.0.1", _free_port()))
+
+
+async def _three_servers_and_a_worker(c: Cluster) -> tuple[Node, Node]:
+    await start_three(c)
+    worker = await c.start("w1", server=False, tags={"pool": "workers"})
+    await eventually(
+        lambda: len([s for s in worker.agent.servers() if int(s.status) == 1]) == 3,
+        "w1 sees the three servers",
+    )
+    leader = c.leader()
+    assert leader is not None
+    return leader, worker
+
+
+async def _start_a_long_run(leader: Node, tags: dict[str, str]) -> None:
+    """A 14 s run, longer than the 10 s lease, started and seen running."""
+    job = {
+        "name": "long",
+        "schedule": "@manually",
+        "tags": tags,
+        "executor": "shell",
+        "executor_config": {"command": "echo begun; sleep 14; echo ended", "shell": "true"},
+    }
+    assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
+    assert (await call(leader.port, "POST", "/v1/jobs/long/run"))[0] == 200
+    await eventually(lambda: bool(leader.agent.state.running_executions("long")), "the run started")
+
+
+def _finished(node: Node, job: str) -> list[Any]:
+    return [e for e in node.agent.state.executions(job) if e.finished_at]
+
+
 async def test_a_worker_that_cannot_reach_the_leader_reports_through_another_server(
     tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -348,35 +384,11 @@ async def test_a_worker_that_cannot_reach_the_leader_reports_through_another_ser
     through another server, so a run longer than the lease is not lost."""
     with trio.fail_after(120):
         async with cluster(tmp_path) as c:
-            await start_three(c)
-            worker = await c.start("w1", server=False, tags={"pool": "workers"})
-            await eventually(
-                lambda: len([s for s in worker.agent.servers() if int(s.status) == 1]) == 3,
-                "w1 sees the three servers",
-            )
-            leader = c.leader()
-            assert leader is not None
-            job = {
-                "name": "long",
-                "schedule": "@manually",
-                "tags": {"pool": "workers:1"},
-                "executor": "shell",
-                "executor_config": {"command": "echo begun; sleep 14; echo ended", "shell": "true"},
-            }
-            assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
-            assert (await call(leader.port, "POST", "/v1/jobs/long/run"))[0] == 200
-            await eventually(
-                lambda: bool(leader.agent.state.running_executions("long")), "the run started"
-            )
-            # From now on nothing w1 sends reaches the leader (a port nobody listens on).
-            assert worker.agent.rpc is not None
-            worker.agent.rpc.set_peer(leader.agent.name, ("127.0.0.1", _free_port()))
-
-            def finished() -> list[Any]:
-                return [e for e in leader.agent.state.executions("long") if e.finished_at]
-
-            await eventually(finished, "the run finished", within=60)
-            (ex,) = finished()
+            leader, worker = await _three_servers_and_a_worker(c)
+            await _start_a_long_run(leader, {"pool": "workers:1"})
+            _break_route(worker, leader)
+            await eventually(lambda: _finished(leader, "long"), "the run finished", within=60)
+            (ex,) = _finished(leader, "long")
             assert ex.success and ex.status == "", ex.output
             assert ex.output == "begun\nended\n"
             assert worker.agent.worker is not None
@@ -399,16 +411,8 @@ async def test_a_leader_that_cannot_reach_a_worker_dispatches_through_another_se
     runs reach the worker through a server that can reach it, and run."""
     with trio.fail_after(120):
         async with cluster(tmp_path) as c:
-            await start_three(c)
-            worker = await c.start("w1", server=False, tags={"pool": "workers"})
-            await eventually(
-                lambda: len([s for s in worker.agent.servers() if int(s.status) == 1]) == 3,
-                "w1 sees the three servers",
-            )
-            leader = c.leader()
-            assert leader is not None and leader.agent.rpc is not None
-            # Nothing the leader sends w1 reaches it (a port nobody listens on).
-            leader.agent.rpc.set_peer("w1", ("127.0.0.1", _free_port()))
+            leader, worker = await _three_servers_and_a_worker(c)
+            _break_route(leader, worker)
             await eventually(lambda: leader.agent.rpc.down_for("w1") > 2.5, "w1 down")  # type: ignore[union-attr]
             job = {
                 "name": "relayed",
@@ -422,7 +426,7 @@ async def test_a_leader_that_cannot_reach_a_worker_dispatches_through_another_se
                 assert (await call(leader.port, "POST", "/v1/jobs/relayed/run"))[0] == 200
 
             def finished() -> list[Any]:
-                return [e for e in leader.agent.state.executions("relayed") if e.finished_at]
+                return _finished(leader, "relayed")
 
             await eventually(lambda: len(finished()) == 3, "three runs finished", within=20)
             assert [(e.node_name, e.success, e.output) for e in finished()] == [
@@ -450,8 +454,7 @@ async def test_a_follower_that_cannot_reach_the_leader_refuses_writes_at_once(
             leader = c.leader()
             assert leader is not None
             follower = next(n for n in c.live() if n is not leader)
-            assert follower.agent.rpc is not None
-            follower.agent.rpc.set_peer(leader.agent.name, ("127.0.0.1", _free_port()))
+            _break_route(follower, leader)
             await eventually(
                 lambda: follower.agent.rpc.down_for(leader.agent.name) > 2.5,  # type: ignore[union-attr]
                 "the leader unreachable from the follower",
@@ -478,25 +481,9 @@ async def test_a_server_running_a_job_reports_around_a_broken_route_to_the_leade
             ]
             leader = await eventually(c.leader, "a leader")
             follower = next(n for n in nodes if n is not leader)
-            job = {
-                "name": "long",
-                "schedule": "@manually",
-                "tags": {"slot": follower.agent.tags["slot"]},
-                "executor": "shell",
-                "executor_config": {"command": "echo begun; sleep 14; echo ended", "shell": "true"},
-            }
-            assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
-            assert (await call(leader.port, "POST", "/v1/jobs/long/run"))[0] == 200
-            await eventually(
-                lambda: bool(leader.agent.state.running_executions("long")), "the run started"
-            )
-            assert follower.agent.rpc is not None
-            follower.agent.rpc.set_peer(leader.agent.name, ("127.0.0.1", _free_port()))
-
-            def finished() -> list[Any]:
-                return [e for e in leader.agent.state.executions("long") if e.finished_at]
-
-            await eventually(finished, "the run finished", within=60)
-            (ex,) = finished()
+            await _start_a_long_run(leader, {"slot": follower.agent.tags["slot"]})
+            _break_route(follower, leader)
+            await eventually(lambda: _finished(leader, "long"), "the run finished", within=60)
+            (ex,) = _finished(leader, "long")
             assert ex.node_name == follower.agent.name
             assert ex.success and ex.output == "begun\nended\n", ex.output

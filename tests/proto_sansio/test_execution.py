@@ -238,13 +238,19 @@ def test_leader_dispatches_until_started_then_proposes_started() -> None:
     assert lead.drain() == []  # running: no more dispatches
 
 
-def test_lease_expiry_makes_a_running_execution_lost() -> None:
+@pytest.mark.parametrize("via", ["w1", "s2"])
+def test_heartbeats_renew_the_lease_and_its_expiry_makes_the_run_lost(via: str) -> None:
+    """From the worker itself, or forwarded by another server (a worker that
+    cannot reach the leader reports through one): the lease follows the node
+    a heartbeat names, not its sender."""
     sm, _ = claimed_state()
     lead = ExecutionLeader("s1", 1, CFG, now=0.0)
     lead.load(sm, 0.0, wall_ns=T0)
-    lead.receive(Started(EX), src="w1", now=0.1, wall_ns=T0 + 1)
+    lead.receive(Started(EX), src=via, now=0.1, wall_ns=T0 + 1)
     lead.drain()
-    lead.receive(Heartbeat("w1", (KEY,)), src="w1", now=4.0, wall_ns=T0 + 2)
+    lead.receive(Heartbeat("w1", (KEY,)), src=via, now=4.0, wall_ns=T0 + 2)
+    # Naming another node renews nothing of w1's.
+    lead.receive(Heartbeat("w2", (KEY,)), src="w2", now=8.0, wall_ns=T0 + 2)
     lead.handle_timer(8.9, T0 + 3)
     assert lead.drain() == []  # renewed at 4.0: expires at 9.0
     lead.handle_timer(9.0, T0 + 4)
@@ -255,24 +261,6 @@ def test_lease_expiry_makes_a_running_execution_lost() -> None:
     assert "no heartbeat" in finished.execution.output
     assert ("w1", Cancel(KEY)) in sends(out)
     assert lead.next_deadline() is None
-
-
-def test_a_heartbeat_forwarded_by_another_server_renews_the_lease() -> None:
-    """A worker that cannot reach the leader reports through another server:
-    the lease follows the node the heartbeat names, not the sender."""
-    sm, _ = claimed_state()
-    lead = ExecutionLeader("s1", 1, CFG, now=0.0)
-    lead.load(sm, 0.0, wall_ns=T0)
-    lead.receive(Started(EX), src="s2", now=0.1, wall_ns=T0 + 1)
-    lead.drain()
-    lead.receive(Heartbeat("w1", (KEY,)), src="s2", now=4.0, wall_ns=T0 + 2)
-    lead.handle_timer(8.9, T0 + 3)
-    assert lead.drain() == []  # renewed at 4.0: expires at 9.0
-    # Naming another node renews nothing of w1's.
-    lead.receive(Heartbeat("w2", (KEY,)), src="w2", now=8.0, wall_ns=T0 + 4)
-    lead.handle_timer(9.0, T0 + 5)
-    (lost,) = proposals(lead.drain())
-    assert isinstance(lost, ExecutionFinished) and "no heartbeat" in lost.execution.output
 
 
 def test_a_worker_reports_where_it_is_told_even_for_the_dispatchers_runs() -> None:
