@@ -1,4 +1,4 @@
-"""Fuzz the execution protocol and the replicated command decoders.
+"""Fuzz the execution protocol, the RPC hello and the replicated command decoders.
 
 Only RemoteProtocolError may escape; whatever decodes must re-encode to the
 same message.  Run with atheris installed (``pip install -e '.[fuzz]'``)::
@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import sys
 
+from dkron.io_trio.rpc import HELLO_CODEC
 from dkron.proto_sansio.errors import RemoteProtocolError
 from dkron.proto_sansio.execution import EXECUTION_CODEC
 from dkron.state import COMMANDS, StateMachine
 
 
 def TestOneInput(data: bytes) -> None:
-    for codec in (EXECUTION_CODEC, COMMANDS):
+    for codec in (EXECUTION_CODEC, COMMANDS, HELLO_CODEC):
         try:
             msg = codec.decode(data)
         except RemoteProtocolError:

@@ -9,6 +9,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dkron.io_trio.rpc import HELLO_CODEC, ClockedHello
 from dkron.model import Job
 from dkron.proto_sansio.codec import encode_message
 from dkron.proto_sansio.execution import EXECUTION_CODEC, Dispatch, Output, RunKey
@@ -52,6 +53,7 @@ EXEC_SEEDS = [
     EXECUTION_CODEC.encode(Output(RunKey("job", 1, "w1", 1), 1, b"data")),
     EXECUTION_CODEC.encode(Dispatch(3, RunKey("job", 1, "w1", 1), Job("job"), None, "manual", 1)),
     encode_command(ClaimSlot("job", 5, 1, "schedule", 5, ("w1",), 1)),
+    HELLO_CODEC.encode(ClockedHello(2, "w1", 1_772_000_000_000_000_000)),
 ]
 
 
