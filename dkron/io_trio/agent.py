@@ -1185,13 +1185,7 @@ class Agent:
                 self._relaying.discard(worker)
                 log.info("sending to %s directly again", worker)
             return worker
-        relays = sorted(
-            s.name
-            for s in self.servers()
-            if s.status is SwimStatus.ALIVE
-            and s.name not in (self.name, worker)
-            and rpc.down_for(s.name) == 0.0
-        )
+        relays = self._reachable_servers(besides=worker)
         if not relays:
             return worker
         if worker not in self._relaying:
@@ -1199,6 +1193,20 @@ class Agent:
             log.warning("cannot reach %s's RPC port: sending to it through %s", worker, relays[0])
         rpc.counters["sent_through_relay"] += 1
         return relays[0]
+
+    def _reachable_servers(self, *, besides: str) -> list[str]:
+        """Live servers other than this node and ``besides`` whose RPC connection
+        from here is up: the ones to go round a broken route through."""
+        rpc = self.rpc
+        if rpc is None:
+            return []
+        return sorted(
+            s.name
+            for s in self.servers()
+            if s.status is SwimStatus.ALIVE
+            and s.name not in (self.name, besides)
+            and rpc.down_for(s.name) == 0.0
+        )
 
     def _ahead_of(self, peer: str) -> int:
         """How far this node's wall clock runs ahead of ``peer``'s (ns; 0 for itself)."""
@@ -1312,13 +1320,9 @@ class Agent:
         """
         worker = self.worker
         assert worker is not None
-
-        def alive_servers() -> list[str]:
-            return sorted(s.name for s in self.servers() if s.status is SwimStatus.ALIVE)
-
         hint = None if self.node is None else self.node.leader_id
         if hint is None:
-            alive = alive_servers()
+            alive = sorted(s.name for s in self.servers() if s.status is SwimStatus.ALIVE)
             if worker.dispatcher in alive:
                 hint = worker.dispatcher
             elif worker.leader in alive:
@@ -1328,9 +1332,7 @@ class Agent:
         rpc = self.rpc
         if hint is not None and hint != self.name and rpc is not None:
             if _unreachable(rpc.down_for(hint)):
-                reachable = [
-                    s for s in alive_servers() if s != self.name and rpc.down_for(s) == 0.0
-                ]
+                reachable = self._reachable_servers(besides=hint)
                 if worker.leader in reachable or not reachable:
                     return  # keep the detour (or what there is)
                 log.warning(
@@ -1529,13 +1531,14 @@ class Agent:
         if cmd is None:
             return
         self._publish(cmd, result)
+        wall = _wall()  # one reading for everything that follows this entry
         if self.metrics is not None:
-            self.metrics.observe_apply(cmd, result, to_ns(_wall()))
+            self.metrics.observe_apply(cmd, result, to_ns(wall))
         now = trio.current_time()
         if self.planner is not None:
-            self.planner.observe(cmd, result, _wall())
+            self.planner.observe(cmd, result, wall)
         if self.exec_leader is not None:
-            self.exec_leader.observe(cmd, result, self.state, now, wall_ns=to_ns(_wall()))
+            self.exec_leader.observe(cmd, result, self.state, now, wall_ns=to_ns(wall))
             if self.notifier is not None:
                 self._notify(cmd, result)
         node = self.node

@@ -245,16 +245,22 @@ class _Member:
             and hint != self.name
             and network.is_blocked(self.name, hint)
         ):
-            reachable = [
-                s
-                for s in self._alive_servers()
-                if s != self.name and not network.is_blocked(self.name, s)
-            ]
+            reachable = self._reachable_servers(besides=hint)
             if worker.leader in reachable or not reachable:
                 return
             hint = reachable[0]
         if hint is not None and hint != worker.leader:
             worker.set_leader(hint, self.loop.now)
+
+    def _reachable_servers(self, *, besides: str) -> list[str]:
+        """Live servers other than this node and ``besides`` that it can reach
+        (the agent's RPC connection says so; here the network does)."""
+        network = self.network
+        return [
+            s
+            for s in self._alive_servers()
+            if s not in (self.name, besides) and not network.is_blocked(self.name, s)
+        ]
 
     def _alive_servers(self) -> list[str]:
         assert self.swim is not None
@@ -541,12 +547,7 @@ class ServerNode(_Member, SchedHost):
     def _relay_for(self, worker: str) -> str:
         """As the agent's leader does: a worker it cannot reach gets its messages
         through another live server that it can reach (which passes them on)."""
-        network = self.network
-        relays = [
-            s
-            for s in self._alive_servers()
-            if s not in (self.name, worker) and not network.is_blocked(self.name, s)
-        ]
+        relays = self._reachable_servers(besides=worker)
         return relays[0] if relays else worker
 
     def _on_exec(self, src: str, msg: ExecMessage) -> None:
