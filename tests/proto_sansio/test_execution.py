@@ -212,9 +212,9 @@ def test_worker_heartbeats_running_attempts_and_reports_cancel() -> None:
 # -- leader -----------------------------------------------------------------------------
 
 
-def claimed_state(targets: tuple[str, ...] = ("w1",)) -> tuple[StateMachine, int]:
+def claimed_state(targets: tuple[str, ...] = ("w1",), retries: int = 0) -> tuple[StateMachine, int]:
     sm = StateMachine()
-    sm.apply(1, encode_command(UpsertJob(Job("job", schedule="@every 1s"))))
+    sm.apply(1, encode_command(UpsertJob(Job("job", schedule="@every 1s", retries=retries))))
     res = sm.apply(2, encode_command(ClaimSlot("job", T0, 1, "schedule", T0, targets, 1)))
     assert res.ok
     return sm, 2
@@ -290,9 +290,7 @@ def test_a_worker_reports_where_it_is_told_even_for_the_dispatchers_runs() -> No
 
 
 def test_a_failed_member_loses_its_runs_and_the_state_schedules_the_retry() -> None:
-    sm = StateMachine()
-    sm.apply(1, encode_command(UpsertJob(Job("job", schedule="@every 1s", retries=1))))
-    sm.apply(2, encode_command(ClaimSlot("job", T0, 1, "schedule", T0, ("w1", "w2"), 1)))
+    sm, _ = claimed_state(("w1", "w2"), retries=1)
     lead = ExecutionLeader("s1", 1, CFG, now=0.0)
     lead.load(sm, 0.0, wall_ns=T0)
     lead.drain()
@@ -305,9 +303,7 @@ def test_a_failed_member_loses_its_runs_and_the_state_schedules_the_retry() -> N
 
 def test_a_retry_for_a_gone_node_is_lost_at_once_and_dispatched_once_it_is_back() -> None:
     """Dkron fails a retry at once with "retry node is gone"; waiting 30 s helps nobody."""
-    sm = StateMachine()
-    sm.apply(1, encode_command(UpsertJob(Job("job", schedule="@every 1s", retries=2))))
-    sm.apply(2, encode_command(ClaimSlot("job", T0, 1, "schedule", T0, ("w1",), 1)))
+    sm, _ = claimed_state(retries=2)
     lead = ExecutionLeader("s1", 1, CFG, now=0.0)
     lead.load(sm, 0.0, wall_ns=T0)
     lead.drain()
