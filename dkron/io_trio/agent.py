@@ -51,6 +51,8 @@ from dkron.io_trio.executors import get_executor
 from dkron.io_trio.executors.base import (
     EXECUTOR_NOT_PRESENT,
     NO_EXECUTOR,
+    ExecResult,
+    OutputRing,
     RunContext,
     final_output,
 )
@@ -1710,6 +1712,10 @@ class Agent:
     async def _execute(self, job: Job, ex: Execution, key: RunKey, scope: trio.CancelScope) -> None:
         executor = get_executor(job.executor)
         success, output = False, ""
+        # What the run printed so far: an executor that is cancelled raises
+        # instead of returning its output, and an operator who stops a hung
+        # run needs to see how far it got.
+        produced = OutputRing()
         with scope:
             if not job.executor:
                 output = NO_EXECUTOR
@@ -1728,6 +1734,7 @@ class Agent:
                 )
 
                 async def sink(chunk: bytes) -> None:
+                    produced.write(chunk)
                     await self._send_output(("output", (key, chunk)))
 
                 result = await executor.run(job.executor_config or {}, ctx, sink)
@@ -1743,8 +1750,10 @@ class Agent:
                     )
                     processed = await run_processors(job, done, node_name=self.name)
                     output = processed.output
-        if scope.cancelled_caught:
-            output = output or "cancelled"
+        if scope.cancelled_caught and not output:
+            # Dkron's worker rule, as for any failure: the reason, then the output.
+            cancelled = ExecResult.failed("cancelled", produced.getvalue())
+            output = final_output(cancelled).decode("utf-8", errors="replace")
         await self._send_in.send(("finished", (key, success, output)))
 
     # -- requests between servers -------------------------------------------------------

@@ -7,6 +7,7 @@ with generous ``fail_after`` deadlines rather than asserting timings.
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import cbor2
+import pytest
 import trio
 import trio.lowlevel
 from hypothesis import given
@@ -258,6 +260,44 @@ async def test_a_crash_while_a_claimed_slot_waits_for_its_time_runs_it_once_late
     ex = runs[0]
     assert ex.success and ex.output == "ran\n" and ex.trigger == "schedule"
     assert ex.scheduled_time == group and ex.started_at >= group
+
+
+async def test_a_cancelled_run_is_killed_and_keeps_the_output_it_printed(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Cancelling through the API stops the process; the record says why and
+    shows how far the run got (the executor itself returns nothing when cancelled)."""
+    pid_file = tmp_path / "pid"
+    job = {
+        "name": "hung",
+        "schedule": "@manually",
+        "executor": "shell",
+        "executor_config": {
+            "command": f"echo $$ > {pid_file}; echo got this far; exec sleep 600",
+            "shell": "true",
+        },
+    }
+    with trio.fail_after(60):
+        async with serving(tmp_path / "data") as (_agent, port):
+            assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
+            assert (await call(port, "POST", "/v1/jobs/hung/run"))[0] == 200
+            busy: list[dict[str, Any]] = []
+            while not (busy and "got this far" in busy[0]["output"]):
+                await trio.sleep(0.1)
+                busy = (await call(port, "GET", "/v1/busy"))[1]
+            pid = int(pid_file.read_text())
+            status, body = await call(
+                port, "POST", f"/v1/jobs/hung/executions/{busy[0]['id']}/cancel"
+            )
+            assert status == 202, body
+            done: dict[str, Any] = {}
+            while done.get("finished_at", "0001")[:4] == "0001":
+                await trio.sleep(0.1)
+                done = (await call(port, "GET", f"/v1/jobs/hung/executions/{busy[0]['id']}"))[1]
+    assert (done["status"], done["success"]) == ("cancelled", False)
+    assert done["output"] == "cancelled\ngot this far\n"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 async def test_a_run_cancelled_while_it_waits_for_its_slot_never_starts(
