@@ -53,6 +53,7 @@ from dkron.proto_sansio.wire import Codec, slot_copier, slot_maker
 __all__ = [
     "COMMANDS",
     "MISS_REASONS",
+    "NO_TARGET",
     "ApplyResult",
     "ClaimSlot",
     "ClaimSlots",
@@ -84,7 +85,9 @@ __all__ = [
     "retry_backoff_ns",
 ]
 
-MISS_REASONS = frozenset({"missed", "forbid", "paused", "disabled", "expired"})
+#: A cron slot counted missed while its job had no alive node matching its tags.
+NO_TARGET = "no_target"
+MISS_REASONS = frozenset({"missed", "forbid", "paused", "disabled", "expired", NO_TARGET})
 _CRON_TRIGGERS = frozenset({"schedule", "catchup"})
 _HALF_SECOND_NS = 500_000_000
 

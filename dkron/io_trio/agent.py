@@ -566,6 +566,7 @@ class Agent:
         #: dispatches that arrived before their slot: (release wall ns, seq, src, msg)
         self._early: list[tuple[int, int, str, Dispatch]] = []
         self._relaying: set[str] = set()  # workers the leader reaches through another server
+        self._targetless: set[str] = set()  # jobs logged as matching no node (on the leader)
         self._early_seq = 0
         self.claim_lookahead = CLAIM_LOOKAHEAD
         self._turn = 0  # the core loop's turns, for what is read once per turn
@@ -1294,10 +1295,37 @@ class Agent:
         if self.planner is not None:
             for cmd in self.planner.tick(_wall()):
                 self._propose_quietly(cmd, now)
+            if self.planner.targetless or self._targetless:
+                self._report_targetless(
+                    self.planner.targetless, self.planner.scheduler.config.late_grace
+                )
         if now >= self._next_reconcile:
             self._next_reconcile = now + RECONCILE_INTERVAL
             self._reconcile(now)
             self._maybe_bootstrap()
+
+    def _report_targetless(self, targetless: Mapping[str, int], grace: timedelta) -> None:
+        """Say when a job starts and stops finding a node to run on.
+
+        Dkron's leader logs "no target nodes found" for every such run; here
+        the slots wait for a node and are then counted missed as
+        ``no_target``, so one line when it starts and one when it ends.
+        """
+        for name in targetless.keys() - self._targetless:
+            job = self.state.get_job(name)
+            tags = {} if job is None else job.tags or {}
+            log.warning(
+                "job %s: no alive node in region %s matches its tags %s; its runs wait "
+                "for one (slots older than %d s are counted missed: no_target)",
+                name,
+                self.opts.region,
+                json.dumps(tags, sort_keys=True),
+                grace.total_seconds(),
+            )
+        for name in self._targetless - targetless.keys():
+            if self.state.get_job(name) is not None:
+                log.info("job %s: a node matches its tags again", name)
+        self._targetless = set(targetless)
 
     def _release_early(self, now: float) -> None:
         """Hand the dispatches whose slot has come to the worker (all due ones at once:
@@ -1640,6 +1668,7 @@ class Agent:
         self.planner = None
         self.exec_leader = None
         self._barrier = None
+        self._targetless = set()
         # Proposals in flight may still commit under the next leader, but
         # nothing here will learn their results: their callers are told now.
         waiters, self._waiters = self._waiters, {}

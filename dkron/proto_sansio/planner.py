@@ -31,6 +31,7 @@ from dkron.proto_sansio.scheduler import (
     CatchUp,
     FireSlot,
     MissedSlots,
+    MissReason,
     ScheduledJob,
     Scheduler,
     SchedulerConfig,
@@ -39,6 +40,7 @@ from dkron.proto_sansio.scheduler import (
 from dkron.proto_sansio.wire import slot_maker
 from dkron.schedule import NeverSchedule, ScheduleError, job_schedule, parse_go_duration
 from dkron.state import (
+    NO_TARGET,
     ApplyResult,
     ClaimSlot,
     Command,
@@ -105,6 +107,12 @@ class Planner:
         # re-emitted across one of them counted it twice.
         self._decided: dict[str, int] = {}
         self.no_targets = 0
+        #: Jobs whose last due slot found no alive node matching their tags,
+        #: with that slot (ns).  Their slots wait (the job is parked) and, once
+        #: older than the grace period, are counted missed as ``no_target``
+        #: rather than ``missed``, which means no leader was there to run them.
+        #: The driver logs the jobs that enter and leave it.
+        self.targetless: dict[str, int] = {}
         self._out: list[Command] = []
         self._wall = wall
         self._ns_of: tuple[datetime, int] = (_EPOCH, 0)  # the last slot converted by to_ns
@@ -133,6 +141,7 @@ class Planner:
             current = self.state.get_job(name)
             if current is None:
                 self._decided.pop(name, None)  # its cursor went with it
+                self.targetless.pop(name, None)
             sj = None if current is None else self._scheduled(current)
             if sj is None:
                 self.scheduler.remove_job(name)
@@ -147,6 +156,7 @@ class Planner:
             elif isinstance(event, JobDeleted):
                 self.scheduler.remove_job(event.name)
                 self._decided.pop(event.name, None)
+                self.targetless.pop(event.name, None)
             elif isinstance(event, GroupCompleted):
                 for child in event.dependents:
                     self._owe_dependent(child, event.execution_group)
@@ -173,9 +183,10 @@ class Planner:
                 self._claim_slot(decided)
             elif isinstance(decided, MissedSlots):
                 last = to_ns(decided.last)
-                self._out.append(
-                    RecordMissed(decided.job, last, decided.reason.value, decided.count)
-                )
+                reason = decided.reason.value
+                if decided.reason is MissReason.MISSED and decided.job in self.targetless:
+                    reason = NO_TARGET
+                self._out.append(RecordMissed(decided.job, last, reason, decided.count))
                 self._note_decided(decided.job, last)
         now_ns = to_ns(wall)
         while self._retries and self._retries[0][0] <= now_ns:
@@ -264,7 +275,10 @@ class Planner:
             heapq.heappush(self._parked, (self._wall + _PARK, job.name))
             self._parked_names.add(job.name)
             self.no_targets += 1
+            self.targetless.setdefault(job.name, to_ns(slot.scheduled))
             return
+        if self.targetless:
+            self.targetless.pop(job.name, None)
         # The group of a scheduled run is its slot: any leader derives the same one.
         # The trigger (schedule or catchup) and the attempt are valid by
         # construction; the term and the targets get ClaimSlot's own checks,

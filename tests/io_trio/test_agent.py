@@ -6,6 +6,7 @@ with generous ``fail_after`` deadlines rather than asserting timings.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pathlib
@@ -104,6 +105,38 @@ async def test_a_failing_job_is_retried_per_its_policy(tmp_path: pathlib.Path) -
             assert all(not e["success"] for e in execs)
             stored = (await call(port, "GET", "/v1/jobs/flaky"))[1]
             assert stored["error_count"] == 3 and stored["status"] == "failed"
+
+
+async def test_the_leader_says_once_when_a_job_matches_no_node_and_when_one_matches_again(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dkron logs "no target nodes found" for every run; a job whose tags match
+    nothing gets one warning here, naming the tags, and one line when it is fixed."""
+    caplog.set_level(logging.INFO, logger="dkron.agent")
+    job = {
+        "name": "lonely",
+        "schedule": "@every 1s",
+        "executor": "shell",
+        "executor_config": {"command": "echo ran", "shell": "true"},
+        "tags": {"pool": "nowhere"},
+    }
+
+    def lines(text: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+    with trio.fail_after(60):
+        async with serving(tmp_path) as (_agent, port):
+            assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
+            await _until(lambda: bool(lines("job lonely: no alive node")))
+            await trio.sleep(2.5)  # more slots find no node: still one warning
+            [warning] = lines("job lonely: no alive node")
+            assert 'region global matches its tags {"pool": "nowhere"}' in warning
+            assert (await call(port, "PUT", "/v1/jobs/lonely", {**job, "tags": {}}))[0] == 201
+            await _until(lambda: bool(lines("job lonely: a node matches its tags again")))
+            runs: list[dict[str, Any]] = []
+            while not runs:
+                await trio.sleep(0.1)
+                runs = (await call(port, "GET", "/v1/jobs/lonely/executions"))[1]
 
 
 async def test_a_job_without_a_usable_executor_fails_with_dkrons_texts(

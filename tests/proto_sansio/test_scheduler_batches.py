@@ -256,3 +256,58 @@ def test_a_slot_is_decided_once_while_the_planners_proposals_are_in_flight(
             log.append(UpsertJob(job))
     commit(len(log))
     assert len(decided) == len(set(decided)), sorted(decided)
+
+
+def test_slots_of_a_job_that_matches_no_node_are_counted_as_no_target() -> None:
+    """A job whose tags match no alive node waits for one; its slots that get
+    older than the grace period meanwhile are counted ``no_target``, not
+    ``missed`` (which means no leader was there), and it runs again once a
+    node matches."""
+    every = timedelta(seconds=5)
+    job = Job("j", schedule="@every 5s", executor="shell", next=to_ns(T0 + every))
+    sm, index = loaded([job])
+    targets: list[tuple[str, ...]] = [()]
+    planner = Planner(sm, term=1, wall=T0, select_targets=lambda _job: targets[0])
+
+    def run(wall: datetime) -> list[ClaimSlot | RecordMissed]:
+        nonlocal index
+        out: list[ClaimSlot | RecordMissed] = []
+        for cmd in planner.tick(wall):
+            index += 1
+            _, result = sm.apply_entry(index, encode_command(cmd))
+            planner.observe(cmd, result, wall)
+            for one in cmd.claims if isinstance(cmd, ClaimSlots) else (cmd,):
+                assert isinstance(one, ClaimSlot | RecordMissed), one
+                out.append(one)
+        return out
+
+    assert run(T0 + every) == []
+    assert planner.targetless == {"j": to_ns(T0 + every)}
+    # Still nothing 1 s later; 20 s on, the slots older than 10 s are counted.
+    assert run(T0 + every + timedelta(seconds=1)) == []
+    counted = [c for s in range(2, 21) for c in run(T0 + every + timedelta(seconds=s))]
+    assert all(isinstance(c, RecordMissed) and c.reason == "no_target" for c in counted)
+    # The slots at 5, 10 and 15 s; the one at 20 s is not 10 s old yet.
+    assert sm.missed_counts("j") == {"no_target": 3}
+    # A node matches again: the slots still within the grace period run late
+    # (20 s is 10 s old by now and is counted), and the job is no longer listed.
+    targets[0] = ("w1",)
+    decided = run(T0 + every * 6)
+    assert [(type(c), c.scheduled_time_ns) for c in decided] == [
+        (RecordMissed, to_ns(T0 + every * 4)),
+        (ClaimSlot, to_ns(T0 + every * 5)),
+        (ClaimSlot, to_ns(T0 + every * 6)),
+    ]
+    assert sm.missed_counts("j") == {"no_target": 4}
+    assert planner.targetless == {}
+
+
+def test_slots_missed_without_a_leader_are_still_missed() -> None:
+    """The slots of an outage are ``missed`` even for a job that then finds no node."""
+    job = Job("j", schedule="@every 5s", executor="shell", next=to_ns(T0 + timedelta(seconds=5)))
+    sm, _ = loaded([job])
+    wall = T0 + timedelta(seconds=60)  # the first leader after a minute without one
+    planner = Planner(sm, term=1, wall=wall, select_targets=lambda _job: ())
+    cmds = planner.tick(wall)
+    assert [(type(c), getattr(c, "reason", "")) for c in cmds] == [(RecordMissed, "missed")]
+    assert planner.targetless == {"j": to_ns(T0 + timedelta(seconds=55))}
