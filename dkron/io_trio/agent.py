@@ -640,6 +640,7 @@ class Agent:
             swim_counters={} if swim is None else dict(swim.counters),
             rpc_counters={} if self.rpc is None else dict(self.rpc.counters),
             rpc_peers_down=0 if self.rpc is None else self.rpc.peers_down(),
+            rpc_clock_offset_max=0.0 if self.rpc is None else self.rpc.max_clock_offset(),
             running_executions=len(self.state.running_executions()),
             jobs=self.state.job_count(),
             event_subscribers=self.events.subscribers,

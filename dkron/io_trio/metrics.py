@@ -67,6 +67,7 @@ class AgentGauges:
     swim_counters: Mapping[str, int] = field(default_factory=dict)
     rpc_counters: Mapping[str, int] = field(default_factory=dict)
     rpc_peers_down: int = 0
+    rpc_clock_offset_max: float = 0.0
     running_executions: int = 0
     jobs: int = 0
     event_subscribers: int = 0
@@ -93,6 +94,11 @@ class _Gauges(Collector):
                 "dkron_rpc_peers_down",
                 "Peers whose RPC connection from here is down (alert when it stays above 0)",
                 g.rpc_peers_down,
+            ),
+            (
+                "dkron_rpc_clock_offset_max_seconds",
+                "Largest wall-clock difference from a connected peer (alert above 1)",
+                g.rpc_clock_offset_max,
             ),
         )
         for name, doc, value in simple:

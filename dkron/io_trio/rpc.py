@@ -56,6 +56,9 @@ _NOTSENT_LOWAT = 128 * 1024
 #: again after this long, the interval doubling up to REPORT_MAX while it fails.
 REPORT_FIRST = 60.0
 REPORT_MAX = 3600.0
+#: A peer whose wall clock differs from this node's by more than this (s), as
+#: measured at its hello, is reported.  NTP keeps clocks within milliseconds.
+CLOCK_WARN = 1.0
 
 log = logging.getLogger("dkron.rpc")
 _MAX_HELLO = 1024
@@ -331,6 +334,7 @@ class RpcEndpoint:
         # Peer name -> how far this node's wall clock runs ahead of the peer's
         # (ns), from the hello of the peer's latest connection.
         self._offsets: dict[str, int] = {}
+        self._skewed: set[str] = set()  # peers reported for a clock beyond CLOCK_WARN
         self.config = config or RpcConfig()
         self.counters: collections.Counter[str] = collections.Counter()
         self._rng = rng
@@ -456,6 +460,38 @@ class RpcEndpoint:
         """How far this node's wall clock runs ahead of ``peer``'s, in ns (0 when
         not known), measured when the peer's latest connection said hello."""
         return self._offsets.get(peer, 0)
+
+    def max_clock_offset(self) -> float:
+        """The largest disagreement (s) between this node's wall clock and that of
+        a peer connected to it now: an alert above CLOCK_WARN means a clock to fix."""
+        offsets = self._offsets
+        return max((abs(offsets[n]) / 1e9 for n in self._incoming if n in offsets), default=0.0)
+
+    def _note_clock(self, peer: str, offset_ns: int) -> None:
+        """Keep a peer's clock offset; say when it goes beyond CLOCK_WARN and when it is back.
+
+        Slots fire by the leader's clock, a worker stamps its runs (and their
+        ids) with its own, and the start-by time of a dispatch is judged with
+        this offset.  A server whose clock is far ahead decides slots early
+        while it leads, and the next leader, if it is behind, fires nothing
+        until its clock reaches them: skew is worth an operator's attention.
+        """
+        self._offsets[peer] = offset_ns
+        seconds = offset_ns / 1e9
+        if abs(seconds) > CLOCK_WARN:
+            if peer not in self._skewed:
+                self._skewed.add(peer)
+                log.warning(
+                    "%s's wall clock is %.1f s %s this node's (measured when it connected): "
+                    "slots fire by the leader's clock and runs are stamped by the worker's; "
+                    "keep the clocks in step (NTP)",
+                    peer,
+                    abs(seconds),
+                    "behind" if seconds > 0 else "ahead of",
+                )
+        elif peer in self._skewed:
+            self._skewed.discard(peer)
+            log.info("%s's wall clock agrees with this node's again (%+.3f s)", peer, -seconds)
 
     def peers_down(self) -> int:
         """Known peers whose outgoing connection is down (not merely being dialled
@@ -671,7 +707,7 @@ class RpcEndpoint:
                 return
             name = hello.node
             if isinstance(hello, ClockedHello):
-                self._offsets[name] = self._wall_ns() - hello.wall_ns
+                self._note_clock(name, self._wall_ns() - hello.wall_ns)
             with trio.CancelScope() as scope:
                 old = self._incoming.get(name)
                 if old is not None:

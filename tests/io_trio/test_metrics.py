@@ -101,8 +101,10 @@ def test_the_rpc_transport_is_exposed_for_alerts() -> None:
     gauges = AgentGauges(
         rpc_counters={"connect_failed": 3, "sent_through_relay": 7},
         rpc_peers_down=1,
+        rpc_clock_offset_max=42.5,
     )
     m = samples(generate_latest(Metrics(lambda: gauges).registry).decode())
     assert m[("dkron_rpc_peers_down", ())] == 1
+    assert m[("dkron_rpc_clock_offset_max_seconds", ())] == 42.5
     assert m[("dkron_rpc_events_total", (("event", "connect_failed"),))] == 3
     assert m[("dkron_rpc_events_total", (("event", "sent_through_relay"),))] == 7

@@ -253,9 +253,18 @@ async def test_three_endpoints_exchange_frames_on_every_channel() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_the_hello_tells_the_receiver_how_far_its_clock_runs_ahead() -> None:
+async def test_the_hello_tells_the_receiver_how_far_its_clock_runs_ahead(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A worker judges a dispatch's start-by time (on the leader's clock) with
-    this offset, so that skew between the two does not refuse or admit it."""
+    this offset, so that skew between the two does not refuse or admit it;
+    both ends say so once when the clocks disagree by more than CLOCK_WARN."""
+    caplog.set_level(logging.INFO, logger="dkron.rpc")
+    ahead = [60 * 10**9]  # b's clock runs a minute ahead
+
+    def said(text: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             a = await start_rpc(nursery, "a")
@@ -263,7 +272,7 @@ async def test_the_hello_tells_the_receiver_how_far_its_clock_runs_ahead() -> No
                 "b",
                 rng=random.Random("b"),
                 config=fast(),
-                wall_ns=lambda: time.time_ns() + 60 * 10**9,  # a minute ahead
+                wall_ns=lambda: time.time_ns() + ahead[0],
             )
             await nursery.start(b.run, LOOPBACK)
             assert b.addr is not None and a.addr is not None
@@ -276,6 +285,18 @@ async def test_the_hello_tells_the_receiver_how_far_its_clock_runs_ahead() -> No
             assert b.send("a", Channel.RAFT, b"y")
             await a.inbox(Channel.RAFT).receive()
             assert abs(a.clock_offset("b") + 60 * 10**9) < 10**9
+            assert len(said("a's wall clock is 60.0 s behind this node's")) == 1
+            assert len(said("b's wall clock is 60.0 s ahead of this node's")) == 1
+            assert 59 < a.max_clock_offset() < 61 and 59 < b.max_clock_offset() < 61
+            # b's clock is put right; a's next connection says hello with it in step.
+            ahead[0] = 0
+            a.remove_peer("b")
+            a.set_peer("b", b.addr)
+            assert a.send("b", Channel.RAFT, b"z")
+            await b.inbox(Channel.RAFT).receive()
+            assert abs(b.clock_offset("a")) < 10**9
+            assert said("a's wall clock agrees with this node's again")
+            assert len(said("wall clock is 60.0 s")) == 2  # nothing more was reported
             nursery.cancel_scope.cancel()
 
 
