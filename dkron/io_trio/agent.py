@@ -1572,6 +1572,8 @@ class Agent:
             self.exec_leader.observe(cmd, result, self.state, now, wall_ns=to_ns(wall))
             if self.notifier is not None:
                 self._notify(cmd, result)
+            if isinstance(cmd, ExecutionFinished | ExecutionsFinished):
+                self._log_lost(cmd, result)
         node = self.node
         if node is not None and index - node.snapshot_index >= SNAPSHOT_EVERY:
             node.compact(index, self.state.snapshot())
@@ -1604,6 +1606,30 @@ class Agent:
                         "job": ex.job_name,
                         "execution": execution_to_json(ex, list_view=False),
                     }
+                )
+
+    def _log_lost(self, cmd: Command, result: ApplyResult) -> None:
+        """One line on the leader for each run committed as lost, with its reason.
+
+        A lost run is one nobody saw end (its worker died, went silent, or
+        never reported starting it); operators look for those in the log,
+        where Dkron logs its broken execution streams.
+        """
+        for single, part in each_applied(cmd, result):
+            if (
+                isinstance(single, ExecutionFinished)
+                and single.execution.status == "lost"
+                and part.ok
+                and part.reason != "duplicate"
+            ):
+                ex = single.execution
+                log.warning(
+                    "job %s: execution %s (attempt %d on %s) %s",
+                    ex.job_name,
+                    ex.id,
+                    ex.attempt,
+                    ex.node_name,
+                    ex.output.partition("\n")[0],
                 )
 
     def _notify(self, cmd: Command, result: ApplyResult) -> None:

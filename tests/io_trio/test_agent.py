@@ -333,6 +333,34 @@ async def test_a_cancelled_run_is_killed_and_keeps_the_output_it_printed(
         os.kill(pid, 0)
 
 
+async def test_a_run_cut_short_by_a_crash_is_committed_lost_and_the_leader_logs_why(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's journal reports the run lost after the restart; the leader
+    says so in one line with the reason, as Dkron logs a broken execution stream."""
+    caplog.set_level(logging.WARNING, logger="dkron.agent")
+    job = {
+        "name": "cut",
+        "schedule": "@manually",
+        "executor": "shell",
+        "executor_config": {"command": "exec sleep 600", "shell": "true"},
+    }
+    with trio.fail_after(60):
+        async with serving(tmp_path) as (agent, port):
+            assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
+            assert (await call(port, "POST", "/v1/jobs/cut/run"))[0] == 200
+            await _until(lambda: bool(agent.state.running_executions()))
+        assert not [r for r in caplog.records if "job cut" in r.getMessage()]
+        async with serving(tmp_path) as (agent, _port):
+            await _until(lambda: any(e.status == "lost" for e in agent.state.executions("cut")))
+    [ex] = agent.state.executions("cut")
+    [line] = [r.getMessage() for r in caplog.records if "job cut" in r.getMessage()]
+    assert line == (
+        f"job cut: execution {ex.id} (attempt 1 on {ex.node_name}) "
+        f"lost: worker {ex.node_name} restarted while the execution was running"
+    )
+
+
 async def test_a_run_cancelled_while_it_waits_for_its_slot_never_starts(
     tmp_path: pathlib.Path,
 ) -> None:
