@@ -1281,6 +1281,11 @@ class StateMachine:
         """(job, parent execution group) pairs owed a dependent run."""
         return [(n, g) for n in sorted(self._activity) for g in self._activity[n].triggered]
 
+    def owes_dependent(self, name: str, group: int) -> bool:
+        """Is job ``name`` still owed a dependent run for its parent's ``group``?"""
+        act = self._activity.get(name)
+        return act is not None and group in act.triggered
+
     def missed_counts(self, name: str) -> dict[str, int]:
         """Skipped cron slots of a job by reason."""
         act = self._activity.get(name)

@@ -99,6 +99,8 @@ class Planner:
         self._retry_info: dict[tuple[str, int, str], PendingRetry] = {}
         self._parked: list[tuple[datetime, str]] = []  # (retry at, job) waiting for targets
         self._parked_names: set[str] = set()
+        # Dependent runs owed while their job matched no node: (retry at, job, group).
+        self._owed: list[tuple[datetime, str, int]] = []
         # The last cron slot this planner decided per job (claimed or counted
         # missed), committed or not yet: the replicated cursor lags behind
         # proposals in flight, so a job put back into the scheduler (unparked,
@@ -177,6 +179,10 @@ class Planner:
             sj = None if current is None else self._scheduled(current)
             if sj is not None:
                 self.scheduler.set_job(sj, wall)
+        while self._owed and self._owed[0][0] <= wall:
+            _, child, group = heapq.heappop(self._owed)
+            if self.state.owes_dependent(child, group):  # not settled meanwhile
+                self._owe_dependent(child, group)
         self.scheduler.advance(wall)
         for decided in self.scheduler.drain():
             if type(decided) is FireSlot:
@@ -217,6 +223,8 @@ class Planner:
             candidates.append(from_ns(self._retries[0][0]))
         if self._parked:
             candidates.append(self._parked[0][0])
+        if self._owed:
+            candidates.append(self._owed[0][0])
         if self._out:
             candidates.append(self._wall)
         return min(candidates) if candidates else None
@@ -303,10 +311,15 @@ class Planner:
 
     def _owe_dependent(self, child: str, group: int) -> None:
         """Claim a dependent run; with no live target the debt stays replicated
-        and the next leader tries again."""
+        and this leader tries again every second (as does the next, if it changes)."""
         job = self.state.get_job(child)
         if job is None:
             return
         targets = self._select(job)
         if targets:
             self._out.append(ClaimSlot(child, group, self.term, "dependent", group, targets, 1))
+            if self.targetless:
+                self.targetless.pop(child, None)
+        else:
+            self.targetless.setdefault(child, group)
+            heapq.heappush(self._owed, (self._wall + _PARK, child, group))

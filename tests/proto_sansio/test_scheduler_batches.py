@@ -311,3 +311,44 @@ def test_slots_missed_without_a_leader_are_still_missed() -> None:
     cmds = planner.tick(wall)
     assert [(type(c), getattr(c, "reason", "")) for c in cmds] == [(RecordMissed, "missed")]
     assert planner.targetless == {"j": to_ns(T0 + timedelta(seconds=55))}
+
+
+def test_a_dependent_run_owed_while_its_job_matches_no_node_runs_once_one_does() -> None:
+    """The parent succeeded while no node matched the child: the debt stays in
+    the replicated state, and this leader tries again every second rather than
+    leaving it to whichever leader comes next (maybe days later)."""
+    parent = Job("p", schedule="@manually", executor="shell", dependent_jobs=("c",))
+    child = Job("c", schedule="", executor="shell", parent_job="p")
+    sm, index = loaded([parent, child])
+    targets: dict[str, tuple[str, ...]] = {"p": ("w1",), "c": ()}
+    planner = Planner(sm, term=1, wall=T0, select_targets=lambda job: targets[job.name])
+    group = to_ns(T0)
+    run = Execution("p", group + 1, "w1", group=group, attempt=1, trigger="manual")
+    done = Execution(
+        "p",
+        group + 1,
+        "w1",
+        finished_at=group + 5,
+        success=True,
+        group=group,
+        attempt=1,
+        trigger="manual",
+    )
+    for cmd in (
+        ClaimSlot("p", group, 1, "manual", group, ("w1",), 1),
+        ExecutionsStarted((run,)),
+        ExecutionFinished(done),
+    ):
+        index += 1
+        _, result = sm.apply_entry(index, encode_command(cmd))
+        assert result.ok, result
+        planner.observe(cmd, result, T0)
+    assert sm.pending_dependents() == [("c", group)]
+    assert planner.tick(T0) == [] and planner.targetless == {"c": group}
+    assert planner.tick(T0 + timedelta(seconds=5)) == []  # still no node: still owed
+    targets["c"] = ("w2",)
+    assert planner.tick(T0 + timedelta(seconds=7)) == [
+        ClaimSlot("c", group, 1, "dependent", group, ("w2",), 1)
+    ]
+    assert planner.targetless == {}
+    assert planner.tick(T0 + timedelta(seconds=9)) == []  # claimed once
