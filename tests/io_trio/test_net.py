@@ -649,6 +649,13 @@ def _cert(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
     )
+    # Key identifiers as any CA tooling writes them: Python 3.13's default
+    # contexts verify strictly (VERIFY_X509_STRICT) and refuse certificates without.
+    builder = builder.add_extension(
+        x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False
+    ).add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key((ca_key or key).public_key()), False
+    )
     if issuer is None:
         builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         builder = builder.add_extension(
