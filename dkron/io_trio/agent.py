@@ -213,6 +213,9 @@ EARLY_HOLD_SLACK = timedelta(seconds=1)
 #: How long an agent waits for the leader's RPC port before it reports its
 #: executions through another server instead (the lease is 10 s).
 REPORT_DETOUR_AFTER = 2.0
+#: Jobs that start (or stop) matching no node in one turn are named one per
+#: line up to this many, then summed up in one line.
+_TARGETLESS_LINES = 5
 #: What the leader sends a worker (and a server relays when asked to).
 _TO_WORKER = (Dispatch, ResultAck, Cancel)
 #: Tags the agent owns; a user tag of one of these names is dropped (Dkron overwrites them).
@@ -1310,23 +1313,39 @@ class Agent:
 
         Dkron's leader logs "no target nodes found" for every such run; here
         the slots wait for a node and are then counted missed as
-        ``no_target``, so one line when it starts and one when it ends.
+        ``no_target``, so one line when it starts and one when it ends.  When
+        a whole pool of workers goes, every job that ran on it starts at once:
+        more than a few are summed up in one line.
         """
-        for name in targetless.keys() - self._targetless:
-            job = self.state.get_job(name)
-            tags = {} if job is None else job.tags or {}
-            log.warning(
-                "job %s: no alive node in region %s matches its tags %s; its runs wait "
-                "for one (slots older than %d s are counted missed: no_target)",
-                name,
-                self.opts.region,
-                json.dumps(tags, sort_keys=True),
-                grace.total_seconds(),
-            )
-        for name in self._targetless - targetless.keys():
-            if self.state.get_job(name) is not None:
-                log.info("job %s: a node matches its tags again", name)
+        started = sorted(targetless.keys() - self._targetless)
+        ended = sorted(n for n in self._targetless - targetless.keys() if self.state.get_job(n))
         self._targetless = set(targetless)
+        then = f"their runs wait for one (slots older than {grace.total_seconds():g} s are "
+        then += "counted missed: no_target)"
+        if len(started) > _TARGETLESS_LINES:
+            log.warning(
+                "%d jobs (%s, ...): no alive node in region %s matches their tags; %s",
+                len(started),
+                ", ".join(started[:_TARGETLESS_LINES]),
+                self.opts.region,
+                then,
+            )
+        else:
+            for name in started:
+                job = self.state.get_job(name)
+                log.warning(
+                    "job %s: no alive node in region %s matches its tags %s; %s",
+                    name,
+                    self.opts.region,
+                    json.dumps({} if job is None else job.tags or {}, sort_keys=True),
+                    then.replace("their", "its", 1),
+                )
+        if len(ended) > _TARGETLESS_LINES:
+            shown = ", ".join(ended[:_TARGETLESS_LINES])
+            log.info("%d jobs (%s, ...): a node matches their tags again", len(ended), shown)
+        else:
+            for name in ended:
+                log.info("job %s: a node matches its tags again", name)
 
     def _release_early(self, now: float) -> None:
         """Hand the dispatches whose slot has come to the worker (all due ones at once:

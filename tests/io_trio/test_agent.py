@@ -125,7 +125,7 @@ async def test_the_leader_says_once_when_a_job_matches_no_node_and_when_one_matc
         return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
     with trio.fail_after(60):
-        async with serving(tmp_path) as (_agent, port):
+        async with serving(tmp_path) as (agent, port):
             assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
             await _until(lambda: bool(lines("job lonely: no alive node")))
             await trio.sleep(2.5)  # more slots find no node: still one warning
@@ -137,6 +137,11 @@ async def test_the_leader_says_once_when_a_job_matches_no_node_and_when_one_matc
             while not runs:
                 await trio.sleep(0.1)
                 runs = (await call(port, "GET", "/v1/jobs/lonely/executions"))[1]
+            # A whole pool gone at once: one line for all its jobs, not one each.
+            pool = {f"j{i}": 0 for i in range(7)}
+            agent._report_targetless(pool, timedelta(seconds=10))
+            assert lines("7 jobs (j0, j1, j2, j3, j4, ...): no alive node in region global")
+            assert not lines("job j0")
 
 
 async def test_a_job_without_a_usable_executor_fails_with_dkrons_texts(
