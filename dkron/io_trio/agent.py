@@ -213,8 +213,9 @@ EARLY_HOLD_SLACK = timedelta(seconds=1)
 #: How long an agent waits for the leader's RPC port before it reports its
 #: executions through another server instead (the lease is 10 s).
 REPORT_DETOUR_AFTER = 2.0
-#: Jobs that start (or stop) matching no node in one turn are named one per
-#: line up to this many, then summed up in one line.
+#: Jobs that start (or stop) matching no node in one turn, and runs lost for
+#: one reason in one entry, are logged one per line up to this many, then
+#: summed up in one line.
 _TARGETLESS_LINES = 5
 #: What the leader sends a worker (and a server relays when asked to).
 _TO_WORKER = (Dispatch, ResultAck, Cancel)
@@ -1632,8 +1633,11 @@ class Agent:
 
         A lost run is one nobody saw end (its worker died, went silent, or
         never reported starting it); operators look for those in the log,
-        where Dkron logs its broken execution streams.
+        where Dkron logs its broken execution streams.  A worker that dies
+        with hundreds of runs loses them in one entry: more than a few with
+        the same reason are summed up in one line.
         """
+        by_reason: dict[str, list[Execution]] = {}
         for single, part in each_applied(cmd, result):
             if (
                 isinstance(single, ExecutionFinished)
@@ -1642,13 +1646,20 @@ class Agent:
                 and part.reason != "duplicate"
             ):
                 ex = single.execution
+                by_reason.setdefault(ex.output.partition("\n")[0], []).append(ex)
+        for reason, lost in by_reason.items():
+            if len(lost) > _TARGETLESS_LINES:
+                names = ", ".join(sorted({ex.job_name for ex in lost})[:_TARGETLESS_LINES])
+                log.warning("%d runs (jobs %s, ...) %s", len(lost), names, reason)
+                continue
+            for ex in lost:
                 log.warning(
                     "job %s: execution %s (attempt %d on %s) %s",
                     ex.job_name,
                     ex.id,
                     ex.attempt,
                     ex.node_name,
-                    ex.output.partition("\n")[0],
+                    reason,
                 )
 
     def _notify(self, cmd: Command, result: ApplyResult) -> None:

@@ -366,6 +366,41 @@ async def test_a_run_cut_short_by_a_crash_is_committed_lost_and_the_leader_logs_
     )
 
 
+def test_many_runs_lost_for_one_reason_are_logged_in_one_line(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that dies with hundreds of runs must not flood the log."""
+    from dkron.model import Execution, Job
+    from dkron.state import (
+        ClaimSlot,
+        ExecutionsFinished,
+        ExecutionsStarted,
+        StateMachine,
+        UpsertJob,
+        encode_command,
+    )
+
+    caplog.set_level(logging.WARNING, logger="dkron.agent")
+    sm = StateMachine()
+    names = [f"j{i}" for i in range(7)]
+    commands: list[Any] = [UpsertJob(Job(n, schedule="@manually", executor="shell")) for n in names]
+    commands += [ClaimSlot(n, 10, 1, "manual", 10, ("w1",), 1) for n in names]
+    started = tuple(Execution(n, 100, "w1", group=10, attempt=1) for n in names)
+    reason = "lost: worker w1 was declared failed while running the execution"
+    lost = tuple(
+        Execution(n, 100, "w1", finished_at=200, output=reason, group=10, attempt=1, status="lost")
+        for n in names
+    )
+    commands += [ExecutionsStarted(started), ExecutionsFinished(lost)]
+    for index, command in enumerate(commands, 1):
+        cmd, result = sm.apply_entry(index, encode_command(command))
+    assert cmd is not None
+    Agent(Options(data_dir=str(tmp_path)))._log_lost(cmd, result)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"7 runs (jobs j0, j1, j2, j3, j4, ...) {reason}"
+    ]
+
+
 async def test_a_run_cancelled_while_it_waits_for_its_slot_never_starts(
     tmp_path: pathlib.Path,
 ) -> None:
