@@ -60,6 +60,10 @@ __all__ = ["Planner", "from_ns", "to_ns"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PARK = timedelta(seconds=1)  # how long a job without live targets waits before retrying
+# While a `catchup: all` job still has none, the retry only asks for targets;
+# the scheduler walks its owed slots again (counting the ones past the
+# catch-up window) this often.
+_RECOUNT = timedelta(seconds=30)
 
 # ClaimSlot(job, scheduled_time_ns, term, trigger, group, targets, attempt) from
 # values that already passed its checks: one is built for every slot.
@@ -99,6 +103,7 @@ class Planner:
         self._retry_info: dict[tuple[str, int, str], PendingRetry] = {}
         self._parked: list[tuple[datetime, str]] = []  # (retry at, job) waiting for targets
         self._parked_names: set[str] = set()
+        self._recount_at: dict[str, datetime] = {}  # parked job -> its next full walk
         # Dependent runs owed while their job matched no node: (retry at, job, group).
         self._owed: list[tuple[datetime, str, int]] = []
         # The last cron slot this planner decided per job (claimed or counted
@@ -174,8 +179,21 @@ class Planner:
         self._wall = wall
         while self._parked and self._parked[0][0] <= wall:
             _, name = heapq.heappop(self._parked)
-            self._parked_names.discard(name)
             current = self.state.get_job(name)
+            if (
+                current is not None
+                and current.catchup == "all"
+                and wall < self._recount_at[name]
+                and not self._select(current)
+            ):
+                # Still no node: with `catchup: all` its owed slots only grow, and
+                # walking them all every second, for every such job, is what
+                # would keep a leader busy through a long outage of a pool.  (The
+                # other policies count their old slots as they go: short walks.)
+                heapq.heappush(self._parked, (wall + _PARK, name))
+                continue
+            self._parked_names.discard(name)
+            del self._recount_at[name]
             sj = None if current is None else self._scheduled(current)
             if sj is not None:
                 self.scheduler.set_job(sj, wall)
@@ -282,6 +300,7 @@ class Planner:
             self.scheduler.remove_job(job.name)
             heapq.heappush(self._parked, (self._wall + _PARK, job.name))
             self._parked_names.add(job.name)
+            self._recount_at[job.name] = self._wall + _RECOUNT
             self.no_targets += 1
             self.targetless.setdefault(job.name, to_ns(slot.scheduled))
             return

@@ -212,7 +212,16 @@ class Scheduler:
             self.set_job(job, wall)
 
     def set_job(self, job: ScheduledJob, wall: datetime) -> None:
-        """Add or replace a job; slots between its cursor and ``wall`` are resolved now."""
+        """Add or replace a job; slots between its cursor and ``wall`` are resolved now.
+
+        Replacing a job first drops what the old entry emitted and nobody has
+        drained yet: the new entry resolves the same slots again from the
+        job's cursor, and both would otherwise reach the caller (a slot
+        claimed by one and counted missed by the other).
+        """
+        if self._out and job.name in self._jobs:
+            name = job.name
+            self._out = [o for o in self._out if o.job != name]
         version = next(self._versions)
         nxt = resume_slot(
             job.schedule,
