@@ -48,18 +48,25 @@ async def serving(data_dir: pathlib.Path) -> AsyncIterator[tuple[Agent, int]]:
         nursery.cancel_scope.cancel()
 
 
+def shell_job(
+    name: str, command: str, schedule: str = "@manually", **fields: Any
+) -> dict[str, Any]:
+    """A job as a client posts it: the shell executor running ``command`` through a shell."""
+    return {
+        "name": name,
+        "schedule": schedule,
+        "executor": "shell",
+        "executor_config": {"command": command, "shell": "true"},
+        **fields,
+    }
+
+
 async def test_jobs_run_with_the_run_context_and_manual_runs_work(tmp_path: pathlib.Path) -> None:
     with trio.fail_after(60):
         async with serving(tmp_path) as (_agent, port):
-            job = {
-                "name": "ctx",
-                "schedule": "@every 1s",
-                "executor": "shell",
-                "executor_config": {
-                    "command": "echo $DKRON_JOB_NAME $DKRON_TRIGGER $DKRON_ATTEMPT",
-                    "shell": "true",
-                },
-            }
+            job = shell_job(
+                "ctx", "echo $DKRON_JOB_NAME $DKRON_TRIGGER $DKRON_ATTEMPT", schedule="@every 1s"
+            )
             status, body = await call(port, "POST", "/v1/jobs", job)
             assert status == 201, body
             runs: list[dict[str, Any]] = []
@@ -87,13 +94,7 @@ async def test_jobs_run_with_the_run_context_and_manual_runs_work(tmp_path: path
 async def test_a_failing_job_is_retried_per_its_policy(tmp_path: pathlib.Path) -> None:
     with trio.fail_after(60):
         async with serving(tmp_path) as (_agent, port):
-            job = {
-                "name": "flaky",
-                "schedule": "@manually",
-                "retries": 2,
-                "executor": "shell",
-                "executor_config": {"command": "exit 3", "shell": "true"},
-            }
+            job = shell_job("flaky", "exit 3", retries=2)
             assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
             assert (await call(port, "POST", "/v1/jobs/flaky/run"))[0] == 200
             attempts: list[int] = []
@@ -113,13 +114,7 @@ async def test_the_leader_says_once_when_a_job_matches_no_node_and_when_one_matc
     """Dkron logs "no target nodes found" for every run; a job whose tags match
     nothing gets one warning here, naming the tags, and one line when it is fixed."""
     caplog.set_level(logging.INFO, logger="dkron.agent")
-    job = {
-        "name": "lonely",
-        "schedule": "@every 1s",
-        "executor": "shell",
-        "executor_config": {"command": "echo ran", "shell": "true"},
-        "tags": {"pool": "nowhere"},
-    }
+    job = shell_job("lonely", "echo ran", schedule="@every 1s", tags={"pool": "nowhere"})
 
     def lines(text: str) -> list[str]:
         return [r.getMessage() for r in caplog.records if text in r.getMessage()]
@@ -235,12 +230,7 @@ async def test_slots_claimed_ahead_still_start_at_their_slot(tmp_path: pathlib.P
             nursery.start_soon(agent.run)
             await _until(agent.is_leader)
             command = f'echo "$DKRON_SCHEDULED_TIME $(date +%s%N)" >> {out}'
-            job = {
-                "name": "ahead",
-                "schedule": "@every 1s",
-                "executor": "shell",
-                "executor_config": {"command": command, "shell": "true"},
-            }
+            job = shell_job("ahead", command, schedule="@every 1s")
             await _upsert(agent, job)
             held_seen = False
             lines: list[str] = []
@@ -264,12 +254,7 @@ async def test_a_crash_while_a_claimed_slot_waits_for_its_time_runs_it_once_late
 
     data = str(tmp_path / "data")
     lookahead = timedelta(seconds=2)
-    job = {
-        "name": "held",
-        "schedule": "@every 4s",
-        "executor": "shell",
-        "executor_config": {"command": "echo ran", "shell": "true"},
-    }
+    job = shell_job("held", "echo ran", schedule="@every 4s")
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             agent = Agent(Options(data_dir=data))
@@ -306,15 +291,7 @@ async def test_a_cancelled_run_is_killed_and_keeps_the_output_it_printed(
     """Cancelling through the API stops the process; the record says why and
     shows how far the run got (the executor itself returns nothing when cancelled)."""
     pid_file = tmp_path / "pid"
-    job = {
-        "name": "hung",
-        "schedule": "@manually",
-        "executor": "shell",
-        "executor_config": {
-            "command": f"echo $$ > {pid_file}; echo got this far; exec sleep 600",
-            "shell": "true",
-        },
-    }
+    job = shell_job("hung", f"echo $$ > {pid_file}; echo got this far; exec sleep 600")
     with trio.fail_after(60):
         async with serving(tmp_path / "data") as (_agent, port):
             assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
@@ -344,12 +321,7 @@ async def test_a_run_cut_short_by_a_crash_is_committed_lost_and_the_leader_logs_
     """The worker's journal reports the run lost after the restart; the leader
     says so in one line with the reason, as Dkron logs a broken execution stream."""
     caplog.set_level(logging.WARNING, logger="dkron.agent")
-    job = {
-        "name": "cut",
-        "schedule": "@manually",
-        "executor": "shell",
-        "executor_config": {"command": "exec sleep 600", "shell": "true"},
-    }
+    job = shell_job("cut", "exec sleep 600")
     with trio.fail_after(60):
         async with serving(tmp_path) as (agent, port):
             assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
@@ -408,12 +380,7 @@ async def test_a_run_cancelled_while_it_waits_for_its_slot_never_starts(
     from dkron.proto_sansio.execution import RunKey
 
     out = tmp_path / "runs.txt"
-    job = {
-        "name": "stopped",
-        "schedule": "@every 2s",
-        "executor": "shell",
-        "executor_config": {"command": f"echo $DKRON_SCHEDULED_TIME >> {out}", "shell": "true"},
-    }
+    job = shell_job("stopped", f"echo $DKRON_SCHEDULED_TIME >> {out}", schedule="@every 2s")
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             agent = Agent(Options(data_dir=str(tmp_path / "data")))
@@ -517,12 +484,7 @@ async def test_output_waits_for_room_instead_of_filling_the_inbox(
                 await persist(records)
 
             agent.storage.persist = slow_persist  # type: ignore[method-assign]
-            job = {
-                "name": "loud",
-                "schedule": "@manually",
-                "executor": "shell",
-                "executor_config": {"command": "head -c 50000000 /dev/zero", "shell": "true"},
-            }
+            job = shell_job("loud", "head -c 50000000 /dev/zero")
             assert (await call(port, "POST", "/v1/jobs", job))[0] == 201
             armed = True
             ran = await run_to_the_end(port, "loud")
