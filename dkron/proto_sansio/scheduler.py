@@ -219,9 +219,8 @@ class Scheduler:
         job's cursor, and both would otherwise reach the caller (a slot
         claimed by one and counted missed by the other).
         """
-        if self._out and job.name in self._jobs:
-            name = job.name
-            self._out = [o for o in self._out if o.job != name]
+        if job.name in self._jobs:
+            self._drop_queued(job.name)
         version = next(self._versions)
         nxt = resume_slot(
             job.schedule,
@@ -236,7 +235,8 @@ class Scheduler:
         self._push(entry)
 
     def remove_job(self, name: str) -> None:
-        self._jobs.pop(name, None)
+        if self._jobs.pop(name, None) is not None:
+            self._drop_queued(name)
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
@@ -290,6 +290,11 @@ class Scheduler:
         return len(self._jobs)
 
     # -- internals ---------------------------------------------------------------
+
+    def _drop_queued(self, name: str) -> None:
+        """Forget what a job's entry emitted that nobody has drained yet."""
+        if self._out:
+            self._out = [o for o in self._out if o.job != name]
 
     def _push(self, entry: _Entry) -> None:
         if entry.next is not None:
