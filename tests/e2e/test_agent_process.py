@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from dkron.testing.jobs import shell_job
 from dkron.testing.procs import AgentProc, ProcCluster, cli, executions, free_port, wait_for
 
 
@@ -30,12 +31,7 @@ def single_server(c: ProcCluster) -> AgentProc:
 
 
 def test_a_job_runs_on_schedule_and_survives_kill_9(cluster: ProcCluster) -> None:
-    job = {
-        "name": "tick",
-        "schedule": "@every 1s",
-        "executor": "shell",
-        "executor_config": {"command": "echo tick", "shell": "true"},
-    }
+    job = shell_job("tick", "echo tick", schedule="@every 1s")
     node = single_server(cluster)
     status, created = node.call("POST", "/v1/jobs", job)
     assert status == 201, created
@@ -167,12 +163,7 @@ def test_the_agent_lifts_its_open_files_limit_as_go_does(cluster: ProcCluster) -
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     wait_for(lambda: node.leader_name() == "node1", timeout=30, what="the agent to lead")
-    job = {
-        "name": "limits",
-        "schedule": "@manually",
-        "executor": "shell",
-        "executor_config": {"command": "ulimit -n", "shell": "true"},
-    }
+    job = shell_job("limits", "ulimit -n")
     assert node.call("POST", "/v1/jobs", job)[0] == 201
     assert node.call("POST", "/v1/jobs/limits/run")[0] == 200
     done = wait_for(

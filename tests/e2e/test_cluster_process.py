@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from dkron.testing.jobs import shell_job
 from dkron.testing.procs import (
     AgentProc,
     ProcCluster,
@@ -91,13 +92,7 @@ def test_a_follower_takes_a_job_for_tagged_agents_and_the_agent_runs_it(
     start_worker(procs, servers)
     leader = procs.wait_leader()
     follower = next(s for s in servers if s is not leader)
-    job = {
-        "name": "tagged",
-        "schedule": "@every 1s",
-        "tags": {"pool": "w:1"},
-        "executor": "shell",
-        "executor_config": {"command": "echo $DKRON_NODE_NAME", "shell": "true"},
-    }
+    job = shell_job("tagged", "echo $DKRON_NODE_NAME", schedule="@every 1s", tags={"pool": "w:1"})
     status, body = follower.call("POST", "/v1/jobs", job)
     assert status == 201, body
     status, body = follower.call("GET", "/v1/jobs/tagged")
@@ -124,14 +119,7 @@ def test_catchup_all_survives_kill_9_of_the_leader_without_losing_or_repeating_a
     # one execution per slot, whoever led when it was claimed, dispatched or reported.
     start_worker(procs, servers)
     leader = procs.wait_leader()
-    job = {
-        "name": "tick",
-        "schedule": "@every 1s",
-        "catchup": "all",
-        "tags": {"pool": "w:1"},
-        "executor": "shell",
-        "executor_config": {"command": "true", "shell": "true"},
-    }
+    job = shell_job("tick", "true", schedule="@every 1s", catchup="all", tags={"pool": "w:1"})
     status, body = leader.call("POST", "/v1/jobs", job)
     assert status == 201, body
     seen: dict[str, dict[str, Any]] = {}

@@ -34,6 +34,7 @@ from dkron.io_trio.executors.base import MAX_OUTPUT
 from dkron.io_trio.forward import FORWARD_CODEC, Reply
 from dkron.io_trio.live import Options, call, wait_leader
 from dkron.io_trio.rpc import RpcConfig
+from dkron.testing.jobs import shell_job
 
 
 @asynccontextmanager
@@ -46,19 +47,6 @@ async def serving(data_dir: pathlib.Path) -> AsyncIterator[tuple[Agent, int]]:
         await wait_leader(port)
         yield agent, port
         nursery.cancel_scope.cancel()
-
-
-def shell_job(
-    name: str, command: str, schedule: str = "@manually", **fields: Any
-) -> dict[str, Any]:
-    """A job as a client posts it: the shell executor running ``command`` through a shell."""
-    return {
-        "name": name,
-        "schedule": schedule,
-        "executor": "shell",
-        "executor_config": {"command": command, "shell": "true"},
-        **fields,
-    }
 
 
 async def test_jobs_run_with_the_run_context_and_manual_runs_work(tmp_path: pathlib.Path) -> None:

@@ -19,6 +19,7 @@ import trio
 
 from dkron.io_trio.agent import OUTPUT_IN_INBOX, Agent, AgentError
 from dkron.io_trio.live import Cluster, Node, Options, call, cluster, eventually
+from dkron.testing.jobs import shell_job
 
 
 async def start_three(c: Cluster) -> list[Node]:
@@ -49,13 +50,9 @@ async def test_three_servers_bootstrap_forward_writes_and_dispatch_to_tagged_age
 
             await eventually(all_members, "everyone sees everyone alive")
             follower = next(n for n in c.live() if n.agent.node and not n.agent.is_leader())
-            job = {
-                "name": "tagged",
-                "schedule": "@every 1s",
-                "tags": {"pool": "workers:1"},
-                "executor": "shell",
-                "executor_config": {"command": "echo $DKRON_NODE_NAME", "shell": "true"},
-            }
+            job = shell_job(
+                "tagged", "echo $DKRON_NODE_NAME", schedule="@every 1s", tags={"pool": "workers:1"}
+            )
             # A write to a follower is forwarded; the follower then reads its own write.
             status, body = await call(follower.port, "POST", "/v1/jobs", job)
             assert status == 201, body
@@ -92,13 +89,7 @@ async def test_a_new_leader_keeps_firing_after_the_leader_crashes(tmp_path: path
             await start_three(c)
             leader = c.leader()
             assert leader is not None
-            job = {
-                "name": "tick",
-                "schedule": "@every 1s",
-                "concurrency": "forbid",
-                "executor": "shell",
-                "executor_config": {"command": "true", "shell": "true"},
-            }
+            job = shell_job("tick", "true", schedule="@every 1s", concurrency="forbid")
             assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
 
             def groups(node: Node) -> set[int]:
@@ -224,13 +215,7 @@ async def test_reloaded_tags_reach_every_member_and_move_tagged_jobs(
             tags = await eventually(seen_by_leader, "the new tags at the leader")
             assert "server" not in tags  # reserved: a user tag cannot make an agent a server
             assert tags["role"] == "dkron" and tags["rpc_addr"]
-            job = {
-                "name": "to-b",
-                "schedule": "@manually",
-                "tags": {"pool": "b"},
-                "executor": "shell",
-                "executor_config": {"command": "true", "shell": "true"},
-            }
+            job = shell_job("to-b", "true", tags={"pool": "b"})
             assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
             assert (await call(leader.port, "POST", "/v1/jobs/to-b/run"))[0] == 200
             await eventually(
@@ -280,13 +265,7 @@ async def test_a_worker_rejoins_after_every_server_restarted(tmp_path: pathlib.P
             server = await c.start("s1", bind_addr=gossip, join=())
             await eventually(c.leader, "the server leads again")
             await eventually(lambda: alive(server, "w1"), "the worker rejoined")
-            job = {
-                "name": "tagged",
-                "schedule": "@manually",
-                "tags": {"pool": "workers:1"},
-                "executor": "shell",
-                "executor_config": {"command": "echo $DKRON_NODE_NAME", "shell": "true"},
-            }
+            job = shell_job("tagged", "echo $DKRON_NODE_NAME", tags={"pool": "workers:1"})
             assert (await call(server.port, "POST", "/v1/jobs", job))[0] == 201
             assert (await call(server.port, "POST", "/v1/jobs/tagged"))[0] == 200
 
@@ -314,17 +293,11 @@ async def test_a_workers_output_keeps_reaching_the_leader_chunk_after_chunk(
                 lambda: any(s.name == "s1" for s in worker.agent.servers()), "w1 joined"
             )
             lines = 3 * OUTPUT_IN_INBOX
-            job = {
-                "name": "chatty",
-                "schedule": "@manually",
-                "tags": {"pool": "workers:1"},
-                "executor": "shell",
-                "executor_config": {
-                    "command": f"for i in $(seq 1 {lines}); do echo $i; sleep 0.005; done; "
-                    "sleep 30",
-                    "shell": "true",
-                },
-            }
+            job = shell_job(
+                "chatty",
+                f"for i in $(seq 1 {lines}); do echo $i; sleep 0.005; done; sleep 30",
+                tags={"pool": "workers:1"},
+            )
             assert (await call(server.port, "POST", "/v1/jobs", job))[0] == 201
             assert (await call(server.port, "POST", "/v1/jobs/chatty/run"))[0] == 200
 
@@ -360,13 +333,7 @@ async def _three_servers_and_a_worker(c: Cluster) -> tuple[Node, Node]:
 
 async def _start_a_long_run(leader: Node, tags: dict[str, str]) -> None:
     """A 14 s run, longer than the 10 s lease, started and seen running."""
-    job = {
-        "name": "long",
-        "schedule": "@manually",
-        "tags": tags,
-        "executor": "shell",
-        "executor_config": {"command": "echo begun; sleep 14; echo ended", "shell": "true"},
-    }
+    job = shell_job("long", "echo begun; sleep 14; echo ended", tags=tags)
     assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
     assert (await call(leader.port, "POST", "/v1/jobs/long/run"))[0] == 200
     await eventually(lambda: bool(leader.agent.state.running_executions("long")), "the run started")
@@ -414,13 +381,7 @@ async def test_a_leader_that_cannot_reach_a_worker_dispatches_through_another_se
             leader, worker = await _three_servers_and_a_worker(c)
             _break_route(leader, worker)
             await eventually(lambda: leader.agent.rpc.down_for("w1") > 2.5, "w1 down")  # type: ignore[union-attr]
-            job = {
-                "name": "relayed",
-                "schedule": "@manually",
-                "tags": {"pool": "workers:1"},
-                "executor": "shell",
-                "executor_config": {"command": "echo $DKRON_NODE_NAME", "shell": "true"},
-            }
+            job = shell_job("relayed", "echo $DKRON_NODE_NAME", tags={"pool": "workers:1"})
             assert (await call(leader.port, "POST", "/v1/jobs", job))[0] == 201
             for _ in range(3):
                 assert (await call(leader.port, "POST", "/v1/jobs/relayed/run"))[0] == 200
